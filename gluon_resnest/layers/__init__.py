@@ -1,0 +1,7 @@
+"""Building blocks of ResNeSt: Split-Attention, DropBlock and the ResNet-D pieces."""
+from .dropblock import DropBlock, set_drop_prob
+from .resnet_d import DeepStem, Shortcut
+from .split_attn import SplitAttention, attention_channels
+
+__all__ = ['DeepStem', 'DropBlock', 'Shortcut', 'SplitAttention', 'attention_channels',
+           'set_drop_prob']

@@ -1,0 +1,81 @@
+"""Split-Attention convolution in the radix-major layout (paper §3.2, Figure 4)."""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from mxnet.gluon import nn
+
+
+def attention_channels(in_channels: int, radix: int, reduction: int = 4, floor: int = 32) -> int:
+    """Width of the attention MLP: ``max(in_channels * radix // reduction, floor)``."""
+    return max(in_channels * radix // reduction, floor)
+
+
+class SplitAttention(nn.HybridBlock):
+    """Split-Attention unit (paper eqs. 1-3) with a single grouped convolution for all splits.
+
+    The ``radix * cardinality`` feature-map groups are produced by one grouped convolution with
+    ``channels * radix`` outputs, laid out radix-major: with ``w = channels // cardinality``,
+    split ``r`` of cardinal group ``k`` holds the output channels ``r * channels + k * w + [0, w)``.
+    The attention MLP is two grouped 1x1 convolutions (``groups = cardinality``) whose output is
+    cardinal-major, ``k * radix * width + r * width + c``, as in GluonCV and the authors' code, so
+    that their weights load unchanged.
+
+    Child names (``conv``, ``bn``, ``fc1``, ``bn1``, ``fc2``) are part of the checkpoint format.
+
+    Args:
+        channels: Output channels (``C`` of the paper).
+        kernel_size: Kernel of the grouped convolution.
+        strides: Stride of the grouped convolution.
+        padding: Padding of the grouped convolution.
+        dilation: Dilation of the grouped convolution.
+        radix: Number of splits per cardinal group (``R``); 1 uses a sigmoid gate.
+        cardinality: Number of cardinal groups (``K``).
+        in_channels: Input channels.
+        norm_layer: Normalisation layer class.
+        norm_kwargs: Extra arguments of ``norm_layer``.
+        weight_initializer: Initializer of the convolution weights.
+    """
+
+    def __init__(self, channels: int, kernel_size: int = 3, strides: int = 1, padding: int = 1,
+                 dilation: int = 1, radix: int = 2, cardinality: int = 1, in_channels: int = 0,
+                 norm_layer: Callable[..., nn.HybridBlock] = nn.BatchNorm,
+                 norm_kwargs: dict[str, Any] | None = None, weight_initializer: Any = None,
+                 **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        if radix < 1 or cardinality < 1:
+            raise ValueError(f'radix and cardinality must be >= 1, got {radix}, {cardinality}')
+        if channels % cardinality:
+            raise ValueError(f'channels={channels} is not divisible by cardinality={cardinality}')
+        norm_kwargs = dict(norm_kwargs or {})
+        inter = attention_channels(in_channels, radix)
+        self.channels = channels
+        self.radix = radix
+        self.cardinality = cardinality
+        with self.name_scope():
+            self.conv = nn.Conv2D(channels * radix, kernel_size, strides, padding, dilation,
+                                  groups=radix * cardinality, use_bias=False,
+                                  in_channels=in_channels, weight_initializer=weight_initializer)
+            self.bn = norm_layer(in_channels=channels * radix, **norm_kwargs)
+            self.fc1 = nn.Conv2D(inter, 1, in_channels=channels, groups=cardinality,
+                                 weight_initializer=weight_initializer)
+            self.bn1 = norm_layer(in_channels=inter, **norm_kwargs)
+            self.fc2 = nn.Conv2D(channels * radix, 1, in_channels=inter, groups=cardinality,
+                                 weight_initializer=weight_initializer)
+
+    def hybrid_forward(self, F, x):  # noqa: N803 - MXNet's convention
+        x = F.relu(self.bn(self.conv(x)))
+        # Pool before summing the splits: the mean is linear, and pooling the (N, R*C, H, W)
+        # map once is cheaper than materialising the (N, C, H, W) sum of the splits.
+        gap = F.mean(x, axis=(2, 3), keepdims=True)
+        if self.radix > 1:
+            gap = F.sum(F.reshape(gap, (0, -4, self.radix, -1, -2)), axis=1)
+        atten = self.fc2(F.relu(self.bn1(self.fc1(gap))))
+        if self.radix == 1:
+            return F.broadcast_mul(x, F.sigmoid(atten))
+        # (N, K*R*w, 1, 1) cardinal-major -> softmax over R -> (N, R, C, 1, 1) radix-major.
+        atten = F.reshape(atten, (0, self.cardinality, self.radix, -1))
+        atten = F.softmax(atten, axis=2)
+        atten = F.reshape(F.swapaxes(atten, 1, 2), (0, self.radix, -1, 1, 1))
+        splits = F.reshape(x, (0, -4, self.radix, -1, -2))
+        return F.sum(F.broadcast_mul(splits, atten), axis=1)

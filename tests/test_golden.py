@@ -1,0 +1,36 @@
+"""Golden files: parameter counts (the paper's table) and parameter names (checkpoint format)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import gluon_resnest
+
+GOLDEN = Path(__file__).parent / 'golden'
+COUNTS = json.loads((GOLDEN / 'param_counts.json').read_text())
+
+
+def _trainable(net):
+    return {k: p for k, p in net._collect_params_with_prefix().items() if p.grad_req != 'null'}
+
+
+def test_every_model_has_a_golden_count():
+    assert sorted(COUNTS) == gluon_resnest.list_models()
+
+
+@pytest.mark.parametrize('name', sorted(COUNTS))
+def test_param_count(name):
+    net = gluon_resnest.get_model(name)
+    count = sum(int(np.prod(p.shape)) for p in _trainable(net).values())
+    assert count == COUNTS[name]
+
+
+@pytest.mark.parametrize('name', ['resnest14', 'resnest50_fast_1s2x40d', 'resnetd50'])
+def test_param_names_and_shapes_are_stable(name):
+    net = gluon_resnest.get_model(name)
+    actual = {k: list(p.shape) for k, p in net._collect_params_with_prefix().items()}
+    expected = json.loads((GOLDEN / f'params_{name}.json').read_text())
+    assert actual == expected

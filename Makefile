@@ -10,8 +10,13 @@ MXNET_EXTRA := $(shell nvidia-smi -L >/dev/null 2>&1 && echo cu112 || echo cpu)
 HOROVOD_ENV := HOROVOD_WITH_MXNET=1 HOROVOD_WITH_GLOO=1 HOROVOD_WITHOUT_MPI=1 \
 	HOROVOD_WITHOUT_TENSORFLOW=1 HOROVOD_WITHOUT_PYTORCH=1
 PYTEST_ARGS ?=
+# The authors' PyTorch ResNeSt lives in its own virtualenv: GluonCV 0.10.5 refuses to import
+# beside torch >= 2. Tools and tests find it through GLUON_RESNEST_TORCH_PYTHON.
+TORCH_VENV ?= .torchvenv
+TORCH_PY := $(TORCH_VENV)/bin/python
+export GLUON_RESNEST_TORCH_PYTHON := $(abspath $(TORCH_PY))
 
-.PHONY: install test test-slow lint demo bench clean
+.PHONY: install torch-env test test-slow lint demo bench clean
 
 install: $(VENV)/.installed
 
@@ -23,10 +28,20 @@ $(VENV)/.installed: setup.py $(CONSTRAINTS)
 	$(PY) -c "import mxnet, gluoncv, horovod.mxnet; print('mxnet', mxnet.__version__, 'horovod', horovod.__version__)"
 	touch $@
 
-test: install
+torch-env: $(TORCH_VENV)/.installed
+
+$(TORCH_VENV)/.installed:
+	test -x $(TORCH_PY) || $(PYTHON) -m venv $(TORCH_VENV)
+	$(TORCH_PY) -m pip install -q --upgrade pip
+	$(TORCH_PY) -m pip install -q torch==2.13.0 "numpy<2"
+	$(TORCH_PY) -m pip install -q --no-deps resnest==0.0.5
+	$(TORCH_PY) -c "import torch, resnest.torch; print('torch', torch.__version__)"
+	touch $@
+
+test: install torch-env
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
-test-slow: install
+test-slow: install torch-env
 	$(PY) -m pytest -m slow $(PYTEST_ARGS)
 
 lint: install
@@ -35,8 +50,8 @@ lint: install
 demo: install
 	$(PY) tools/demo.py
 
-bench: install
+bench: install torch-env
 	$(PY) tools/benchmark.py --model resnest50 --batch-size 16 --input-size 224 --compare gluoncv,torch
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache runs
+	rm -rf $(VENV) $(TORCH_VENV) build *.egg-info .pytest_cache runs

@@ -21,6 +21,7 @@ setup(
         # MXNet 1.9.1 still reads numpy.bool, removed in numpy 1.24.
         'numpy>=1.17,<1.24',
         'pillow',
+        'pyyaml',
         'tqdm',
     ],
     extras_require={

@@ -1,0 +1,8 @@
+"""Training-loop pieces: recipes, schedules, checkpoints, metrics."""
+from .checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint
+from .recipe import Recipe, load_recipe, make_recipe, recipe_names, resolve
+from .schedule import dropblock_prob, learning_rate
+
+__all__ = ['Recipe', 'dropblock_prob', 'latest_checkpoint', 'learning_rate', 'list_checkpoints',
+           'load_checkpoint', 'load_recipe', 'make_recipe', 'recipe_names', 'resolve',
+           'save_checkpoint']

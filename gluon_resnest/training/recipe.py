@@ -1,0 +1,189 @@
+"""Declarative training recipes: a validated dataclass loaded from ``recipes/*.yaml``.
+
+A recipe states what the paper states (global batch, epochs, regularisation, crops); what
+follows from it (learning rate ``base_lr * global_batch / 256``, per-worker batch, steps per
+epoch) is computed by :func:`resolve`, never typed into a file.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..registry import list_models
+
+RECIPE_DIR = Path(__file__).resolve().parents[2] / 'recipes'
+OPTIMIZERS = ('nag', 'sgd')
+
+
+@dataclass
+class Recipe:
+    """One training setting. Field defaults are the paper's ResNeSt-50 ImageNet setting (§5.1)."""
+
+    model: str = 'resnest50'
+    model_kwargs: dict = field(default_factory=dict)
+    classes: int = 1000
+    # data
+    train_rec: str = 'train.rec'
+    val_rec: str = 'val.rec'
+    train_crop: int = 224
+    eval_crop: int = 224
+    crop_scale: tuple = (0.08, 1.0)
+    crop_ratio: tuple = (3 / 4, 4 / 3)
+    hflip: bool = True
+    color_jitter: float = 0.4
+    pca_noise: float = 0.1
+    auto_augment: bool = True
+    mean: tuple = (123.68, 116.779, 103.939)
+    std: tuple = (58.393, 57.12, 57.375)
+    num_workers: int = 4
+    # optimisation
+    global_batch_size: int = 8192
+    base_lr: float = 0.1
+    lr: float | None = None
+    warmup_epochs: float = 5
+    epochs: int = 270
+    optimizer: str = 'nag'
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    # regularisation
+    label_smoothing: float = 0.1
+    mixup_alpha: float = 0.2
+    dropblock_prob: float = 0.1
+    final_drop: float = 0.0
+    last_gamma: bool = True
+    # run
+    seed: int = 0
+    val_interval: int = 1
+    amp: bool = False
+    sync_bn: bool = False
+
+
+# Values resolve() adds to a recipe's fields.
+DERIVED = ('per_worker_batch_size', 'world_size')
+
+
+def recipe_names() -> list[str]:
+    """Names of the recipes shipped in ``recipes/``."""
+    return sorted(p.stem for p in RECIPE_DIR.glob('*.yaml'))
+
+
+def load_recipe(name_or_path: str) -> Recipe:
+    """Load and validate a recipe by name (``recipes/NAME.yaml``) or by path to a YAML file."""
+    path = Path(name_or_path)
+    if path.suffix not in ('.yaml', '.yml'):
+        path = RECIPE_DIR / f'{name_or_path}.yaml'
+    if not path.is_file():
+        close = difflib.get_close_matches(str(name_or_path), recipe_names(), n=3, cutoff=0.5)
+        hint = f' Did you mean: {", ".join(close)}?' if close else ''
+        raise ValueError(f'unknown recipe {name_or_path!r}.{hint} '
+                         f'Known recipes: {", ".join(recipe_names())}.')
+    values = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(values, dict):
+        raise ValueError(f'{path}: a recipe is a mapping of field: value')
+    return make_recipe(values, source=str(path))
+
+
+def make_recipe(values: dict[str, Any], source: str = 'recipe') -> Recipe:
+    """Build a :class:`Recipe` from a mapping, converting and checking every value."""
+    fields = {f.name: f for f in dataclasses.fields(Recipe)}
+    unknown = [k for k in values if k not in fields]
+    if unknown:
+        close = difflib.get_close_matches(unknown[0], fields, n=3)
+        hint = f' (did you mean {", ".join(close)}?)' if close else ''
+        raise ValueError(f'{source}: unknown key {unknown[0]!r}{hint}')
+    defaults = Recipe()
+    converted = {k: coerce(k, v, getattr(defaults, k), source) for k, v in values.items()}
+    recipe = Recipe(**converted)
+    validate(recipe, source)
+    return recipe
+
+
+def coerce(key: str, value: Any, default: Any, source: str = 'recipe') -> Any:
+    """Convert ``value`` (from YAML or a command line string) to the type of ``default``."""
+    try:
+        if isinstance(value, str) and not isinstance(default, str):
+            value = yaml.safe_load(value)
+        if key == 'lr':
+            return None if value is None else float(value)
+        if isinstance(default, bool):
+            if not isinstance(value, bool):
+                raise TypeError('expected true or false')
+            return value
+        if isinstance(default, int):
+            if isinstance(value, bool) or float(value) != int(value):
+                raise TypeError('expected an integer')
+            return int(value)
+        if isinstance(default, float):
+            if isinstance(value, bool):
+                raise TypeError('expected a number')
+            return float(value)
+        if isinstance(default, tuple):
+            return tuple(float(v) for v in value)
+        if isinstance(default, dict):
+            if not isinstance(value, dict):
+                raise TypeError('expected a mapping')
+            return dict(value)
+        return str(value)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f'{source}: bad value {value!r} for {key!r}: {err}') from None
+
+
+def validate(recipe: Recipe, source: str = 'recipe') -> None:
+    """Raise ValueError for values outside their meaning."""
+    def check(ok: bool, message: str) -> None:
+        if not ok:
+            raise ValueError(f'{source}: {message}')
+
+    check(recipe.model in list_models(), f'unknown model {recipe.model!r}; '
+                                         f'known: {", ".join(list_models())}')
+    check(recipe.classes >= 2, 'classes must be >= 2')
+    check(recipe.global_batch_size >= 1, 'global_batch_size must be positive')
+    check(recipe.epochs >= 1, 'epochs must be positive')
+    check(0 <= recipe.warmup_epochs <= recipe.epochs, 'warmup_epochs must be in [0, epochs]')
+    check(recipe.base_lr > 0 and (recipe.lr is None or recipe.lr > 0), 'lr must be positive')
+    check(recipe.optimizer in OPTIMIZERS, f'optimizer must be one of {OPTIMIZERS}')
+    check(0 <= recipe.momentum < 1, 'momentum must be in [0, 1)')
+    check(recipe.weight_decay >= 0, 'weight_decay must be >= 0')
+    check(0 <= recipe.label_smoothing < 1, 'label_smoothing must be in [0, 1)')
+    check(recipe.mixup_alpha >= 0, 'mixup_alpha must be >= 0')
+    check(0 <= recipe.dropblock_prob < 1, 'dropblock_prob must be in [0, 1)')
+    check(0 <= recipe.final_drop < 1, 'final_drop must be in [0, 1)')
+    check(recipe.train_crop >= 16 and recipe.eval_crop >= 16, 'crops must be >= 16 pixels')
+    check(len(recipe.crop_scale) == 2 and 0 < recipe.crop_scale[0] <= recipe.crop_scale[1] <= 1,
+          'crop_scale must be (low, high) with 0 < low <= high <= 1')
+    check(len(recipe.crop_ratio) == 2 and 0 < recipe.crop_ratio[0] <= recipe.crop_ratio[1],
+          'crop_ratio must be (low, high) with 0 < low <= high')
+    check(len(recipe.mean) == 3 and len(recipe.std) == 3 and min(recipe.std) > 0,
+          'mean and std need three values, std positive')
+    check(recipe.num_workers >= 0, 'num_workers must be >= 0')
+    check(recipe.val_interval >= 1, 'val_interval must be >= 1')
+
+
+def resolve(recipe: Recipe, world_size: int = 1) -> dict[str, Any]:
+    """The full configuration of a run on ``world_size`` workers, derived values included.
+
+    Raises:
+        ValueError: The global batch does not divide evenly over the workers.
+    """
+    if world_size < 1:
+        raise ValueError(f'world_size must be positive, got {world_size}')
+    if recipe.global_batch_size % world_size:
+        raise ValueError(f'global_batch_size {recipe.global_batch_size} does not divide over '
+                         f'{world_size} workers; choose a multiple of {world_size}')
+    config = dataclasses.asdict(recipe)
+    config['per_worker_batch_size'] = recipe.global_batch_size // world_size
+    config['world_size'] = world_size
+    if recipe.lr is None:
+        config['lr'] = recipe.base_lr * recipe.global_batch_size / 256
+    return config
+
+
+def to_json(config: dict[str, Any]) -> str:
+    """One JSON object, keys in recipe order."""
+    return json.dumps(config, indent=None, default=list)

@@ -20,6 +20,7 @@ setup(
     install_requires=[
         # MXNet 1.9.1 still reads numpy.bool, removed in numpy 1.24.
         'numpy>=1.17,<1.24',
+        'opencv-python<4.12',
         'pillow',
         'pyyaml',
         'tqdm',

@@ -106,11 +106,6 @@ def check_data(config: dict[str, Any], data_dir: str | None) -> tuple[Path, Path
     return paths[0], paths[1]
 
 
-def count_records(rec: Path) -> int:
-    with open(rec.with_suffix('.idx')) as f:
-        return sum(1 for line in f if line.strip())
-
-
 def seed_everything(seed: int) -> None:
     import mxnet as mx
     import numpy as np
@@ -162,7 +157,7 @@ def train(args: argparse.Namespace) -> int:
     from mxnet import autograd, gluon
 
     from gluon_resnest import get_model, set_drop_prob
-    from gluon_resnest.data import TrainLoader, ValLoader, mixup, shard_indices, smooth_one_hot
+    from gluon_resnest.data import TrainLoader, ValLoader, mixup, smooth_one_hot
     from gluon_resnest.evaluation import evaluate
     from gluon_resnest.training import (
         checkpoint,
@@ -260,9 +255,12 @@ def train(args: argparse.Namespace) -> int:
         return total.asnumpy()
 
     epochs, lr0 = config['epochs'], config['lr']
-    if rank == 0:
-        _write_worker_report(run_dir, rank, size, train_loader, shard_indices, train_rec,
-                             config, start_epoch, count_records)
+    # This rank's shard of the first epoch it trains, for checking that shards are disjoint.
+    (run_dir / 'workers').mkdir(parents=True, exist_ok=True)
+    (run_dir / 'workers' / f'rank-{rank}.shard.json').write_text(json.dumps({
+        'rank': rank, 'world_size': size, 'epoch': start_epoch,
+        'num_records': train_loader.num_records,
+        'indices': train_loader.indices(start_epoch)}) + '\n')
     for epoch in range(start_epoch, epochs):
         # Every epoch starts from seeds derived from (seed, epoch, rank), so a resumed run draws
         # the same random numbers as an uninterrupted one.
@@ -310,8 +308,11 @@ def train(args: argparse.Namespace) -> int:
                   'img_per_sec': totals[1] / elapsed, 'val_top1': None, 'val_top5': None,
                   'dropblock_prob': dropblock_prob(epoch, epochs, config['dropblock_prob'])}
         if (epoch + 1) % config['val_interval'] == 0 or epoch + 1 == epochs:
-            result = evaluate(net, val_loader, ctx=ctx, allreduce=allreduce_sum)
+            result = evaluate(net, val_loader, ctx=ctx, allreduce=allreduce_sum,
+                              progress=rank == 0, total=len(val_loader))
             record.update(val_top1=result['top1'], val_top5=result['top5'])
+            if size > 1:
+                _broadcast_from_root(params, hvd)
         if rank == 0:
             append_metrics(run_dir / 'metrics.jsonl', record)
             plot_curves(read_metrics(run_dir / 'metrics.jsonl'), run_dir / 'curves.png')
@@ -336,8 +337,24 @@ def train(args: argparse.Namespace) -> int:
         if classes_file.is_file():
             shutil.copy(classes_file, export_dir / 'model.classes')
         logger.info('exported %s', ', '.join(str(f) for f in files))
-    hvd.allreduce(mx.nd.zeros(1), name='done')  # every rank finishes together
+    hvd.allreduce(mx.nd.zeros(1), name='done').wait_to_read()  # every rank finishes together
     return 0
+
+
+def _broadcast_from_root(params, hvd) -> None:
+    """Copy rank 0's parameters to every rank after an evaluation.
+
+    oneDNN reorders weights in place into its blocked layout for inference; the updates of the
+    following epoch then differ between ranks in the last bit (seen on CPU), and Horovod cannot
+    read such arrays in place. Broadcasting a plain copy keeps every worker on exactly the
+    model that is checkpointed.
+    """
+    import mxnet as mx
+
+    for name, param in sorted(params.items()):
+        data = param.data()
+        plain = mx.nd.array(data.asnumpy(), ctx=data.context, dtype=data.dtype)
+        param.set_data(hvd.broadcast(plain, root_rank=0, name=f'sync.{name}'))
 
 
 def _sync_norm_statistics(net, hvd, mx) -> None:
@@ -348,17 +365,6 @@ def _sync_norm_statistics(net, hvd, mx) -> None:
         if name.endswith(('running_mean', 'running_var')):
             data = param.data()
             param.set_data(hvd.allreduce(data, average=True, name=name))
-
-
-def _write_worker_report(run_dir, rank, size, loader, shard_indices, train_rec, config,
-                         epoch, count_records) -> None:
-    """The shard of the first epoch of every rank, for checking that shards are disjoint."""
-    num = count_records(train_rec)
-    shards = {r: shard_indices(num, r, size, epoch, config['seed']) for r in range(size)}
-    report = {'world_size': size, 'num_records': num, 'epoch': epoch,
-              'batches_per_epoch': len(loader), 'shards': shards}
-    (run_dir / 'workers').mkdir(parents=True, exist_ok=True)
-    (run_dir / 'workers' / 'shards.json').write_text(json.dumps(report) + '\n')
 
 
 def _progress(total: int, desc: str, rank: int):

@@ -54,6 +54,8 @@ def save_checkpoint(directory: str | os.PathLike, epoch: int, net: mx.gluon.Bloc
         raise
     for old in list_checkpoints(root)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
+    for stale in root.glob('.epoch-*'):  # left by a run killed while saving
+        shutil.rmtree(stale, ignore_errors=True)
     return final
 
 

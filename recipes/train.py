@@ -200,10 +200,20 @@ def train(args: argparse.Namespace) -> int:
         amp.init()
 
     seed_everything(config['seed'])
-    net = get_model(config['model'], classes=config['classes'],
-                    last_gamma=config['last_gamma'], final_drop=config['final_drop'],
-                    dropblock_prob=config['dropblock_prob'], **config['model_kwargs'])
+    def build(**kwargs):
+        return get_model(config['model'], classes=config['classes'],
+                         last_gamma=config['last_gamma'], final_drop=config['final_drop'],
+                         **config['model_kwargs'], **kwargs)
+
+    net = build(dropblock_prob=config['dropblock_prob'])
     net.initialize(mx.init.Xavier(), ctx=ctx)
+    # Validation and export run on a second instance that receives a copy of the weights:
+    # oneDNN reorders weights in place for inference, and training on from reordered arrays
+    # changes the last bits of later updates, so that ranks drift apart and a resumed run
+    # would not repeat an uninterrupted one.
+    eval_net = build()
+    eval_net.initialize(ctx=ctx)
+    eval_net.hybridize(static_alloc=True, static_shape=True)
     params = net.collect_params()
     # Weight decay on convolution and FC weights only (paper §4.2): not on BN and biases.
     for name, param in params.items():
@@ -308,11 +318,10 @@ def train(args: argparse.Namespace) -> int:
                   'img_per_sec': totals[1] / elapsed, 'val_top1': None, 'val_top5': None,
                   'dropblock_prob': dropblock_prob(epoch, epochs, config['dropblock_prob'])}
         if (epoch + 1) % config['val_interval'] == 0 or epoch + 1 == epochs:
-            result = evaluate(net, val_loader, ctx=ctx, allreduce=allreduce_sum,
+            _copy_parameters(net, eval_net)
+            result = evaluate(eval_net, val_loader, ctx=ctx, allreduce=allreduce_sum,
                               progress=rank == 0, total=len(val_loader))
             record.update(val_top1=result['top1'], val_top5=result['top5'])
-            if size > 1:
-                _broadcast_from_root(params, hvd)
         if rank == 0:
             append_metrics(run_dir / 'metrics.jsonl', record)
             plot_curves(read_metrics(run_dir / 'metrics.jsonl'), run_dir / 'curves.png')
@@ -331,7 +340,8 @@ def train(args: argparse.Namespace) -> int:
 
         export_dir = run_dir / 'export'
         export_dir.mkdir(parents=True, exist_ok=True)
-        files = export_network(net, str(export_dir / 'model'), input_size=config['eval_crop'],
+        _copy_parameters(net, eval_net)
+        files = export_network(eval_net, str(export_dir / 'model'), input_size=config['eval_crop'],
                                classes=config['classes'], mean=mean, std=std)
         classes_file = train_rec.with_suffix('.classes')
         if classes_file.is_file():
@@ -341,20 +351,11 @@ def train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _broadcast_from_root(params, hvd) -> None:
-    """Copy rank 0's parameters to every rank after an evaluation.
-
-    oneDNN reorders weights in place into its blocked layout for inference; the updates of the
-    following epoch then differ between ranks in the last bit (seen on CPU), and Horovod cannot
-    read such arrays in place. Broadcasting a plain copy keeps every worker on exactly the
-    model that is checkpointed.
-    """
-    import mxnet as mx
-
-    for name, param in sorted(params.items()):
-        data = param.data()
-        plain = mx.nd.array(data.asnumpy(), ctx=data.context, dtype=data.dtype)
-        param.set_data(hvd.broadcast(plain, root_rank=0, name=f'sync.{name}'))
+def _copy_parameters(source, target) -> None:
+    """Copy every parameter (and BatchNorm statistic) of ``source`` into ``target``."""
+    own = target._collect_params_with_prefix()
+    for name, param in source._collect_params_with_prefix().items():
+        own[name].set_data(param.data())
 
 
 def _sync_norm_statistics(net, hvd, mx) -> None:

@@ -27,6 +27,7 @@ import numpy as np
 from mxnet.gluon import nn
 
 from .layers import DropBlock, set_drop_prob
+from .models.resnest import load_param_file
 
 __all__ = ['IMAGENET_MEAN', 'IMAGENET_STD', 'META_DEFAULTS', 'Normalize', 'build_network',
            'check_export', 'eval_transform', 'onnx_compatible_symbol',
@@ -230,14 +231,7 @@ def _read_export(symbol_file: str,
     except mx.base.MXNetError as err:
         raise ValueError(f'{symbol_file!r} is not an MXNet symbol file: '
                          f'{_first_line(err)}') from None
-    try:
-        saved = mx.nd.load(params_file)
-    except mx.base.MXNetError as err:
-        raise ValueError(f'{params_file!r} is not an MXNet parameter file: '
-                         f'{_first_line(err)}') from None
-    if not isinstance(saved, dict):
-        raise ValueError(f'{params_file!r} holds unnamed arrays, not named parameters')
-    return symbol, saved
+    return symbol, load_param_file(params_file)
 
 
 def _first_line(err: Exception) -> str:

@@ -64,18 +64,43 @@ class SplitAttention(nn.HybridBlock):
                                  weight_initializer=weight_initializer)
 
     def hybrid_forward(self, F, x):  # noqa: N803 - MXNet's convention
-        x = F.relu(self.bn(self.conv(x)))
+        # Every full-size tensor goes through oneDNN-backed operators (Convolution, BatchNorm,
+        # Activation, Pooling, elemwise_add) or a single elementwise pass; the 5-D reshapes and
+        # the reduction over the radix axis of the textbook formulation cost more on CPU than
+        # the convolution itself (see notes/README_bench.md).
+        x = F.Activation(self.bn(self.conv(x)), act_type='relu')
         # Pool before summing the splits: the mean is linear, and pooling the (N, R*C, H, W)
         # map once is cheaper than materialising the (N, C, H, W) sum of the splits.
-        gap = F.mean(x, axis=(2, 3), keepdims=True)
+        gap = F.Pooling(x, kernel=(1, 1), pool_type='avg', global_pool=True)
         if self.radix > 1:
-            gap = F.sum(F.reshape(gap, (0, -4, self.radix, -1, -2)), axis=1)
-        atten = self.fc2(F.relu(self.bn1(self.fc1(gap))))
+            gap = self._sum_splits(F, gap)
+        atten = F.Activation(self.bn1(self.fc1(gap)), act_type='relu')
+        atten = self.fc2(atten)
         if self.radix == 1:
             return F.broadcast_mul(x, F.sigmoid(atten))
-        # (N, K*R*w, 1, 1) cardinal-major -> softmax over R -> (N, R, C, 1, 1) radix-major.
-        atten = F.reshape(atten, (0, self.cardinality, self.radix, -1))
-        atten = F.softmax(atten, axis=2)
-        atten = F.reshape(F.swapaxes(atten, 1, 2), (0, self.radix, -1, 1, 1))
-        splits = F.reshape(x, (0, -4, self.radix, -1, -2))
-        return F.sum(F.broadcast_mul(splits, atten), axis=1)
+        # (N, K*R*w, 1, 1) cardinal-major -> softmax over R -> (N, R*C, 1, 1) radix-major.
+        if self.cardinality > 1:
+            atten = F.reshape(atten, (0, self.cardinality, self.radix, -1))
+            atten = F.softmax(atten, axis=2)
+            atten = F.reshape(F.swapaxes(atten, 1, 2), (0, -1, 1, 1))
+        else:
+            atten = F.reshape(F.softmax(F.reshape(atten, (0, self.radix, -1)), axis=1),
+                              (0, -1, 1, 1))
+        # Weighted sum of the splits: one broadcast multiply over the (N, R, C, H, W) view, then
+        # the sum over R as a batched (1 x R) @ (R x CHW) product, a single memory-bound pass
+        # (MXNet's reduction over a middle axis is several times slower on CPU).
+        weighted = F.broadcast_mul(F.reshape(x, (0, -4, self.radix, -1, -2)),
+                                   F.reshape(atten, (0, -4, self.radix, -1, -2)))
+        ones = F.reshape(F.ones_like(F.slice_axis(atten, axis=1, begin=0, end=self.radix)),
+                         (0, 1, self.radix))
+        out = F.batch_dot(ones, F.reshape(weighted, (0, 0, -1)))
+        return F.reshape_like(out, weighted, lhs_begin=1, lhs_end=3, rhs_begin=2, rhs_end=5)
+
+    def _sum_splits(self, F, x):  # noqa: N803 - MXNet's convention
+        """Sum of the ``radix`` channel slices of a radix-major (N, R*C, 1, 1) tensor."""
+        parts = [F.slice_axis(x, axis=1, begin=r * self.channels, end=(r + 1) * self.channels)
+                 for r in range(self.radix)]
+        out = parts[0]
+        for part in parts[1:]:
+            out = out + part
+        return out

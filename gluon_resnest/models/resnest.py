@@ -95,7 +95,7 @@ class Bottleneck(nn.HybridBlock):
         out = self.bn1(self.conv1(x))
         if self.use_dropblock:
             out = self.dropblock1(out)
-        out = F.relu(out)
+        out = F.Activation(out, act_type='relu')
         if self.avd and self.avd_first:
             out = self.avd_layer(out)
         out = self.conv2(out)
@@ -104,14 +104,14 @@ class Bottleneck(nn.HybridBlock):
         if self.use_dropblock:
             out = self.dropblock2(out)
         if self.radix == 0:
-            out = F.relu(out)
+            out = F.Activation(out, act_type='relu')
         if self.avd and not self.avd_first:
             out = self.avd_layer(out)
         out = self.bn3(self.conv3(out))
         if self.use_dropblock:
             out = self.dropblock3(out)
         residual = x if self.downsample is None else self.downsample(x)
-        return F.relu(out + residual)
+        return F.Activation(out + residual, act_type='relu')
 
 
 @dataclass(frozen=True)
@@ -224,14 +224,15 @@ class ResNeSt(nn.HybridBlock):
                 self.fc = nn.Dense(classes, in_units=inplanes)
 
     def hybrid_forward(self, F, x):  # noqa: N803 - MXNet's convention
-        x = self.maxpool(F.relu(self.bn1(self.conv1(x))))
+        # Activation and global Pooling (not relu and mean) run on oneDNN without reorders.
+        x = self.maxpool(F.Activation(self.bn1(self.conv1(x)), act_type='relu'))
         c2 = self.layer1(x)
         c3 = self.layer2(c2)
         c4 = self.layer3(c3)
         c5 = self.layer4(c4)
         if self.features_only:
             return c2, c3, c4, c5
-        x = F.mean(c5, axis=(2, 3))
+        x = F.flatten(F.Pooling(c5, kernel=(1, 1), pool_type='avg', global_pool=True))
         if self.drop is not None:
             x = self.drop(x)
         return self.fc(x)

@@ -1,0 +1,169 @@
+"""Side-by-side speed benchmark (paper Table 2 style): ours vs GluonCV vs the authors' PyTorch.
+
+Each framework runs in its own worker process (:mod:`gluon_resnest.bench_worker`), started once
+and driven round-robin over stdin/stdout JSON lines, so the frameworks alternate on the same
+cores without re-initialising. The reported figure is the median over all timed batches.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import statistics
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+__all__ = ['BenchConfig', 'Worker', 'format_table', 'run_benchmark', 'torch_python']
+
+logger = logging.getLogger(__name__)
+
+WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'bench_worker.py')
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def torch_python() -> str:
+    """Interpreter of the PyTorch virtualenv (``GLUON_RESNEST_TORCH_PYTHON`` or .torchvenv)."""
+    return os.environ.get('GLUON_RESNEST_TORCH_PYTHON') or os.path.join(
+        REPO, '.torchvenv', 'bin', 'python')
+
+
+@dataclass
+class BenchConfig:
+    """What to time."""
+
+    model: str = 'resnest50'
+    batch_size: int = 16
+    input_size: int = 224
+    mode: str = 'infer'
+    dtype: str = 'float32'
+    compare: Sequence[str] = ()
+    repetitions: int = 5
+    iters: int = 2
+    latency_iters: int = 5
+    threads: int = field(default_factory=lambda: os.cpu_count() or 1)
+    classes: int = 1000
+
+
+class Worker:
+    """One framework's worker process."""
+
+    def __init__(self, framework: str, config: BenchConfig, dtype: str | None = None) -> None:
+        self.framework = framework
+        self.dtype = dtype or config.dtype
+        python = torch_python() if framework == 'torch' else sys.executable
+        if not os.path.isfile(python):
+            raise FileNotFoundError(f'no PyTorch interpreter at {python!r}: set '
+                                    f'GLUON_RESNEST_TORCH_PYTHON or run `make torch-env`')
+        env = dict(os.environ, OMP_NUM_THREADS=str(config.threads),
+                   MKL_NUM_THREADS=str(config.threads))
+        env.pop('MXNET_SUBGRAPH_BACKEND', None)
+        cmd = [python, WORKER, '--framework', framework, '--model', config.model,
+               '--batch-size', str(config.batch_size), '--input-size', str(config.input_size),
+               '--classes', str(config.classes), '--mode', config.mode, '--dtype', self.dtype,
+               '--threads', str(config.threads)]
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     text=True, env=env, cwd=REPO)
+        self.times: list[float] = []
+        self.latency: list[float] = []
+        self.peak_rss_mib = 0.0
+        self.params = 0
+
+    def _read(self) -> dict[str, Any]:
+        line = self.proc.stdout.readline()
+        if not line:
+            code = self.proc.wait()
+            raise RuntimeError(f'{self.framework} worker exited (code {code}) without an '
+                               f'answer; see its messages above')
+        reply = json.loads(line)
+        if 'error' in reply:
+            raise RuntimeError(f'{self.framework} worker failed: {reply["error"]}')
+        return reply
+
+    def wait_ready(self) -> None:
+        """Block until the worker has built and warmed up its model."""
+        self.params = int(self._read()['params'])
+
+    def request(self, cmd: str, iters: int) -> dict[str, Any]:
+        self.proc.stdin.write(json.dumps({'cmd': cmd, 'iters': iters}) + '\n')
+        self.proc.stdin.flush()
+        return self._read()
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                self.proc.stdin.write(json.dumps({'cmd': 'quit'}) + '\n')
+                self.proc.stdin.close()
+            except BrokenPipeError:
+                pass
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def run_benchmark(config: BenchConfig, progress: bool = True) -> dict[str, Any]:
+    """Time ``ours`` and the frameworks of ``config.compare``, alternating; return a report."""
+    rows = [('ours', config.dtype)]
+    if config.dtype != 'float32' and config.mode == 'infer':
+        rows.append(('ours', 'float32'))
+    rows += [(name, 'float32') for name in config.compare]
+    workers: list[Worker] = []
+    try:
+        # Start one at a time: building a model is CPU-heavy and would skew the others.
+        for name, dtype in rows:
+            worker = Worker(name, config, dtype)
+            workers.append(worker)
+            worker.wait_ready()
+        from tqdm import tqdm
+
+        for _ in tqdm(range(config.repetitions), desc='rounds', disable=not progress):
+            for worker in workers:
+                reply = worker.request('run', config.iters)
+                worker.times += reply['times']
+                worker.peak_rss_mib = max(worker.peak_rss_mib, reply['peak_rss_mib'])
+        if config.mode == 'infer' and config.latency_iters > 0:
+            for _ in range(2):  # two alternating rounds of batch-1 timing
+                for worker in workers:
+                    worker.latency += worker.request('latency', config.latency_iters)['times']
+    finally:
+        for worker in workers:
+            worker.close()
+    results = []
+    for worker in workers:
+        median = statistics.median(worker.times)
+        results.append({
+            'framework': worker.framework,
+            'dtype': worker.dtype,
+            'params': worker.params,
+            'images_per_sec': config.batch_size / median,
+            'batch_seconds': worker.times,
+            'latency_ms': 1000 * statistics.median(worker.latency) if worker.latency else None,
+            'peak_rss_mib': worker.peak_rss_mib,
+        })
+    ours = results[0]['images_per_sec']
+    ratios = {f"{r['framework']}-{r['dtype']}" if r['framework'] == 'ours' else r['framework']:
+              ours / r['images_per_sec'] for r in results[1:]}
+    return {'model': config.model, 'batch_size': config.batch_size,
+            'input_size': config.input_size, 'mode': config.mode, 'dtype': config.dtype,
+            'threads': config.threads, 'repetitions': config.repetitions,
+            'iters': config.iters, 'results': results, 'ratios': ratios}
+
+
+def format_table(report: dict[str, Any]) -> str:
+    """Markdown table of a :func:`run_benchmark` report."""
+    head = ('| implementation | dtype | params | input | mode | batch | images/s (median) | '
+            'latency b=1 (ms) | peak RSS (MiB) | ours / this |')
+    lines = [head, '|' + '---|' * 10]
+    ours = report['results'][0]['images_per_sec']
+    names = {'ours': 'gluon_resnest', 'gluoncv': 'GluonCV', 'torch': 'PyTorch (resnest.torch)'}
+    for row in report['results']:
+        latency = f"{row['latency_ms']:.1f}" if row['latency_ms'] is not None else '-'
+        lines.append(
+            f"| {names[row['framework']]} | {row['dtype']} | {row['params'] / 1e6:.1f}M | "
+            f"{report['input_size']} | {report['mode']} | {report['batch_size']} | "
+            f"{row['images_per_sec']:.2f} | {latency} | {row['peak_rss_mib']:.0f} | "
+            f"{ours / row['images_per_sec']:.2f}x |")
+    return '\n'.join(lines)

@@ -1,0 +1,77 @@
+"""Speed of a ResNeSt in the style of paper Table 2, side by side with GluonCV and PyTorch.
+
+Example::
+
+    python tools/benchmark.py --model resnest50 --batch-size 16 --input-size 224 \\
+        --compare gluoncv,torch
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from gluon_resnest.benchmark import BenchConfig, format_table, run_benchmark  # noqa: E402
+from gluon_resnest.registry import list_models  # noqa: E402
+
+COMPARABLE = ('gluoncv', 'torch')
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument('--model', default='resnest50', help='registered model name')
+    parser.add_argument('--batch-size', type=int, default=16)
+    parser.add_argument('--input-size', type=int, default=224)
+    parser.add_argument('--mode', choices=('infer', 'train'), default='infer')
+    parser.add_argument('--dtype', choices=('float32', 'int8', 'bfloat16'), default='float32',
+                        help='our dtype (inference); int8/bfloat16 rows add our float32 row')
+    parser.add_argument('--compare', default='',
+                        help='comma-separated: gluoncv, torch (timed in the same run)')
+    parser.add_argument('--repetitions', type=int, default=5,
+                        help='alternating rounds; each times --iters batches per framework')
+    parser.add_argument('--iters', type=int, default=2, help='timed batches per round')
+    parser.add_argument('--latency-iters', type=int, default=5,
+                        help='batch-1 runs per latency round (0: skip)')
+    parser.add_argument('--threads', type=int, default=os.cpu_count() or 1,
+                        help='OMP threads of every worker')
+    parser.add_argument('--classes', type=int, default=1000)
+    parser.add_argument('--json', action='store_true', help='print the report as JSON')
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format='%(levelname)s %(message)s')
+    if args.model not in list_models():
+        parser.error(f'unknown model {args.model!r}; choose from {", ".join(list_models())}')
+    compare = [c.strip() for c in args.compare.split(',') if c.strip()]
+    bad = [c for c in compare if c not in COMPARABLE]
+    if bad:
+        parser.error(f'--compare takes {", ".join(COMPARABLE)}; got {", ".join(bad)}')
+    if args.dtype != 'float32' and args.mode == 'train':
+        parser.error('--dtype int8/bfloat16 is for --mode infer')
+    for name in ('batch_size', 'input_size', 'repetitions', 'iters', 'threads'):
+        if getattr(args, name) < 1:
+            parser.error(f'--{name.replace("_", "-")} must be >= 1')
+    config = BenchConfig(model=args.model, batch_size=args.batch_size,
+                         input_size=args.input_size, mode=args.mode, dtype=args.dtype,
+                         compare=compare, repetitions=args.repetitions, iters=args.iters,
+                         latency_iters=args.latency_iters, threads=args.threads,
+                         classes=args.classes)
+    try:
+        report = run_benchmark(config, progress=not args.json)
+    except (RuntimeError, FileNotFoundError) as err:
+        print(f'error: {err}', file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(format_table(report))
+        for name, ratio in report['ratios'].items():
+            print(f'ours / {name}: {ratio:.2f}x')
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -104,7 +104,9 @@ def _mxnet_runner(args: argparse.Namespace) -> _Runner:
         from gluon_resnest.quantization import quantize_network
         calib = [mx.nd.array(np.random.RandomState(i).uniform(
             -1, 1, state['x'].shape).astype(np.float32)) for i in range(2)]
-        model = quantize_network(net, calib, calib_mode='naive')
+        options = dict(json.loads(args.quantize_options or '{}'))
+        options.setdefault('calib_mode', 'naive')
+        model = quantize_network(net, calib, **options)
         from gluon_resnest.inference import optimize_for_inference
         model = optimize_for_inference(model, data=state['x'], backend=None)
     elif args.dtype == 'bfloat16':
@@ -213,6 +215,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument('--dtype', choices=('float32', 'int8', 'bfloat16'), default='float32')
     parser.add_argument('--threads', type=int, default=os.cpu_count() or 1)
     parser.add_argument('--warmup', type=int, default=2)
+    parser.add_argument('--quantize-options', default='',
+                        help='int8: JSON object of quantize_network keyword arguments')
     args = parser.parse_args(argv)
     # Keep the protocol channel clean: libraries may print to stdout.
     channel = os.fdopen(os.dup(sys.stdout.fileno()), 'w')

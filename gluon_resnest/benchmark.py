@@ -44,14 +44,20 @@ class BenchConfig:
     latency_iters: int = 5
     threads: int = field(default_factory=lambda: os.cpu_count() or 1)
     classes: int = 1000
+    #: With ``dtype='int8'``: one INT8 row per entry, each the keyword arguments of
+    #: :func:`gluon_resnest.quantization.quantize_network` (e.g. ``{'split_grouped': False}``);
+    #: empty means one row with the defaults.
+    int8_variants: Sequence[dict[str, Any]] = ()
 
 
 class Worker:
     """One framework's worker process."""
 
-    def __init__(self, framework: str, config: BenchConfig, dtype: str | None = None) -> None:
+    def __init__(self, framework: str, config: BenchConfig, dtype: str | None = None,
+                 quantize_options: dict[str, Any] | None = None) -> None:
         self.framework = framework
         self.dtype = dtype or config.dtype
+        self.quantize_options = quantize_options
         python = torch_python() if framework == 'torch' else sys.executable
         if not os.path.isfile(python):
             raise FileNotFoundError(f'no PyTorch interpreter at {python!r}: set '
@@ -63,6 +69,8 @@ class Worker:
                '--batch-size', str(config.batch_size), '--input-size', str(config.input_size),
                '--classes', str(config.classes), '--mode', config.mode, '--dtype', self.dtype,
                '--threads', str(config.threads)]
+        if quantize_options:
+            cmd += ['--quantize-options', json.dumps(quantize_options)]
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      text=True, env=env, cwd=REPO)
         self.times: list[float] = []
@@ -106,15 +114,19 @@ class Worker:
 
 def run_benchmark(config: BenchConfig, progress: bool = True) -> dict[str, Any]:
     """Time ``ours`` and the frameworks of ``config.compare``, alternating; return a report."""
-    rows = [('ours', config.dtype)]
+    rows: list[tuple[str, str, dict[str, Any] | None]] = []
+    if config.dtype == 'int8':
+        rows += [('ours', 'int8', dict(v)) for v in (config.int8_variants or [{}])]
+    else:
+        rows.append(('ours', config.dtype, None))
     if config.dtype != 'float32' and config.mode == 'infer':
-        rows.append(('ours', 'float32'))
-    rows += [(name, 'float32') for name in config.compare]
+        rows.append(('ours', 'float32', None))
+    rows += [(name, 'float32', None) for name in config.compare]
     workers: list[Worker] = []
     try:
         # Start one at a time: building a model is CPU-heavy and would skew the others.
-        for name, dtype in rows:
-            worker = Worker(name, config, dtype)
+        for name, dtype, options in rows:
+            worker = Worker(name, config, dtype, options)
             workers.append(worker)
             worker.wait_ready()
         from tqdm import tqdm
@@ -143,13 +155,29 @@ def run_benchmark(config: BenchConfig, progress: bool = True) -> dict[str, Any]:
             'latency_ms': 1000 * statistics.median(worker.latency) if worker.latency else None,
             'peak_rss_mib': worker.peak_rss_mib,
         })
+        if worker.quantize_options is not None:
+            results[-1]['quantize_options'] = worker.quantize_options
     ours = results[0]['images_per_sec']
-    ratios = {f"{r['framework']}-{r['dtype']}" if r['framework'] == 'ours' else r['framework']:
-              ours / r['images_per_sec'] for r in results[1:]}
-    return {'model': config.model, 'batch_size': config.batch_size,
-            'input_size': config.input_size, 'mode': config.mode, 'dtype': config.dtype,
-            'threads': config.threads, 'repetitions': config.repetitions,
-            'iters': config.iters, 'results': results, 'ratios': ratios}
+    ratios = {_label(r): ours / r['images_per_sec'] for r in results[1:]}
+    report = {'model': config.model, 'batch_size': config.batch_size,
+              'input_size': config.input_size, 'mode': config.mode, 'dtype': config.dtype,
+              'threads': config.threads, 'repetitions': config.repetitions,
+              'iters': config.iters, 'results': results, 'ratios': ratios}
+    fp32 = [r for r in results if r['framework'] == 'ours' and r['dtype'] == 'float32']
+    if config.dtype == 'int8' and fp32:
+        # Each INT8 row against our FP32 row of the same run (the speed-up asked for).
+        report['int8_speedup'] = {_label(r): r['images_per_sec'] / fp32[0]['images_per_sec']
+                                  for r in results if r['dtype'] == 'int8'}
+    return report
+
+
+def _label(row: dict[str, Any]) -> str:
+    if row['framework'] != 'ours':
+        return row['framework']
+    label = f"ours-{row['dtype']}"
+    if row.get('quantize_options'):
+        label += ' ' + json.dumps(row['quantize_options'], sort_keys=True)
+    return label
 
 
 def format_table(report: dict[str, Any]) -> str:
@@ -161,8 +189,11 @@ def format_table(report: dict[str, Any]) -> str:
     names = {'ours': 'gluon_resnest', 'gluoncv': 'GluonCV', 'torch': 'PyTorch (resnest.torch)'}
     for row in report['results']:
         latency = f"{row['latency_ms']:.1f}" if row['latency_ms'] is not None else '-'
+        dtype = row['dtype']
+        if row.get('quantize_options'):
+            dtype += ' ' + json.dumps(row['quantize_options'], sort_keys=True)
         lines.append(
-            f"| {names[row['framework']]} | {row['dtype']} | {row['params'] / 1e6:.1f}M | "
+            f"| {names[row['framework']]} | {dtype} | {row['params'] / 1e6:.1f}M | "
             f"{report['input_size']} | {report['mode']} | {report['batch_size']} | "
             f"{row['images_per_sec']:.2f} | {latency} | {row['peak_rss_mib']:.0f} | "
             f"{ours / row['images_per_sec']:.2f}x |")

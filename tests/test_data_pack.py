@@ -179,3 +179,20 @@ def test_cli_exit_codes(mixed_folder: Path, tmp_path: Path):
     missing = _cli('--root', str(tmp_path / 'missing'), '--prefix', str(tmp_path / 'm'))
     assert missing.returncode == 2 and 'not a directory' in missing.stderr
     assert not os.path.exists(tmp_path / 'm.rec')
+
+
+def test_truncated_file_refused_even_when_pil_is_lenient(tmp_path, monkeypatch):
+    """gluoncv sets PIL's LOAD_TRUNCATED_IMAGES on import; the packer must not depend on it."""
+    from PIL import ImageFile
+
+    from gluon_resnest.data.pack import encode_image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.random.RandomState(0).randint(0, 255, (64, 64, 3), np.uint8)).save(
+        buf, 'JPEG')
+    path = tmp_path / 'truncated.jpg'
+    path.write_bytes(buf.getvalue()[:len(buf.getvalue()) // 2])
+    monkeypatch.setattr(ImageFile, 'LOAD_TRUNCATED_IMAGES', True)
+    with pytest.raises(ValueError, match='cannot decode'):
+        encode_image(str(path))
+    assert ImageFile.LOAD_TRUNCATED_IMAGES is True

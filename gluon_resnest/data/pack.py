@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import List, Sequence, Tuple
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from .records import check_encoded_image, pack_image_record
 
@@ -176,6 +176,10 @@ def encode_image(path: str, resize: int = 0, quality: int = 95) -> Tuple[bytes, 
         raw = f.read()
     if not raw:
         raise ValueError('empty file')
+    # Importing gluoncv sets PIL's process-wide LOAD_TRUNCATED_IMAGES, which would let a
+    # truncated file through as a half-grey image: refuse truncation whatever that flag says.
+    lenient = ImageFile.LOAD_TRUNCATED_IMAGES
+    ImageFile.LOAD_TRUNCATED_IMAGES = False
     try:
         img = Image.open(io.BytesIO(raw))
         img.load()  # raises on a truncated file
@@ -183,6 +187,8 @@ def encode_image(path: str, resize: int = 0, quality: int = 95) -> Tuple[bytes, 
         raise ValueError('not a recognised image format') from None
     except (OSError, SyntaxError) as err:
         raise ValueError(f'cannot decode: {err}') from None
+    finally:
+        ImageFile.LOAD_TRUNCATED_IMAGES = lenient
     if img.width == 0 or img.height == 0:
         raise ValueError(f'image has size {img.width}x{img.height}')
     orientation = img.getexif().get(0x0112, 1) if hasattr(img, 'getexif') else 1

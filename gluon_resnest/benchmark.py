@@ -131,8 +131,11 @@ def run_benchmark(config: BenchConfig, progress: bool = True) -> dict[str, Any]:
             worker.wait_ready()
         from tqdm import tqdm
 
-        for _ in tqdm(range(config.repetitions), desc='rounds', disable=not progress):
-            for worker in workers:
+        for rnd in tqdm(range(config.repetitions), desc='rounds', disable=not progress):
+            # Rotate who goes first: the first batch after another worker's turn runs slower
+            # (caches, thread wake-up), and a fixed order would always charge it to the same row.
+            shift = rnd % len(workers)
+            for worker in workers[shift:] + workers[:shift]:
                 reply = worker.request('run', config.iters)
                 worker.times += reply['times']
                 worker.peak_rss_mib = max(worker.peak_rss_mib, reply['peak_rss_mib'])

@@ -20,6 +20,7 @@ from gluon_resnest.quantization import (
     grouped_convolutions,
     quantize_network,
     split_grouped_convolutions,
+    sum_splits_per_branch,
 )
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -110,14 +111,30 @@ def test_split_grouped_convolutions_is_exact(cardinality):
     ref = _run(symbol, args, aux, x)
     np.testing.assert_allclose(ref, net(x).asnumpy(), rtol=1e-5, atol=1e-5 * np.abs(ref).max())
     folded = fold_batchnorm(symbol, args, aux)
-    for sym, a, b in ((symbol, args, aux), folded):
+    # Unfolded, a BatchNorm sits between each producer and grouped conv: every grouped conv
+    # slices its input. Folded, the 1x1 conv before each 3x3 grouped conv is split by output
+    # channels instead, and a grouped fc1 feeds the grouped fc2 block by block: only fc1
+    # (input: the pooled sum of the splits) slices.
+    slices = (len(grouped), 0 if cardinality == 1 else 4)
+    concats = (len(grouped), 4 if cardinality == 1 else 8)  # fc1's outputs go to fc2 unjoined
+    for (sym, a, b), slices_expected, concats_expected in zip(((symbol, args, aux), folded),
+                                                               slices, concats):
         split, sargs, saux = split_grouped_convolutions(sym, a, b)
         assert grouped_convolutions(split) == []
         ops = _ops(split)
-        assert ops.count('SliceChannel') == ops.count('Concat') == len(grouped)
+        assert ops.count('Concat') == concats_expected
+        assert ops.count('SliceChannel') == slices_expected
         assert not any(name in sargs for name in (f'{g}_weight' for g in grouped))
         out = _run(split, sargs, saux, x)
         assert np.abs(out - ref).max() <= 1e-5 * np.abs(ref).max()
+        # The Split-Attention weighted sum on the branches: bitwise equal. Only where the
+        # branches are joined right before it (folded BatchNorm, cardinality 1).
+        summed = sum_splits_per_branch(split)
+        rewritten = 4 if cardinality == 1 and slices_expected == 0 else 0
+        ops = _ops(summed)
+        assert ops.count('batch_dot') == 4 - rewritten
+        assert ops.count('add_n') == rewritten
+        np.testing.assert_array_equal(_run(summed, sargs, saux, x), out)
     # the inputs are left alone
     assert len(grouped_convolutions(folded[0])) == len(grouped)
 
@@ -200,3 +217,33 @@ def test_quantize_tool_bad_input(fp32_export, tmp_path):
                            str(tmp_path / 'q')],
                           capture_output=True, text=True, cwd=REPO, timeout=300, check=False)
     assert proc.returncode != 0 and 'nope' in proc.stderr
+
+
+BENCH = os.path.join(REPO, 'tools', 'benchmark.py')
+
+
+@pytest.mark.slow
+def test_benchmark_int8_variants():
+    """tools/benchmark.py times one INT8 row per --int8-variant against our FP32 row."""
+    proc = subprocess.run([sys.executable, BENCH, '--model', 'resnest14', '--input-size', '32',
+                           '--batch-size', '2', '--classes', '10', '--dtype', 'int8',
+                           '--int8-variant', '{}', '--int8-variant', '{"split_grouped": false}',
+                           '--repetitions', '1', '--iters', '1', '--latency-iters', '0',
+                           '--json'],
+                          capture_output=True, text=True, cwd=REPO, timeout=600, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(proc.stdout)
+    rows = [(r['dtype'], r.get('quantize_options')) for r in report['results']]
+    assert rows == [('int8', {}), ('int8', {'split_grouped': False}), ('float32', None)]
+    assert set(report['int8_speedup']) == {'ours-int8', 'ours-int8 {"split_grouped": false}'}
+    assert all(v > 0 for v in report['int8_speedup'].values())
+
+
+def test_benchmark_rejects_bad_int8_variant():
+    for extra in (['--dtype', 'int8', '--int8-variant', '{oops'],
+                  ['--dtype', 'int8', '--int8-variant', '[1]'],
+                  ['--int8-variant', '{}']):
+        proc = subprocess.run([sys.executable, BENCH, '--model', 'resnest14', *extra],
+                              capture_output=True, text=True, cwd=REPO, timeout=300,
+                              check=False)
+        assert proc.returncode == 2 and '--int8-variant' in proc.stderr, proc.stderr[-2000:]

@@ -40,6 +40,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument('--threads', type=int, default=os.cpu_count() or 1,
                         help='OMP threads of every worker')
     parser.add_argument('--classes', type=int, default=1000)
+    parser.add_argument('--int8-variant', action='append', default=[], metavar='JSON',
+                        help='with --dtype int8: one INT8 row per use, a JSON object of '
+                             'gluon_resnest.quantization.quantize_network keyword arguments, '
+                             'e.g. \'{"split_grouped": false}\' (default: one row, defaults)')
     parser.add_argument('--json', action='store_true', help='print the report as JSON')
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format='%(levelname)s %(message)s')
@@ -54,11 +58,22 @@ def main(argv: list[str] | None = None) -> int:
     for name in ('batch_size', 'input_size', 'repetitions', 'iters', 'threads'):
         if getattr(args, name) < 1:
             parser.error(f'--{name.replace("_", "-")} must be >= 1')
+    variants = []
+    for text in args.int8_variant:
+        try:
+            variant = json.loads(text)
+        except json.JSONDecodeError as err:
+            parser.error(f'--int8-variant {text!r} is not JSON: {err}')
+        if not isinstance(variant, dict):
+            parser.error(f'--int8-variant {text!r} must be a JSON object')
+        variants.append(variant)
+    if variants and args.dtype != 'int8':
+        parser.error('--int8-variant needs --dtype int8')
     config = BenchConfig(model=args.model, batch_size=args.batch_size,
                          input_size=args.input_size, mode=args.mode, dtype=args.dtype,
                          compare=compare, repetitions=args.repetitions, iters=args.iters,
                          latency_iters=args.latency_iters, threads=args.threads,
-                         classes=args.classes)
+                         classes=args.classes, int8_variants=variants)
     try:
         report = run_benchmark(config, progress=not args.json)
     except (RuntimeError, FileNotFoundError) as err:
@@ -70,6 +85,8 @@ def main(argv: list[str] | None = None) -> int:
         print(format_table(report))
         for name, ratio in report['ratios'].items():
             print(f'ours / {name}: {ratio:.2f}x')
+        for name, ratio in report.get('int8_speedup', {}).items():
+            print(f'{name} / ours-float32: {ratio:.2f}x')
     return 0
 
 

@@ -33,6 +33,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument('--quantized-dtype', choices=('auto', 'int8', 'uint8'), default='auto')
     parser.add_argument('--exclude', default='',
                         help='comma-separated substrings of layer names kept in FP32')
+    parser.add_argument('--no-split-grouped', dest='split_grouped', action='store_false',
+                        help='keep grouped convolutions grouped (and FP32) instead of '
+                             'rewriting them as ungrouped INT8 convolutions')
     parser.add_argument('--num-workers', type=int, default=2, help='decoding processes')
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format='%(levelname)s %(message)s')
@@ -44,7 +47,8 @@ def main(argv: list[str] | None = None) -> int:
             args.prefix, args.calib_rec, args.output, epoch=args.epoch,
             calib_mode=args.calib_mode, num_calib_examples=args.num_calib_examples,
             batch_size=args.batch_size, quantized_dtype=args.quantized_dtype,
-            exclude_layers_match=exclude, num_workers=args.num_workers)
+            exclude_layers_match=exclude, num_workers=args.num_workers,
+            split_grouped=args.split_grouped)
     except (FileNotFoundError, ValueError) as err:
         print(f'error: {err}', file=sys.stderr)
         return 1

@@ -67,7 +67,7 @@ class SplitAttention(nn.HybridBlock):
         # Every full-size tensor goes through oneDNN-backed operators (Convolution, BatchNorm,
         # Activation, Pooling, elemwise_add) or a single elementwise pass; the 5-D reshapes and
         # the reduction over the radix axis of the textbook formulation cost more on CPU than
-        # the convolution itself (see notes/README_bench.md).
+        # the convolution itself (see the README, "Where the time goes").
         x = F.Activation(self.bn(self.conv(x)), act_type='relu')
         # Pool before summing the splits: the mean is linear, and pooling the (N, R*C, H, W)
         # map once is cheaper than materialising the (N, C, H, W) sum of the splits.

@@ -162,6 +162,7 @@ def train(args: argparse.Namespace) -> int:
     from gluon_resnest import get_model, set_drop_prob
     from gluon_resnest.data import TrainLoader, ValLoader, mixup, smooth_one_hot
     from gluon_resnest.evaluation import evaluate
+    from gluon_resnest.layers import HorovodSyncBatchNorm
     from gluon_resnest.training import (
         checkpoint,
         dropblock_prob,
@@ -195,9 +196,6 @@ def train(args: argparse.Namespace) -> int:
     ctx = mx.gpu(hvd.local_rank()) if gpus > 0 else mx.cpu()
     if config['amp'] and gpus == 0:
         raise TrainingError('amp (float16) needs a GPU; none is visible')
-    if config['sync_bn']:
-        raise TrainingError('sync_bn is not available: MXNet 1.9 has no cross-process '
-                            'synchronised BatchNorm for Horovod workers')
     if config['amp']:
         from mxnet.contrib import amp
         amp.init()
@@ -208,7 +206,10 @@ def train(args: argparse.Namespace) -> int:
                          last_gamma=config['last_gamma'], final_drop=config['final_drop'],
                          **config['model_kwargs'], **kwargs)
 
-    net = build(dropblock_prob=config['dropblock_prob'])
+    # Synchronised BatchNorm takes batch statistics over all workers (training only; the
+    # evaluation copy below uses plain BatchNorm, whose parameters have the same names).
+    sync = {'norm_layer': HorovodSyncBatchNorm} if config['sync_bn'] else {}
+    net = build(dropblock_prob=config['dropblock_prob'], **sync)
     net.initialize(mx.init.Xavier(), ctx=ctx)
     # Validation and export run on a second instance that receives a copy of the weights:
     # oneDNN reorders weights in place for inference, and training on from reordered arrays
@@ -235,6 +236,9 @@ def train(args: argparse.Namespace) -> int:
     val_loader = ValLoader(str(val_rec), batch, eval_crop=config['eval_crop'], rank=rank,
                            world_size=size, num_workers=config['num_workers'], mean=mean,
                            std=std)
+    # Fork the decoding workers before anything starts threads that a fork would break.
+    train_loader.start()
+    val_loader.start()
     steps = len(train_loader)
     if steps < 1:
         raise TrainingError(f'{train_rec.name} has too few records for one batch of {batch} '

@@ -178,3 +178,13 @@ def _rank_pid(marker: str, rank: int) -> int | None:
                 and not any(b'horovodrun' in part for part in cmdline)):
             return int(proc.name)
     return None
+
+
+def test_synchronised_batchnorm_with_two_workers(digits, tmp_path):
+    run = tmp_path / 'run'
+    _ok(_train(*FAST, '--epochs', '1', '--sync-bn', 'true', '--data-dir', str(digits),
+               '--run-dir', str(run), workers=2))
+    digest = [(run / 'workers' / f'rank-{r}.params.sha256').read_text() for r in (0, 1)]
+    assert digest[0] == digest[1]
+    assert json.loads((run / 'config.json').read_text())['sync_bn'] is True
+    assert (run / 'export' / 'model-symbol.json').is_file()

@@ -50,8 +50,8 @@ def main(argv: list[str] | None = None) -> int:
             exclude_layers_match=exclude, num_workers=args.num_workers,
             split_grouped=args.split_grouped)
     except (FileNotFoundError, ValueError) as err:
-        print(f'error: {err}', file=sys.stderr)
-        return 1
+        print(f'quantize: error: {err}', file=sys.stderr)
+        return 2
     print(f'wrote {symbol_file} and {params_file}')
     return 0
 

@@ -318,6 +318,15 @@ class _LoaderBase:
             data = mx.nd.array(array, ctx=self.ctx, dtype=np.float32)
             yield data, mx.nd.array(labels, ctx=self.ctx, dtype=np.float32)
 
+    def start(self) -> None:
+        """Start the worker processes now rather than at the first iteration.
+
+        Workers are forked: start them before the process runs threads that must not be forked
+        (e.g. those of MXNet custom operators such as the synchronised BatchNorm).
+        """
+        if self._pool is not None and self.num_workers > 0 and not self._pool._processes:
+            self._pool._start()
+
     def close(self) -> None:
         """Stop the worker processes (restarted by the next iteration)."""
         if self._pool is not None:

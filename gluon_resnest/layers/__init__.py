@@ -2,6 +2,7 @@
 from .dropblock import DropBlock, set_drop_prob
 from .resnet_d import DeepStem, Shortcut
 from .split_attn import SplitAttention, attention_channels
+from .sync_bn import HorovodSyncBatchNorm
 
-__all__ = ['DeepStem', 'DropBlock', 'Shortcut', 'SplitAttention', 'attention_channels',
-           'set_drop_prob']
+__all__ = ['DeepStem', 'DropBlock', 'HorovodSyncBatchNorm', 'Shortcut', 'SplitAttention',
+           'attention_channels', 'set_drop_prob']

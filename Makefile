@@ -54,4 +54,4 @@ bench: install torch-env
 	$(PY) tools/benchmark.py --model resnest50 --batch-size 16 --input-size 224 --compare gluoncv,torch
 
 clean:
-	rm -rf $(VENV) $(TORCH_VENV) build *.egg-info .pytest_cache runs
+	rm -rf $(VENV) $(TORCH_VENV) build *.egg-info .pytest_cache runs data

@@ -160,7 +160,7 @@ def train(args: argparse.Namespace) -> int:
     from mxnet import autograd, gluon
 
     from gluon_resnest import get_model, set_drop_prob
-    from gluon_resnest.data import TrainLoader, ValLoader, mixup, smooth_one_hot
+    from gluon_resnest.data import TrainLoader, ValLoader, allreduce_sum, mixup, smooth_one_hot
     from gluon_resnest.evaluation import evaluate
     from gluon_resnest.layers import HorovodSyncBatchNorm
     from gluon_resnest.training import (
@@ -263,13 +263,10 @@ def train(args: argparse.Namespace) -> int:
             logger.info('no checkpoint in %s; starting from scratch', ckpt_dir)
     if rank == 0:
         metrics_path = run_dir / 'metrics.jsonl'
-        truncate_metrics(metrics_path, start_epoch) if start_epoch else metrics_path.unlink(
-            missing_ok=True)
-
-    def allreduce_sum(values: np.ndarray) -> np.ndarray:
-        total = hvd.allreduce(mx.nd.array(values, dtype='float64'), average=False,
-                              name='sum')
-        return total.asnumpy()
+        if start_epoch:
+            truncate_metrics(metrics_path, start_epoch)
+        else:
+            metrics_path.unlink(missing_ok=True)
 
     epochs, lr0 = config['epochs'], config['lr']
     # This rank's shard of the first epoch it trains, for checking that shards are disjoint.

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import faulthandler
 import hashlib
 import json
 import logging
@@ -145,12 +146,23 @@ def main(argv: list[str] | None = None) -> int:
         return getattr(err, 'code', EXIT_BAD_INPUT)
 
 
+# (rank, size) variables of the launchers Horovod runs under: horovodrun (Gloo), Open MPI,
+# MPICH/Intel MPI. A process started by none of them is taken for a single worker.
+_LAUNCH_ENV = (('HOROVOD_RANK', 'HOROVOD_SIZE'), ('OMPI_COMM_WORLD_RANK', 'OMPI_COMM_WORLD_SIZE'),
+               ('PMI_RANK', 'PMI_SIZE'))
+
+
+def _launch_from_env() -> tuple[int, int]:
+    """``(rank, size)`` of this process, read before Horovod starts."""
+    for rank_key, size_key in _LAUNCH_ENV:
+        if os.environ.get(rank_key) and os.environ.get(size_key):
+            return int(os.environ[rank_key]), int(os.environ[size_key])
+    return 0, 1
+
+
 def _world_size_from_env() -> int:
     """Workers of this launch, known before Horovod starts (horovodrun/mpirun set these)."""
-    for key in ('HOROVOD_SIZE', 'OMPI_COMM_WORLD_SIZE', 'PMI_SIZE'):
-        if os.environ.get(key):
-            return int(os.environ[key])
-    return 1
+    return _launch_from_env()[1]
 
 
 def train(args: argparse.Namespace) -> int:
@@ -177,20 +189,61 @@ def train(args: argparse.Namespace) -> int:
         truncate_metrics,
     )
 
-    hvd.init()
-    rank, size = hvd.rank(), hvd.size()
-    logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
-                        format=f'%(asctime)s [rank {rank}] %(levelname)s %(message)s')
+    # A crash in native code then also prints the Python stack of every thread.
+    faulthandler.enable(all_threads=True)
+
+    # The decoding workers are forked before hvd.init(): forking a process in which Horovod's
+    # background thread runs (and talks to MXNet's engine) can crash it, so the loaders are
+    # built and started first, with the rank and size the launcher put in the environment.
+    rank, size = _launch_from_env()
     config = resolve_config(args, size)
     train_rec, val_rec = check_data(config, args.data_dir)
     if not args.run_dir:
         raise TrainingError('--run-dir is required to train')
+
+    def make_loaders(rank: int, size: int, mp_context: str | None = None):
+        batch, mean, std = config['per_worker_batch_size'], tuple(config['mean']), \
+            tuple(config['std'])
+        train_loader = TrainLoader(
+            str(train_rec), batch, input_size=config['train_crop'], rank=rank, world_size=size,
+            seed=config['seed'], num_workers=config['num_workers'],
+            crop_scale=tuple(config['crop_scale']), crop_ratio=tuple(config['crop_ratio']),
+            hflip=config['hflip'], color_jitter=config['color_jitter'],
+            pca_noise=config['pca_noise'], auto_augment=config['auto_augment'], mean=mean,
+            std=std, mp_context=mp_context)
+        val_loader = ValLoader(str(val_rec), batch, eval_crop=config['eval_crop'], rank=rank,
+                               world_size=size, num_workers=config['num_workers'], mean=mean,
+                               std=std, mp_context=mp_context)
+        train_loader.start()
+        val_loader.start()
+        return train_loader, val_loader
+
+    train_loader, val_loader = make_loaders(rank, size)
+
+    hvd.init()
+    if (hvd.rank(), hvd.size()) != (rank, size):
+        # A launcher whose environment we do not read: rebuild the loaders for the real rank,
+        # with workers started by a fork server (a clean process, safe with Horovod running).
+        print(f'warning: the launcher environment says rank {rank} of {size}, Horovod says '
+              f'rank {hvd.rank()} of {hvd.size()}: restarting the data workers for the latter',
+              file=sys.stderr)
+        train_loader.close()
+        val_loader.close()
+        rank, size = hvd.rank(), hvd.size()
+        config = resolve_config(args, size)
+        train_loader, val_loader = make_loaders(rank, size, mp_context='forkserver')
+    logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
+                        format=f'%(asctime)s [rank {rank}] %(levelname)s %(message)s')
     run_dir = Path(args.run_dir)
     ckpt_dir = run_dir / 'checkpoints'
     if rank == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / 'config.json').write_text(json.dumps(config, indent=2) + '\n')
         logger.info('resolved configuration:\n%s', json.dumps(config, indent=2))
+        logger.info('data: %s (%d records, %d per worker), %s (%d records); %d decoding '
+                    'workers per rank', train_rec, train_loader.num_records,
+                    train_loader.num_samples, val_rec, val_loader.num_records,
+                    config['num_workers'])
 
     gpus = mx.context.num_gpus()
     ctx = mx.gpu(hvd.local_rank()) if gpus > 0 else mx.cpu()
@@ -227,18 +280,6 @@ def train(args: argparse.Namespace) -> int:
 
     batch = config['per_worker_batch_size']
     mean, std = tuple(config['mean']), tuple(config['std'])
-    train_loader = TrainLoader(
-        str(train_rec), batch, input_size=config['train_crop'], rank=rank, world_size=size,
-        seed=config['seed'], num_workers=config['num_workers'],
-        crop_scale=tuple(config['crop_scale']), crop_ratio=tuple(config['crop_ratio']),
-        hflip=config['hflip'], color_jitter=config['color_jitter'],
-        pca_noise=config['pca_noise'], auto_augment=config['auto_augment'], mean=mean, std=std)
-    val_loader = ValLoader(str(val_rec), batch, eval_crop=config['eval_crop'], rank=rank,
-                           world_size=size, num_workers=config['num_workers'], mean=mean,
-                           std=std)
-    # Fork the decoding workers before anything starts threads that a fork would break.
-    train_loader.start()
-    val_loader.start()
     steps = len(train_loader)
     if steps < 1:
         raise TrainingError(f'{train_rec.name} has too few records for one batch of {batch} '

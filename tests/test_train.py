@@ -40,11 +40,13 @@ def _ok(result: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
     return result
 
 
-def _train(*args: str, workers: int = 1, timeout: int = 600) -> subprocess.CompletedProcess:
+def _train(*args: str, workers: int = 1, timeout: int = 600,
+           env: dict | None = None) -> subprocess.CompletedProcess:
     cmd = [PY, 'recipes/train.py', *args]
     if workers > 1:
         cmd = [HOROVODRUN, '-np', str(workers), '-H', f'localhost:{workers}', '--gloo', *cmd]
-    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout,
+                          env=None if env is None else {**os.environ, **env})
 
 
 def _metrics(run: Path) -> list[dict]:
@@ -118,6 +120,21 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(digits, tmp_path):
     assert (run / 'checkpoints' / 'epoch-0000' / 'model.params').read_bytes() == good
 
 
+def test_launcher_environment_that_horovod_contradicts(digits, tmp_path):
+    """Loaders are built from the launcher's environment before hvd.init(); when Horovod then
+    reports another rank/size (here: MPI variables, but a Gloo-only single process), they are
+    rebuilt for the real one with fork-server workers."""
+    run = tmp_path / 'run'
+    result = _ok(_train(*FAST, '--epochs', '1', '--data-dir', str(digits), '--run-dir', str(run),
+                        env={'OMPI_COMM_WORLD_RANK': '1', 'OMPI_COMM_WORLD_SIZE': '2'}))
+    assert 'says rank 1 of 2, Horovod says rank 0 of 1' in result.stderr
+    shard = json.loads((run / 'workers' / 'rank-0.shard.json').read_text())
+    assert shard['world_size'] == 1 and sorted(shard['indices']) == list(
+        range(shard['num_records']))
+    assert json.loads((run / 'config.json').read_text())['world_size'] == 1
+    assert [r['epoch'] for r in _metrics(run)] == [0]
+
+
 def test_bad_input_fails_clearly(digits, tmp_path):
     run = str(tmp_path / 'run')
     result = _train(*FAST, '--data-dir', str(tmp_path / 'nowhere'), '--run-dir', run)
@@ -163,21 +180,30 @@ def test_dead_worker_ends_the_job(digits, tmp_path):
 
 
 def _rank_pid(marker: str, rank: int) -> int | None:
-    """PID of the training process of ``rank`` whose command line mentions ``marker``."""
+    """PID of the training process of ``rank`` whose command line mentions ``marker``.
+
+    Its forked data workers share its command line and environment: the training process is
+    the one whose parent is not among the matches.
+    """
+    matches = {}
     for proc in Path('/proc').iterdir():
         if not proc.name.isdigit():
             continue
         try:
             cmdline = (proc / 'cmdline').read_bytes().split(b'\0')
             environ = (proc / 'environ').read_bytes().split(b'\0')
+            status = (proc / 'status').read_text()
         except OSError:
             continue
         if (any(b'train.py' in part for part in cmdline)
                 and marker.encode() in b' '.join(cmdline)
                 and f'HOROVOD_RANK={rank}'.encode() in environ
                 and not any(b'horovodrun' in part for part in cmdline)):
-            return int(proc.name)
-    return None
+            ppid = next(int(line.split()[1]) for line in status.splitlines()
+                        if line.startswith('PPid:'))
+            matches[int(proc.name)] = ppid
+    roots = [pid for pid, ppid in matches.items() if ppid not in matches]
+    return roots[0] if len(roots) == 1 else None
 
 
 def test_synchronised_batchnorm_with_two_workers(digits, tmp_path):

@@ -155,8 +155,8 @@ _LAUNCH_ENV = (('HOROVOD_RANK', 'HOROVOD_SIZE'), ('OMPI_COMM_WORLD_RANK', 'OMPI_
 def _launch_from_env() -> tuple[int, int]:
     """``(rank, size)`` of this process, read before Horovod starts."""
     for rank_key, size_key in _LAUNCH_ENV:
-        if os.environ.get(rank_key) and os.environ.get(size_key):
-            return int(os.environ[rank_key]), int(os.environ[size_key])
+        if os.environ.get(size_key):
+            return int(os.environ.get(rank_key) or 0), int(os.environ[size_key])
     return 0, 1
 
 

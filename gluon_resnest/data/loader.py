@@ -321,8 +321,10 @@ class _LoaderBase:
     def start(self) -> None:
         """Start the worker processes now rather than at the first iteration.
 
-        Workers are forked: start them before the process runs threads that must not be forked
-        (e.g. those of MXNet custom operators such as the synchronised BatchNorm).
+        Workers are forked (by default): start them before the process runs threads that must
+        not be forked, i.e. before ``hvd.init()`` (Horovod's background thread) and before MXNet
+        custom operators such as the synchronised BatchNorm run; or pass
+        ``mp_context='forkserver'``.
         """
         if self._pool is not None and self.num_workers > 0 and not self._pool._processes:
             self._pool._start()

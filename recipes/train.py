@@ -132,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.print_config:
         try:
-            config = resolve_config(args, _world_size_from_env())
+            config = resolve_config(args, _launch_from_env()[1])
         except ValueError as err:
             print(f'error: {err}', file=sys.stderr)
             return EXIT_BAD_INPUT
@@ -158,11 +158,6 @@ def _launch_from_env() -> tuple[int, int]:
         if os.environ.get(size_key):
             return int(os.environ.get(rank_key) or 0), int(os.environ[size_key])
     return 0, 1
-
-
-def _world_size_from_env() -> int:
-    """Workers of this launch, known before Horovod starts (horovodrun/mpirun set these)."""
-    return _launch_from_env()[1]
 
 
 def train(args: argparse.Namespace) -> int:
@@ -196,14 +191,21 @@ def train(args: argparse.Namespace) -> int:
     # background thread runs (and talks to MXNet's engine) can crash it, so the loaders are
     # built and started first, with the rank and size the launcher put in the environment.
     rank, size = _launch_from_env()
+
+    def configure_logging(rank: int) -> None:
+        logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING, force=True,
+                            format=f'%(asctime)s [rank {rank}] %(levelname)s %(message)s')
+
+    configure_logging(rank)
     config = resolve_config(args, size)
     train_rec, val_rec = check_data(config, args.data_dir)
     if not args.run_dir:
         raise TrainingError('--run-dir is required to train')
+    mean, std = tuple(config['mean']), tuple(config['std'])
 
-    def make_loaders(rank: int, size: int, mp_context: str | None = None):
-        batch, mean, std = config['per_worker_batch_size'], tuple(config['mean']), \
-            tuple(config['std'])
+    def make_loaders(config: dict[str, Any], rank: int, size: int,
+                     mp_context: str | None = None):
+        batch = config['per_worker_batch_size']
         train_loader = TrainLoader(
             str(train_rec), batch, input_size=config['train_crop'], rank=rank, world_size=size,
             seed=config['seed'], num_workers=config['num_workers'],
@@ -218,22 +220,21 @@ def train(args: argparse.Namespace) -> int:
         val_loader.start()
         return train_loader, val_loader
 
-    train_loader, val_loader = make_loaders(rank, size)
+    train_loader, val_loader = make_loaders(config, rank, size)
 
     hvd.init()
     if (hvd.rank(), hvd.size()) != (rank, size):
         # A launcher whose environment we do not read: rebuild the loaders for the real rank,
         # with workers started by a fork server (a clean process, safe with Horovod running).
-        print(f'warning: the launcher environment says rank {rank} of {size}, Horovod says '
-              f'rank {hvd.rank()} of {hvd.size()}: restarting the data workers for the latter',
-              file=sys.stderr)
+        logger.warning('the launcher environment says rank %d of %d, Horovod says rank %d of '
+                       '%d: restarting the data workers for the latter', rank, size, hvd.rank(),
+                       hvd.size())
         train_loader.close()
         val_loader.close()
         rank, size = hvd.rank(), hvd.size()
+        configure_logging(rank)
         config = resolve_config(args, size)
-        train_loader, val_loader = make_loaders(rank, size, mp_context='forkserver')
-    logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
-                        format=f'%(asctime)s [rank {rank}] %(levelname)s %(message)s')
+        train_loader, val_loader = make_loaders(config, rank, size, mp_context='forkserver')
     run_dir = Path(args.run_dir)
     ckpt_dir = run_dir / 'checkpoints'
     if rank == 0:
@@ -278,12 +279,8 @@ def train(args: argparse.Namespace) -> int:
             param.wd_mult = 0.0
     hvd.broadcast_parameters(params, root_rank=0)
 
-    batch = config['per_worker_batch_size']
-    mean, std = tuple(config['mean']), tuple(config['std'])
+    # At least 1: the loader refuses a shard that cannot fill one batch (a ValueError).
     steps = len(train_loader)
-    if steps < 1:
-        raise TrainingError(f'{train_rec.name} has too few records for one batch of {batch} '
-                            f'on each of {size} workers')
 
     trainer = hvd.DistributedTrainer(params, config['optimizer'], {
         'learning_rate': 0.0, 'momentum': config['momentum'], 'wd': config['weight_decay']})

@@ -32,6 +32,7 @@ from .models.resnest import load_param_file
 __all__ = ['IMAGENET_MEAN', 'IMAGENET_STD', 'META_DEFAULTS', 'Normalize', 'build_network',
            'check_export', 'eval_transform', 'onnx_compatible_symbol',
            'export_network', 'export_onnx', 'export_paths', 'load_class_names', 'load_exported',
+           'load_network',
            'load_image', 'read_meta', 'resize_size', 'verify_onnx', 'write_meta']
 
 logger = logging.getLogger(__name__)
@@ -460,6 +461,29 @@ def build_network(model: str, params: str | None = None, classes: int | None = N
     else:
         net.load_parameters(params, ctx=ctx)
     return net
+
+
+def load_network(prefix: str | None = None, model: str | None = None,
+                 params: str | None = None, epoch: int = 0,
+                 ctx: Any = None) -> tuple[nn.HybridBlock, dict[str, Any]]:
+    """The network a tool runs, with its meta data: an export, or a model and its parameters.
+
+    Args:
+        prefix: An export's prefix (read with :func:`load_exported`).
+        model: Otherwise a registered model name, built by :func:`build_network` from ``params``
+            and hybridized; its meta is :data:`META_DEFAULTS` (224 input, ImageNet mean/std,
+            normalisation outside the graph).
+        params: ``save_parameters`` file for ``model``.
+        epoch: Number in the export's params file name.
+        ctx: Context (or list of contexts); default CPU.
+    """
+    if (prefix is None) == (model is None):
+        raise ValueError('give either an export prefix or a model name')
+    if prefix is not None:
+        return load_exported(prefix, epoch, ctx=ctx)
+    net = build_network(model, params, ctx=ctx)
+    net.hybridize(static_alloc=True, static_shape=True)
+    return net, dict(META_DEFAULTS, model=model)
 
 
 def verify_onnx(prefix: str, onnx_file: str, epoch: int = 0, input_size: int | None = None,

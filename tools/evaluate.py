@@ -24,7 +24,7 @@ except ImportError:  # run from a checkout without installing
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from gluon_resnest.data import ValLoader
-from gluon_resnest.deploy import IMAGENET_MEAN, IMAGENET_STD, build_network, load_exported
+from gluon_resnest.deploy import load_network
 from gluon_resnest.evaluation import evaluate
 
 
@@ -49,17 +49,12 @@ def main(argv: list[str] | None = None) -> int:
         parser.error('--model needs --params')
     ctx = [mx.gpu(int(i)) for i in args.gpus.split(',') if i.strip()] or [mx.cpu()]
     try:
-        if args.prefix:
-            net, meta = load_exported(args.prefix, args.epoch, ctx=ctx)
-            crop = args.eval_crop or int(meta['input_size'])
-            if meta['preprocess']:
-                mean, std = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
-            else:
-                mean, std = meta['mean'], meta['std']
+        net, meta = load_network(args.prefix, args.model, args.params, args.epoch, ctx=ctx)
+        crop = args.eval_crop or int(meta['input_size'])
+        if meta['preprocess']:  # the graph normalises: feed 0-255 RGB
+            mean, std = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
         else:
-            net = build_network(args.model, args.params, ctx=ctx)
-            net.hybridize(static_alloc=True, static_shape=True)
-            crop, mean, std = args.eval_crop or 224, IMAGENET_MEAN, IMAGENET_STD
+            mean, std = meta['mean'], meta['std']
         loader = ValLoader(args.rec, args.batch_size, eval_crop=crop,
                            num_workers=args.num_workers, mean=mean, std=std)
     except (FileNotFoundError, ValueError) as err:

@@ -25,14 +25,7 @@ try:
 except ImportError:  # run from a checkout without installing
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from gluon_resnest.deploy import (
-    META_DEFAULTS,
-    build_network,
-    eval_transform,
-    load_class_names,
-    load_exported,
-    load_image,
-)
+from gluon_resnest.deploy import eval_transform, load_class_names, load_image, load_network
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -54,18 +47,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.model and not args.params:
         parser.error('--model needs --params')
     try:
-        if args.prefix:
-            net, meta = load_exported(args.prefix, args.epoch)
-            names_file = args.classes
-            if names_file is None and meta.get('class_names'):
-                names_file = os.path.join(os.path.dirname(args.prefix), meta['class_names'])
-            elif names_file is None and os.path.isfile(f'{args.prefix}.classes'):
-                names_file = f'{args.prefix}.classes'
-        else:
-            net = build_network(args.model, args.params)
-            net.hybridize()
-            meta = dict(META_DEFAULTS)  # the transform normalises with ImageNet mean/std
-            names_file = args.classes
+        net, meta = load_network(args.prefix, args.model, args.params, args.epoch)
+        names_file = args.classes
+        if names_file is None and args.prefix and meta.get('class_names'):
+            names_file = os.path.join(os.path.dirname(args.prefix), meta['class_names'])
+        elif names_file is None and args.prefix and os.path.isfile(f'{args.prefix}.classes'):
+            names_file = f'{args.prefix}.classes'
         names = load_class_names(names_file) if names_file else None
     except (FileNotFoundError, ValueError) as err:
         print(f'predict: error: {err}', file=sys.stderr)

@@ -72,7 +72,7 @@ def evaluate(net: Callable, loader: Iterable, ctx: Any = None,
         else:
             parts = mx.gluon.utils.split_and_load(data, contexts, even_split=False)
             outputs = [net(part) for part in parts]
-        logits = np.concatenate([o.asnumpy() for o in outputs], axis=0)[:keep]
+        logits = np.concatenate([o.astype('float32').asnumpy() for o in outputs], axis=0)[:keep]
         top1, top5 = topk_correct(logits, label[:keep], (1, 5))
         correct1 += top1
         correct5 += top5

@@ -14,6 +14,7 @@ from mxnet.gluon import nn
 
 from ..layers import DropBlock, set_drop_prob
 from ..params import first_context, load_param_file
+from .graph import strip_amp_casts
 from .meta import META_DEFAULTS, check_export, export_paths, read_meta, write_meta
 from .preprocess import IMAGENET_MEAN, IMAGENET_STD, Normalize
 
@@ -81,6 +82,11 @@ def export_network(net: nn.HybridBlock, prefix: str, input_size: int = 224, epoc
     os.makedirs(folder, exist_ok=True)
     block.export(prefix, epoch=epoch)
     symbol_file, params_file, _ = export_paths(prefix, epoch)
+    symbol = mx.sym.load(symbol_file)
+    if any(op in symbol.tojson() for op in ('"amp_cast"', '"amp_multicast"')):
+        # Traced under AMP (mixed-precision training): the export is the FP32 model.
+        strip_amp_casts(symbol).save(symbol_file)
+        logger.info('removed the mixed-precision casts from %s', symbol_file)
     outputs = out if isinstance(out, (list, tuple)) else [out]
     names_file = None
     if classes is not None and not isinstance(classes, int):

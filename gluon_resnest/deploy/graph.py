@@ -14,7 +14,7 @@ from typing import Any
 
 import mxnet as mx
 
-__all__ = ['Graph']
+__all__ = ['Graph', 'strip_amp_casts']
 
 Entry = list  # [node index, output index, version]
 
@@ -43,6 +43,7 @@ class Graph:
             self.consumers.setdefault(entry[0], []).append(-1)
         self.new_nodes: list[dict[str, Any]] = []
         self.index: dict[int, int] = {}
+        self._aliases: dict[tuple[int, int], Entry] = {}
 
     def op(self, i: int) -> str:
         """Operator of old node ``i`` (``'null'`` for a variable)."""
@@ -63,7 +64,15 @@ class Graph:
 
     def remap(self, entry: Entry) -> Entry:
         """An old entry as an entry of the new graph."""
+        alias = self._aliases.get((entry[0], entry[1]))
+        if alias is not None:
+            return list(alias)
         return [self.index[entry[0]], entry[1], entry[2]]
+
+    def drop(self, i: int, outputs: list[Entry]) -> None:
+        """Leave old node ``i`` out: its output ``k`` is read from new entry ``outputs[k]``."""
+        for k, entry in enumerate(outputs):
+            self._aliases[(i, k)] = entry
 
     def keep(self, i: int) -> int:
         """Copy old node ``i`` unchanged (inputs remapped) into the new graph; its new index."""
@@ -78,3 +87,19 @@ class Graph:
                  'heads': [self.remap(e) for e in self.heads],
                  'attrs': self._attrs}
         return mx.sym.load_json(json.dumps(graph))
+
+
+def strip_amp_casts(symbol: mx.sym.Symbol) -> mx.sym.Symbol:
+    """``symbol`` without the casts MXNet AMP inserted (``amp_cast``, ``amp_multicast``).
+
+    A network traced while AMP is on computes in float16/bfloat16; its parameters stay float32.
+    Without the casts every operator reads and writes float32 again: the FP32 model.
+    """
+    graph = Graph(symbol)
+    for i, node in enumerate(graph.nodes):
+        if node['op'] in ('amp_cast', 'amp_multicast'):
+            # amp_cast has one input; amp_multicast's output k is its input k, cast.
+            graph.drop(i, [graph.remap(entry) for entry in node['inputs']])
+        else:
+            graph.keep(i)
+    return graph.to_symbol()

@@ -41,6 +41,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--run-dir', help='output folder (config, metrics, checkpoints, export)')
     parser.add_argument('--print-config', action='store_true',
                         help='print the resolved configuration as JSON and exit')
+    plan = parser.add_argument_group(
+        'launch plan', 'with --plan: print the horovodrun command and what every worker derives '
+        'for a multi-host GPU run, and exit')
+    plan.add_argument('--plan', action='store_true', help='print the launch plan and exit')
+    plan.add_argument('--hosts', default='1',
+                      help='number of hosts, or their names separated by commas')
+    plan.add_argument('--gpus-per-host', type=int, default=8, help='GPUs (workers) per host')
+    plan.add_argument('--network-interface', help='NIC for Horovod (horovodrun\'s flag)')
+    plan.add_argument('--json', action='store_true', help='print the plan as one JSON object')
     parser.add_argument('--resume', action='store_true',
                         help='continue from the newest complete checkpoint in --run-dir')
     parser.add_argument('--keep-checkpoints', type=int, default=2,
@@ -77,6 +86,8 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of ``recipes/train.py`` and ``gluon-resnest-train``; returns the exit code."""
     args = build_parser().parse_args(argv)
     options = options_from_args(args)
+    if args.plan:
+        return _print_plan(args, options)
     if args.print_config:
         try:
             config = resolve_config(options, launch_from_env()[1])
@@ -93,3 +104,20 @@ def main(argv: list[str] | None = None) -> int:
         logger.error('%s', err)
         print(f'error: {err}', file=sys.stderr)
         return getattr(err, 'code', EXIT_BAD_INPUT)
+
+
+def _print_plan(args: argparse.Namespace, options: RunOptions) -> int:
+    from .plan import format_plan, host_names, launch_plan
+
+    try:
+        hosts = host_names(int(args.hosts) if args.hosts.isdigit() else args.hosts.split(','))
+        config = resolve_config(options, len(hosts) * args.gpus_per_host)
+        plan = launch_plan(config, hosts, args.gpus_per_host,
+                           data_dir=args.data_dir or '/data/imagenet-rec',
+                           run_dir=args.run_dir or f'runs/{config["model"]}',
+                           recipe=args.recipe, network_interface=args.network_interface)
+    except ValueError as err:
+        print(f'error: {err}', file=sys.stderr)
+        return EXIT_BAD_INPUT
+    print(json.dumps(plan) if args.json else format_plan(plan))
+    return 0

@@ -31,6 +31,7 @@ from ..evaluation import evaluate
 from ..layers import HorovodSyncBatchNorm, set_drop_prob
 from ..model_zoo import get_model
 from ..params import copy_parameters, params_digest
+from .amp import check_amp, init_amp, loss_scaler_state, restore_loss_scaler
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from .metrics import append_metrics, plot_curves, read_metrics, truncate_metrics
 from .options import (
@@ -42,6 +43,7 @@ from .options import (
     launch_from_env,
     resolve_config,
 )
+from .plan import worker_device
 from .schedule import dropblock_prob, learning_rate
 
 __all__ = ['Run', 'build_loaders', 'build_model_and_trainer', 'finish', 'resume', 'save_epoch',
@@ -153,12 +155,15 @@ def build_model_and_trainer(run: Run) -> None:
     """The network (weights broadcast from rank 0), its evaluation twin and the trainer."""
     config = run.config
     gpus = mx.context.num_gpus()
-    run.ctx = mx.gpu(hvd.local_rank()) if gpus > 0 else mx.cpu()
-    if config['amp'] and gpus == 0:
-        raise TrainingError('amp (float16) needs a GPU; none is visible')
+    try:
+        run.ctx = mx.context.Context(*worker_device(hvd.local_rank(), gpus))
+    except ValueError as err:
+        raise TrainingError(str(err)) from None
     if config['amp']:
-        from mxnet.contrib import amp
-        amp.init()
+        problem = check_amp(config['amp_dtype'], gpus)
+        if problem:
+            raise TrainingError(problem)
+        init_amp(config['amp_dtype'])
 
     seed_everything(config['seed'])
 
@@ -189,6 +194,8 @@ def build_model_and_trainer(run: Run) -> None:
     run.trainer = hvd.DistributedTrainer(params, config['optimizer'], {
         'learning_rate': 0.0, 'momentum': config['momentum'], 'wd': config['weight_decay']})
     if config['amp']:
+        from mxnet.contrib import amp
+
         amp.init_trainer(run.trainer)
     run.loss_fn = gluon.loss.SoftmaxCrossEntropyLoss(sparse_label=False)
     run.net.hybridize(static_alloc=True, static_shape=True)
@@ -201,6 +208,7 @@ def resume(run: Run) -> None:
         found = hvd.broadcast_object(str(latest) if latest else '', root_rank=0)
         if found:
             meta = load_checkpoint(found, run.net, run.trainer, ctx=run.ctx)
+            restore_loss_scaler(run.trainer, meta.get('amp_loss_scaler'))
             run.start_epoch = meta['epoch'] + 1
             logger.info('resumed from %s; continuing at epoch %d', found, run.start_epoch + 1)
         else:
@@ -296,7 +304,11 @@ def save_epoch(run: Run, epoch: int, record: dict[str, Any]) -> None:
     """Rank 0: append the record to the metrics, redraw the curves, write a checkpoint."""
     append_metrics(run.metrics_path, record)
     plot_curves(read_metrics(run.metrics_path), run.run_dir / 'curves.png')
-    save_checkpoint(run.checkpoint_dir, epoch, run.net, run.trainer, extra={'record': record},
+    extra = {'record': record}
+    scaler = loss_scaler_state(run.trainer)
+    if scaler is not None:
+        extra['amp_loss_scaler'] = scaler
+    save_checkpoint(run.checkpoint_dir, epoch, run.net, run.trainer, extra=extra,
                     keep=run.options.keep_checkpoints)
     logger.info('epoch %d: %s', epoch + 1, json.dumps(record))
 

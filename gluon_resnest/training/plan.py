@@ -14,8 +14,11 @@ makes it a lower bound on the wall-clock time.
 """
 from __future__ import annotations
 
+import os
 import shlex
 from typing import Any, Sequence
+
+from ..data.sharding import shard_indices
 
 # ImageNet-1k (ILSVRC 2012), the data set of the paper's recipes.
 IMAGENET_TRAIN_IMAGES = 1_281_167
@@ -36,6 +39,9 @@ PAPER_THROUGHPUT = {
     'resnest50_fast_2s2x40d': (481.8, 224, 'Table 1 (481.8 img/s)'),
 }
 
+# Local-rank variables of the launchers (horovodrun, Open MPI, MPICH/Intel MPI).
+_LOCAL_RANK_ENV = ('HOROVOD_LOCAL_RANK', 'OMPI_COMM_WORLD_LOCAL_RANK', 'MPI_LOCALRANKID')
+
 # A training step taken as this many forward passes.
 TRAIN_STEP_FORWARDS = 3.0
 
@@ -54,18 +60,46 @@ def host_names(hosts: int | Sequence[str]) -> list[str]:
     return names
 
 
-def worker_device(local_rank: int, num_gpus: int) -> str:
-    """The device a worker trains on: ``gpu(local_rank)`` where GPUs are visible, else ``cpu()``.
+def worker_device(local_rank: int, num_gpus: int) -> tuple[str, int]:
+    """The device a worker trains on, as ``(kind, index)``: GPU ``local_rank``, or the CPU.
 
     Raises:
         ValueError: The host has GPUs but fewer than its workers need.
     """
     if num_gpus <= 0:
-        return 'cpu(0)'
+        return 'cpu', 0
     if local_rank >= num_gpus:
         raise ValueError(f'local rank {local_rank} needs GPU {local_rank}, but this host has '
                          f'{num_gpus}; start at most {num_gpus} workers per host')
-    return f'gpu({local_rank})'
+    return 'gpu', local_rank
+
+
+def local_rank_from_env() -> int:
+    """This process's rank on its host as its launcher tells it (0 when not launched)."""
+    for key in _LOCAL_RANK_ENV:
+        if os.environ.get(key):
+            return int(os.environ[key])
+    return 0
+
+
+def describe_worker(config: dict[str, Any], rank: int, local_rank: int, num_gpus: int,
+                    num_records: int = IMAGENET_TRAIN_IMAGES) -> dict[str, Any]:
+    """What one worker of a run derives: device, batch, learning rate and its first shard.
+
+    Uses the functions the trainer itself uses (:func:`worker_device`,
+    :func:`~gluon_resnest.data.sharding.shard_indices`), so a launcher environment can be
+    checked without starting Horovod or owning the GPUs.
+    """
+    size = config['world_size']
+    if not 0 <= rank < size:
+        raise ValueError(f'rank {rank} is outside the world of {size} workers')
+    shard = shard_indices(num_records, rank, size, epoch=0, seed=config['seed'])
+    batch = config['per_worker_batch_size']
+    return {'rank': rank, 'world_size': size, 'local_rank': local_rank,
+            'device': '{}({})'.format(*worker_device(local_rank, num_gpus)),
+            'per_worker_batch_size': batch, 'lr': config['lr'],
+            'steps_per_epoch': len(shard) // batch, 'shard_size': len(shard),
+            'shard_head': shard[:4]}
 
 
 def steps_per_epoch(num_records: int, world_size: int, per_worker_batch: int) -> int:
@@ -106,7 +140,7 @@ def launch_plan(config: dict[str, Any], hosts: Sequence[str], gpus_per_host: int
     command += ['python', 'recipes/train.py', '--recipe', recipe, '--data-dir', data_dir,
                 '--run-dir', run_dir]
     ranks = [{'rank': h * gpus_per_host + i, 'host': host, 'local_rank': i,
-              'cross_rank': h, 'device': worker_device(i, gpus_per_host)}
+              'cross_rank': h, 'device': '{}({})'.format(*worker_device(i, gpus_per_host))}
              for h, host in enumerate(hosts) for i in range(gpus_per_host)]
     plan = {
         'recipe': recipe, 'model': config['model'], 'hosts': list(hosts),

@@ -19,6 +19,7 @@ from ..registry import list_models
 
 RECIPE_DIR = Path(__file__).resolve().parents[2] / 'recipes'
 OPTIMIZERS = ('nag', 'sgd')
+AMP_DTYPES = ('float16', 'bfloat16')
 
 
 @dataclass
@@ -61,6 +62,8 @@ class Recipe:
     seed: int = 0
     val_interval: int = 1
     amp: bool = False
+    # float16 on GPUs; bfloat16 also runs on CPUs (oneDNN), so the AMP path can be tested there.
+    amp_dtype: str = 'float16'
     sync_bn: bool = False
 
 
@@ -163,6 +166,7 @@ def validate(recipe: Recipe, source: str = 'recipe') -> None:
           'mean and std need three values, std positive')
     check(recipe.num_workers >= 0, 'num_workers must be >= 0')
     check(recipe.val_interval >= 1, 'val_interval must be >= 1')
+    check(recipe.amp_dtype in AMP_DTYPES, f'amp_dtype must be one of {AMP_DTYPES}')
 
 
 def resolve(recipe: Recipe, world_size: int = 1) -> dict[str, Any]:

@@ -38,7 +38,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument('--epoch', type=int, default=0, help='epoch of the export')
     parser.add_argument('--rec', required=True, help='validation .rec (its .idx beside it)')
     parser.add_argument('--eval-crop', type=int,
-                        help='center crop (default: the export\'s input size, or 224)')
+                        help='center crop (default: the export\'s input size, or the '
+                             'model\'s evaluation crop)')
     parser.add_argument('--batch-size', type=int, default=32, help='images per batch')
     parser.add_argument('--num-workers', type=int, default=2, help='decoding processes')
     parser.add_argument('--gpus', default='', help='GPU ids, e.g. "0,1"; empty: CPU')

@@ -19,7 +19,7 @@ try:
 except ImportError:  # run from a checkout without installing
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from gluon_resnest import list_models
+from gluon_resnest import list_models, model_info
 from gluon_resnest.deploy import build_network, export_network, load_class_names
 
 logger = logging.getLogger('export')
@@ -35,7 +35,8 @@ def main(argv: list[str] | None = None) -> int:
                         help='classifier outputs (default: from --params, else 1000)')
     parser.add_argument('--class-names', help='file with one class name per line, copied to '
                                               'PREFIX.classes')
-    parser.add_argument('--input-size', type=int, default=224, help='square input size')
+    parser.add_argument('--input-size', type=int,
+                        help='square input size (default: the model\'s evaluation crop)')
     parser.add_argument('--prefix', required=True, help='output prefix')
     parser.add_argument('--epoch', type=int, default=0, help='number in PREFIX-%%04d.params')
     parser.add_argument('--preprocess', action='store_true',
@@ -51,7 +52,8 @@ def main(argv: list[str] | None = None) -> int:
         if names is not None and len(names) != net.classes:
             raise ValueError(f'{args.class_names!r} lists {len(names)} classes but the network '
                              f'has {net.classes} outputs')
-        files = export_network(net, args.prefix, input_size=args.input_size, epoch=args.epoch,
+        size = args.input_size or model_info(args.model)['eval_crop']
+        files = export_network(net, args.prefix, input_size=size, epoch=args.epoch,
                                preprocess=args.preprocess, classes=names,
                                model_name=args.model.lower())
     except (FileNotFoundError, ValueError) as err:

@@ -39,7 +39,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument('--classes', help='file with one class name per line '
                                           '(default: PREFIX.classes when it exists)')
     parser.add_argument('--input-size', type=int,
-                        help='center crop (default: the export\'s, or 224 with --model)')
+                        help='center crop (default: the export\'s input size, or the '
+                             'model\'s evaluation crop)')
     parser.add_argument('--top-k', type=int, default=5, help='classes shown per image')
     parser.add_argument('images', nargs='+', help='image files')
     args = parser.parse_args(argv)

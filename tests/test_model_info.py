@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+import re
+from pathlib import Path
 
 import mxnet as mx
 import numpy as np
@@ -16,6 +18,7 @@ from gluon_resnest.deploy import TIMM_MODEL_NAMES, eval_transform, load_image
 from gluon_resnest.models import MODEL_INFO
 from gluon_resnest.training import load_recipe, recipe_names, resolve
 
+ROOT = Path(__file__).resolve().parents[1]
 KEYS = {'name', 'train_crop', 'eval_crop', 'params', 'gflops', 'paper_top1', 'top1_source',
         'timm'}
 
@@ -40,6 +43,23 @@ def test_paper_crops():
         224, 256, 320, 416]
     assert [model_info(f'resnest{d}')['train_crop'] for d in (50, 101, 200, 269)] == [
         224, 224, 256, 320]
+
+
+def test_readme_model_table():
+    rows = {}
+    for line in (ROOT / 'README.md').read_text().splitlines():
+        match = re.match(r'\| `(\w+)` \| ([\d,]+) \| ([\d.]+|–) \| (\d+) / (\d+) \| '
+                         r'([\d.]+) \((\w+)\) \| (?:`(\w+)`|–) \|$', line)
+        if match:
+            rows[match[1]] = match.groups()[1:]
+    assert sorted(rows) == list_models()
+    for name, (params, gflops, train, crop, top1, source, timm) in rows.items():
+        info = model_info(name)
+        assert int(params.replace(',', '')) == info['params'], name
+        assert (None if gflops == '–' else float(gflops)) == info['gflops'], name
+        assert (int(train), int(crop)) == (info['train_crop'], info['eval_crop']), name
+        assert (float(top1), source, timm) == (info['paper_top1'], info['top1_source'],
+                                               info['timm']), name
 
 
 def test_unknown_model_names_close_ones():

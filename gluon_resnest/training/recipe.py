@@ -1,4 +1,6 @@
-"""Declarative training recipes: a validated dataclass loaded from ``recipes/*.yaml``.
+"""Declarative training recipes: a validated dataclass loaded from YAML.
+
+The recipes of the paper's settings ship inside the package (``gluon_resnest/recipes/*.yaml``).
 
 A recipe states what the paper states (global batch, epochs, regularisation, crops); what
 follows from it (learning rate ``base_lr * global_batch / 256``, per-worker batch, steps per
@@ -10,15 +12,17 @@ import dataclasses
 import difflib
 import json
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from ..constants import IMAGENET_MEAN, IMAGENET_STD
 from ..models.info import model_info
 from ..registry import list_models
 
-RECIPE_DIR = Path(__file__).resolve().parents[2] / 'recipes'
+RECIPE_DIR = Path(str(resources.files('gluon_resnest') / 'recipes'))
 OPTIMIZERS = ('nag', 'sgd')
 
 
@@ -41,8 +45,8 @@ class Recipe:
     color_jitter: float = 0.4
     pca_noise: float = 0.1
     auto_augment: bool = True
-    mean: tuple = (123.68, 116.779, 103.939)
-    std: tuple = (58.393, 57.12, 57.375)
+    mean: tuple = IMAGENET_MEAN
+    std: tuple = IMAGENET_STD
     num_workers: int = 4
     # optimisation
     global_batch_size: int = 8192
@@ -73,12 +77,12 @@ DERIVED = ('per_worker_batch_size', 'world_size')
 
 
 def recipe_names() -> list[str]:
-    """Names of the recipes shipped in ``recipes/``."""
+    """Names of the recipes shipped with the package."""
     return sorted(p.stem for p in RECIPE_DIR.glob('*.yaml'))
 
 
 def load_recipe(name_or_path: str) -> Recipe:
-    """Load and validate a recipe by name (``recipes/NAME.yaml``) or by path to a YAML file."""
+    """Load and validate a recipe by name (a shipped recipe) or by path to a YAML file."""
     path = Path(name_or_path)
     if path.suffix not in ('.yaml', '.yml'):
         path = RECIPE_DIR / f'{name_or_path}.yaml'

@@ -1,6 +1,6 @@
-"""Side-by-side speed benchmark (paper Table 2 style): ours vs GluonCV vs the authors' PyTorch.
+"""Harness of ``tools/benchmark.py``: ours vs GluonCV vs the authors' PyTorch (paper Table 2).
 
-Each framework runs in its own worker process (:mod:`gluon_resnest.bench_worker`), started once
+Each framework runs in its own worker process (``tools/bench_worker.py``), started once
 and driven round-robin over stdin/stdout JSON lines, so the frameworks alternate on the same
 cores without re-initialising. The reported figure is the median over all timed batches.
 """

@@ -6,10 +6,28 @@ PIP := $(PY) -m pip
 # The version pins (MXNet 1.9.1 needs numpy 1.23.5); every pip call is held to them.
 CONSTRAINTS := constraints.txt
 PIN = $(shell grep -E '^$(1)==' $(CONSTRAINTS))
-# The GPU build of MXNet where nvidia-smi sees a GPU, the CPU build elsewhere.
-MXNET_EXTRA := $(shell nvidia-smi -L >/dev/null 2>&1 && echo cu112 || echo cpu)
+# Where nvidia-smi sees a GPU: the GPU build of MXNet, and Horovod with NCCL for the GPU
+# operations (without it every gradient allreduce of a GPU run goes through host memory).
+HAS_GPU := $(shell nvidia-smi -L >/dev/null 2>&1 && echo yes)
+MXNET_EXTRA := $(if $(HAS_GPU),cu112,cpu)
 HOROVOD_ENV := HOROVOD_WITH_MXNET=1 HOROVOD_WITH_GLOO=1 HOROVOD_WITHOUT_MPI=1 \
 	HOROVOD_WITHOUT_TENSORFLOW=1 HOROVOD_WITHOUT_PYTORCH=1
+INSTALL_CHECK := import mxnet, gluoncv, horovod.mxnet as hvd; \
+	print('mxnet', mxnet.__version__, 'horovod', hvd.__version__)
+# Where the CUDA toolkit and NCCL are looked for last (after HOROVOD_*_HOME, PATH, *_HOME).
+CUDA_DEFAULT ?= /usr/local/cuda
+NCCL_DEFAULT ?= /usr
+ifdef HAS_GPU
+NVCC := $(firstword $(wildcard $(HOROVOD_CUDA_HOME)/bin/nvcc $(shell command -v nvcc) \
+	$(CUDA_HOME)/bin/nvcc $(CUDA_DEFAULT)/bin/nvcc))
+HOROVOD_CUDA_HOME ?= $(abspath $(dir $(NVCC))..)
+NCCL_HEADER := $(firstword $(wildcard $(HOROVOD_NCCL_HOME)/include/nccl.h \
+	$(NCCL_HOME)/include/nccl.h $(HOROVOD_CUDA_HOME)/include/nccl.h $(NCCL_DEFAULT)/include/nccl.h))
+HOROVOD_NCCL_HOME ?= $(abspath $(dir $(NCCL_HEADER))..)
+HOROVOD_ENV += HOROVOD_GPU_OPERATIONS=NCCL HOROVOD_CUDA_HOME=$(HOROVOD_CUDA_HOME) \
+	HOROVOD_NCCL_HOME=$(HOROVOD_NCCL_HOME)
+INSTALL_CHECK += ; print('nccl', hvd.nccl_built()); assert hvd.nccl_built(), 'Horovod has no NCCL'
+endif
 PYTEST_ARGS ?=
 # The authors' PyTorch ResNeSt lives in its own virtualenv: GluonCV 0.10.5 refuses to import
 # beside torch >= 2. Tools and tests find it through GLUON_RESNEST_TORCH_PYTHON.
@@ -17,17 +35,29 @@ TORCH_VENV ?= .torchvenv
 TORCH_PY := $(TORCH_VENV)/bin/python
 export GLUON_RESNEST_TORCH_PYTHON := $(abspath $(TORCH_PY))
 
-.PHONY: install torch-env test test-slow lint demo bench clean
+.PHONY: install gpu-check torch-env test test-slow lint demo bench clean
 
 install: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml $(CONSTRAINTS)
+$(VENV)/.installed: pyproject.toml $(CONSTRAINTS) | gpu-check
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q -c $(CONSTRAINTS) --upgrade pip wheel setuptools cmake
 	$(PIP) install -q -c $(CONSTRAINTS) -e ".[$(MXNET_EXTRA),test,train]"
 	$(HOROVOD_ENV) $(PIP) install -q -c $(CONSTRAINTS) --no-build-isolation horovod
-	$(PY) -c "import mxnet, gluoncv, horovod.mxnet; print('mxnet', mxnet.__version__, 'horovod', horovod.__version__)"
+	$(PY) -c "$(INSTALL_CHECK)"
 	touch $@
+
+# On a GPU host: stop before installing anything when the CUDA toolkit or NCCL is missing.
+gpu-check:
+ifdef HAS_GPU
+	@test -n "$(NVCC)" || { echo "error: a GPU is visible but nvcc is not (looked in" \
+		"HOROVOD_CUDA_HOME, PATH, CUDA_HOME, $(CUDA_DEFAULT)): install the CUDA toolkit or" \
+		"set HOROVOD_CUDA_HOME" >&2; exit 1; }
+	@test -n "$(NCCL_HEADER)" || { echo "error: a GPU is visible but nccl.h is not (looked" \
+		"in HOROVOD_NCCL_HOME, NCCL_HOME, $(HOROVOD_CUDA_HOME), $(NCCL_DEFAULT)):" \
+		"install NCCL's development files or set HOROVOD_NCCL_HOME" >&2; exit 1; }
+	@echo "GPU build: CUDA toolkit $(HOROVOD_CUDA_HOME), NCCL $(HOROVOD_NCCL_HOME)"
+endif
 
 torch-env: $(TORCH_VENV)/.installed
 

@@ -56,11 +56,15 @@ def _gluoncv_param_file(name: str, pretrained: bool | str, root: str) -> str:
     """Local parameter file for GluonCV's ``pretrained`` argument; nothing is downloaded.
 
     ``True`` looks for ``{root}/{name}.params`` and then GluonCV's cached
-    ``{root}/{name}-{short hash}.params``; a string is a path, or else GluonCV's hash tag.
+    ``{root}/{name}-{short hash}.params``; a string ending in ``.params`` (or a path object) is
+    the file, any other string is GluonCV's hash tag of a cached file.
     """
     from gluoncv.model_zoo.model_store import short_hash  # optional dependency
 
-    if isinstance(pretrained, (str, os.PathLike)) and os.path.isfile(pretrained):
+    if isinstance(pretrained, os.PathLike) or (
+            isinstance(pretrained, str) and pretrained.endswith('.params')):
+        if not os.path.isfile(pretrained):
+            raise FileNotFoundError(f'no parameter file at {os.fspath(pretrained)!r}')
         return os.fspath(pretrained)
     if 'MXNET_HOME' in os.environ:  # GluonCV's cache location rule
         root = os.path.join(os.environ['MXNET_HOME'], 'models')

@@ -17,6 +17,7 @@ from gluoncv.data.transforms.presets.rcnn import FasterRCNNDefaultTrainTransform
 from gluoncv.loss import MixSoftmaxCrossEntropyLoss
 from gluoncv.model_zoo import resnest as gcv_resnest
 from gluoncv.model_zoo import segbase
+from gluoncv.model_zoo.model_store import short_hash
 from gluoncv.model_zoo.model_zoo import _models as gcv_models
 from gluoncv.model_zoo.rcnn.faster_rcnn.faster_rcnn import custom_faster_rcnn_fpn
 from gluoncv.model_zoo.rcnn.rcnn import custom_rcnn_fpn
@@ -74,6 +75,11 @@ def _save_random(net: gluon.HybridBlock, path: str, sample: mx.nd.NDArray,
     net.initialize(init or mx.init.Xavier())
     net(sample)  # completes deferred initialisation (the FPN layers)
     randomize_norm_stats(net)
+    # The FPN's symbolic SyncBatchNorm keeps its statistics as moving_mean / moving_var.
+    rng = np.random.RandomState(1)
+    for name, param in net.collect_params('.*moving_(mean|var)').items():
+        low, high = (0.5, 1.5) if name.endswith('var') else (-0.2, 0.2)
+        param.set_data(mx.nd.array(rng.uniform(low, high, param.shape)))
     net.save_parameters(path)
     return path
 
@@ -122,6 +128,22 @@ def test_served_builders_take_gluoncv_defaults(name):
     assert sorted(served.collect_params()) == sorted(reference.collect_params())
     # Our own get_model keeps its defaults.
     assert drop_probs(gluon_resnest.get_model(name), DropBlock) == []
+
+
+def test_served_pretrained_reads_gluoncv_cache_only(ours, tmp_path, monkeypatch):
+    monkeypatch.delenv('MXNET_HOME', raising=False)
+    with pytest.raises(FileNotFoundError, match='nothing is downloaded'):
+        gcv_zoo.get_model('resnest14', pretrained=True, root=str(tmp_path))
+    # GluonCV's own resnest14, built from its class (the override leaves the class alone).
+    gluoncv_net = gcv_resnest.ResNeSt(gcv_resnest.Bottleneck, [1, 1, 1, 1], deep_stem=True,
+                                      avg_down=True, avd=True, use_splat=True,
+                                      name_prefix='resnest_')
+    cached = tmp_path / f'resnest14-{short_hash("resnest14")}.params'
+    _save_random(gluoncv_net, str(cached), mx.nd.zeros((1, 3, 64, 64)))
+    net = gcv_zoo.get_model('resnest14', pretrained=True, root=str(tmp_path))
+    assert isinstance(net, ResNeSt)
+    x = mx.nd.random.uniform(-1, 1, shape=(1, 3, 64, 64))
+    assert_close_to_largest(net(x).asnumpy(), gluoncv_net(x).asnumpy())
 
 
 @pytest.mark.parametrize('name', ['resnest50', 'resnest101',

@@ -302,11 +302,15 @@ def _fit(net: gluon.HybridBlock, loss_fn, steps: int, lr: float) -> list[float]:
     return losses
 
 
-def test_deeplab_trains_with_our_backbone(ours):
+@pytest.mark.parametrize('norm', [
+    {}, pytest.param({'norm_layer': mx.gluon.contrib.nn.SyncBatchNorm,
+                      'norm_kwargs': {'num_devices': 1}}, marks=pytest.mark.slow)])
+def test_deeplab_trains_with_our_backbone(norm, ours):
     net = segbase.get_segmentation_model('deeplab', dataset='pascal_voc', backbone='resnest50',
                                          pretrained_base=False, aux=True, base_size=SIZE,
-                                         crop_size=SIZE)
+                                         crop_size=SIZE, **norm)
     assert isinstance(net.layer3[0], Bottleneck)
+    assert isinstance(net.layer3[0].bn1, norm.get('norm_layer', gluon.nn.BatchNorm))
     assert drop_probs(net, DropBlock)[0] == 0.1  # GluonCV's default, active while training
     net.initialize(mx.init.Xavier())
     net.hybridize()

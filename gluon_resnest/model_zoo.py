@@ -5,7 +5,6 @@ Nothing is downloaded: ``pretrained`` is a path to a ``.params`` file, or ``True
 """
 from __future__ import annotations
 
-import functools
 import logging
 import os
 from typing import Any, Callable
@@ -64,21 +63,16 @@ def get_model(name: str, pretrained: bool | str = False, ctx: Any = None,
 
 
 def register_gluoncv(override: bool = False) -> list[str]:
-    """Make our models available through ``gluoncv.model_zoo.get_model``.
+    """Make our models available through GluonCV; see :mod:`gluon_resnest.gluoncv_bridge`.
 
     Args:
-        override: Also replace GluonCV's own entries of the same names (``resnest14`` ...
-            ``resnest269``) with ours. Without it those names keep GluonCV's implementation.
+        override: Also build ours wherever GluonCV builds its own ResNeSt (``resnest14`` ...
+            ``resnest269`` in its model zoo, detectors and segmentation models), with GluonCV's
+            defaults. Without it those names keep GluonCV's implementation.
 
     Returns:
-        The names now served by this package.
+        The model-zoo names now served by this package.
     """
-    from gluoncv.model_zoo import model_zoo as gcv_zoo  # imported lazily: optional dependency
+    from .gluoncv_bridge import register_gluoncv as register  # GluonCV is optional
 
-    registered = []
-    for name in list_models():
-        if name in gcv_zoo._models and not override:  # pylint: disable=protected-access
-            continue
-        gcv_zoo._models[name] = functools.partial(get_model, name)  # pylint: disable=protected-access
-        registered.append(name)
-    return registered
+    return register(override)

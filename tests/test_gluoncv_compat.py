@@ -48,9 +48,4 @@ def test_register_gluoncv():
         assert 'resnest50' in gluon_resnest.register_gluoncv(override=True)
         assert isinstance(gcv_zoo.get_model('resnest50'), gluon_resnest.models.ResNeSt)
     finally:
-        from gluoncv.model_zoo import model_zoo as zoo_module
-        from gluoncv.model_zoo import resnest as gcv_resnest
-        for name in gluon_resnest.list_models():
-            zoo_module._models.pop(name, None)
-            if hasattr(gcv_resnest, name):
-                zoo_module._models[name] = getattr(gcv_resnest, name)
+        gluon_resnest.unregister_gluoncv()

@@ -11,7 +11,8 @@ class DeepStem(nn.HybridSequential):
 
     The first convolution has stride 2. The normalisation and ReLU after the third convolution
     belong to the network (``bn1``, as in GluonCV), so this block ends with a convolution. Child
-    indices ``0``..``6`` are part of the checkpoint format.
+    indices ``0``..``6`` are part of the checkpoint format. The children are named in the
+    enclosing scope (``resnest_conv0`` ... ``resnest_conv2``), as GluonCV names them.
     """
 
     def __init__(self, width: int, norm_layer: Callable[..., nn.HybridBlock],
@@ -19,14 +20,13 @@ class DeepStem(nn.HybridSequential):
                  weight_initializer: Any = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         norm_kwargs = dict(norm_kwargs or {})
-        with self.name_scope():
-            plan = [(in_channels, width, 2), (width, width, 1), (width, 2 * width, 1)]
-            for i, (cin, cout, stride) in enumerate(plan):
-                self.add(nn.Conv2D(cout, 3, stride, 1, use_bias=False, in_channels=cin,
-                                   weight_initializer=weight_initializer))
-                if i < len(plan) - 1:
-                    self.add(norm_layer(in_channels=cout, **norm_kwargs))
-                    self.add(nn.Activation('relu'))
+        plan = [(in_channels, width, 2), (width, width, 1), (width, 2 * width, 1)]
+        for i, (cin, cout, stride) in enumerate(plan):
+            self.add(nn.Conv2D(cout, 3, stride, 1, use_bias=False, in_channels=cin,
+                               weight_initializer=weight_initializer))
+            if i < len(plan) - 1:
+                self.add(norm_layer(in_channels=cout, **norm_kwargs))
+                self.add(nn.Activation('relu'))
 
 
 class Shortcut(nn.HybridSequential):

@@ -22,6 +22,9 @@ class SplitAttention(nn.HybridBlock):
     that their weights load unchanged.
 
     Child names (``conv``, ``bn``, ``fc1``, ``bn1``, ``fc2``) are part of the checkpoint format.
+    The children are created in the enclosing name scope, in GluonCV's order, so that inside a
+    network their parameter and operator names are GluonCV's (``..._conv1_weight``,
+    ``..._relu1_fwd``): GluonCV's detectors address their parameters and outputs by those names.
 
     Args:
         channels: Output channels (``C`` of the paper).
@@ -52,29 +55,30 @@ class SplitAttention(nn.HybridBlock):
         self.channels = channels
         self.radix = radix
         self.cardinality = cardinality
-        with self.name_scope():
-            self.conv = nn.Conv2D(channels * radix, kernel_size, strides, padding, dilation,
-                                  groups=radix * cardinality, use_bias=False,
-                                  in_channels=in_channels, weight_initializer=weight_initializer)
-            self.bn = norm_layer(in_channels=channels * radix, **norm_kwargs)
-            self.fc1 = nn.Conv2D(inter, 1, in_channels=channels, groups=cardinality,
-                                 weight_initializer=weight_initializer)
-            self.bn1 = norm_layer(in_channels=inter, **norm_kwargs)
-            self.fc2 = nn.Conv2D(channels * radix, 1, in_channels=inter, groups=cardinality,
-                                 weight_initializer=weight_initializer)
+        self.conv = nn.Conv2D(channels * radix, kernel_size, strides, padding, dilation,
+                              groups=radix * cardinality, use_bias=False,
+                              in_channels=in_channels, weight_initializer=weight_initializer)
+        self.bn = norm_layer(in_channels=channels * radix, **norm_kwargs)
+        self.relu = nn.Activation('relu')
+        self.fc1 = nn.Conv2D(inter, 1, in_channels=channels, groups=cardinality,
+                             weight_initializer=weight_initializer)
+        self.bn1 = norm_layer(in_channels=inter, **norm_kwargs)
+        self.relu1 = nn.Activation('relu')
+        self.fc2 = nn.Conv2D(channels * radix, 1, in_channels=inter, groups=cardinality,
+                             weight_initializer=weight_initializer)
 
     def hybrid_forward(self, F, x):  # noqa: N803 - MXNet's convention
         # Every full-size tensor goes through oneDNN-backed operators (Convolution, BatchNorm,
         # Activation, Pooling, elemwise_add) or a single elementwise pass; the 5-D reshapes and
         # the reduction over the radix axis of the textbook formulation cost more on CPU than
         # the convolution itself (see the README, "Where the time goes").
-        x = F.Activation(self.bn(self.conv(x)), act_type='relu')
+        x = self.relu(self.bn(self.conv(x)))
         # Pool before summing the splits: the mean is linear, and pooling the (N, R*C, H, W)
         # map once is cheaper than materialising the (N, C, H, W) sum of the splits.
         gap = F.Pooling(x, kernel=(1, 1), pool_type='avg', global_pool=True)
         if self.radix > 1:
             gap = self._sum_splits(F, gap)
-        atten = F.Activation(self.bn1(self.fc1(gap)), act_type='relu')
+        atten = self.relu1(self.bn1(self.fc1(gap)))
         atten = self.fc2(atten)
         if self.radix == 1:
             return F.broadcast_mul(x, F.sigmoid(atten))

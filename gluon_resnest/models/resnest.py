@@ -64,38 +64,44 @@ class Bottleneck(nn.HybridBlock):
         self.avd_first = avd_first
         self.use_dropblock = dropblock_prob > 0
         conv_strides = 1 if avd else strides
-        with self.name_scope():
-            self.conv1 = nn.Conv2D(width, 1, use_bias=False, in_channels=in_channels,
+        # No name scope of its own: the children are named in the stage's scope, in GluonCV's
+        # order, so that parameter and operator names are GluonCV's (``resnest_layers1_conv0``,
+        # ``resnest_layers1_relu11_fwd``). GluonCV's FPN detectors pick their inputs by those
+        # operator names and their checkpoints key the backbone parameters by those names.
+        self.conv1 = nn.Conv2D(width, 1, use_bias=False, in_channels=in_channels,
+                               weight_initializer=KAIMING)
+        self.bn1 = norm_layer(in_channels=width, **norm_kwargs)
+        self.relu1 = nn.Activation('relu')
+        if radix >= 1:
+            self.conv2 = SplitAttention(width, 3, conv_strides, dilation, dilation,
+                                        radix=radix, cardinality=cardinality,
+                                        in_channels=width, norm_layer=norm_layer,
+                                        norm_kwargs=norm_kwargs, weight_initializer=KAIMING)
+        else:
+            self.conv2 = nn.Conv2D(width, 3, conv_strides, dilation, dilation,
+                                   groups=cardinality, use_bias=False, in_channels=width,
                                    weight_initializer=KAIMING)
-            self.bn1 = norm_layer(in_channels=width, **norm_kwargs)
-            if radix >= 1:
-                self.conv2 = SplitAttention(width, 3, conv_strides, dilation, dilation,
-                                            radix=radix, cardinality=cardinality,
-                                            in_channels=width, norm_layer=norm_layer,
-                                            norm_kwargs=norm_kwargs, weight_initializer=KAIMING)
-            else:
-                self.conv2 = nn.Conv2D(width, 3, conv_strides, dilation, dilation,
-                                       groups=cardinality, use_bias=False, in_channels=width,
-                                       weight_initializer=KAIMING)
-                self.bn2 = norm_layer(in_channels=width, **norm_kwargs)
-            self.conv3 = nn.Conv2D(out_channels, 1, use_bias=False, in_channels=width,
-                                   weight_initializer=KAIMING)
-            gamma_init = 'zeros' if last_gamma else 'ones'
-            self.bn3 = norm_layer(in_channels=out_channels, gamma_initializer=gamma_init,
-                                  **norm_kwargs)
-            if avd:
-                self.avd_layer = nn.AvgPool2D(3, strides, padding=1)
-            self.downsample = downsample
-            if self.use_dropblock:
-                self.dropblock1 = DropBlock(dropblock_prob, 3)
-                self.dropblock2 = DropBlock(dropblock_prob, 3)
-                self.dropblock3 = DropBlock(dropblock_prob, 3)
+            self.bn2 = norm_layer(in_channels=width, **norm_kwargs)
+            self.relu2 = nn.Activation('relu')
+        self.conv3 = nn.Conv2D(out_channels, 1, use_bias=False, in_channels=width,
+                               weight_initializer=KAIMING)
+        gamma_init = 'zeros' if last_gamma else 'ones'
+        self.bn3 = norm_layer(in_channels=out_channels, gamma_initializer=gamma_init,
+                              **norm_kwargs)
+        if avd:
+            self.avd_layer = nn.AvgPool2D(3, strides, padding=1)
+        self.relu3 = nn.Activation('relu')
+        self.downsample = downsample
+        if self.use_dropblock:
+            self.dropblock1 = DropBlock(dropblock_prob, 3)
+            self.dropblock2 = DropBlock(dropblock_prob, 3)
+            self.dropblock3 = DropBlock(dropblock_prob, 3)
 
     def hybrid_forward(self, F, x):  # noqa: N803 - MXNet's convention
         out = self.bn1(self.conv1(x))
         if self.use_dropblock:
             out = self.dropblock1(out)
-        out = F.Activation(out, act_type='relu')
+        out = self.relu1(out)
         if self.avd and self.avd_first:
             out = self.avd_layer(out)
         out = self.conv2(out)
@@ -104,14 +110,14 @@ class Bottleneck(nn.HybridBlock):
         if self.use_dropblock:
             out = self.dropblock2(out)
         if self.radix == 0:
-            out = F.Activation(out, act_type='relu')
+            out = self.relu2(out)
         if self.avd and not self.avd_first:
             out = self.avd_layer(out)
         out = self.bn3(self.conv3(out))
         if self.use_dropblock:
             out = self.dropblock3(out)
         residual = x if self.downsample is None else self.downsample(x)
-        return F.Activation(out + residual, act_type='relu')
+        return self.relu3(out + residual)
 
 
 @dataclass(frozen=True)
@@ -154,6 +160,9 @@ class ResNeSt(nn.HybridBlock):
         norm_kwargs: Extra arguments of ``norm_layer``.
         use_global_stats: Freeze BatchNorm statistics (GluonCV's keyword).
         name: Registered name, used in error messages.
+        **kwargs: ``prefix`` / ``params`` of :class:`mxnet.gluon.HybridBlock`. The prefix is
+            ``resnest_`` as in GluonCV, so the hybridized graph carries GluonCV's parameter and
+            operator names (GluonCV's detection code selects FPN inputs by them).
     """
 
     def __init__(self, layers: Sequence[int], classes: int = 1000, radix: int = 2,
@@ -165,6 +174,7 @@ class ResNeSt(nn.HybridBlock):
                  norm_layer: Callable[..., nn.HybridBlock] = nn.BatchNorm,
                  norm_kwargs: dict[str, Any] | None = None, use_global_stats: bool = False,
                  name: str = 'resnest', **kwargs: Any) -> None:
+        kwargs.setdefault('prefix', 'resnest_')
         super().__init__(**kwargs)
         if len(layers) != 4 or min(layers) < 1:
             raise ValueError(f'layers must be four positive counts, got {layers}')
@@ -194,45 +204,49 @@ class ResNeSt(nn.HybridBlock):
                 self.conv1 = nn.Conv2D(64, 7, 2, 3, use_bias=False, in_channels=in_channels,
                                        weight_initializer=KAIMING)
             self.bn1 = norm_layer(in_channels=stem_out, **norm_kwargs)
+            # Named blocks rather than bare operators: GluonCV's segmentation models copy
+            # ``relu`` and the graph names match GluonCV's. Activation and global Pooling (not
+            # relu and mean) run on oneDNN without reorders.
+            self.relu = nn.Activation('relu')
             self.maxpool = nn.MaxPool2D(pool_size=3, strides=2, padding=1)
             inplanes = stem_out
             for index, (stride, dilation, first_dilation) in enumerate(
                     _STAGE_PLANS[output_stride], start=1):
                 channels = 64 * 2 ** (index - 1)
+                out_channels = channels * Bottleneck.expansion
+                downsample = None
+                if stride != 1 or inplanes != out_channels:
+                    downsample = Shortcut(inplanes, out_channels, stride, avg_down, norm_layer,
+                                          norm_kwargs, weight_initializer=KAIMING,
+                                          prefix=f'down{index}_')
                 stage = nn.HybridSequential(prefix=f'layers{index}_')
                 with stage.name_scope():
                     for i in range(layers[index - 1]):
                         first = i == 0
-                        downsample = None
-                        out_channels = channels * Bottleneck.expansion
-                        if first and (stride != 1 or inplanes != out_channels):
-                            downsample = Shortcut(inplanes, out_channels, stride, avg_down,
-                                                  norm_layer, norm_kwargs,
-                                                  weight_initializer=KAIMING,
-                                                  prefix=f'down{index}_')
                         stage.add(Bottleneck(
                             inplanes, channels, strides=stride if first else 1,
                             dilation=first_dilation if first else dilation,
-                            downsample=downsample,
+                            downsample=downsample if first else None,
                             avd=avd and first and (stride > 1 or dilation > 1),
                             dropblock_prob=dropblock_prob if index >= 3 else 0.0,
                             **block_kwargs))
                         inplanes = out_channels
                 setattr(self, f'layer{index}', stage)
             if not features_only:
+                self.avgpool = nn.GlobalAvgPool2D()
+                self.flat = nn.Flatten()
                 self.drop = nn.Dropout(final_drop) if final_drop > 0 else None
                 self.fc = nn.Dense(classes, in_units=inplanes)
 
     def hybrid_forward(self, F, x):  # noqa: N803 - MXNet's convention
-        # Activation and global Pooling (not relu and mean) run on oneDNN without reorders.
-        x = self.maxpool(F.Activation(self.bn1(self.conv1(x)), act_type='relu'))
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
         c2 = self.layer1(x)
         c3 = self.layer2(c2)
         c4 = self.layer3(c3)
         c5 = self.layer4(c4)
         if self.features_only:
             return c2, c3, c4, c5
-        x = F.flatten(F.Pooling(c5, kernel=(1, 1), pool_type='avg', global_pool=True))
+        x = self.flat(self.avgpool(c5))
         if self.drop is not None:
             x = self.drop(x)
         return self.fc(x)

@@ -1,0 +1,230 @@
+"""Our ResNeSt inside GluonCV's own models: zoo entries, detection, segmentation, DropBlock.
+
+:func:`register_gluoncv` adds this package's models to ``gluoncv.model_zoo.get_model``. With
+``override=True`` it also replaces every binding of GluonCV's ``resnest14`` ... ``resnest269``
+builders that GluonCV's code calls: the functions of ``gluoncv.model_zoo.resnest`` (which its
+Faster R-CNN FPN builders and ``custom_rcnn_fpn`` import when called), the names that other
+GluonCV modules bound at import (``gluoncv.model_zoo.segbase`` for DeepLabV3, PSPNet, FCN, ...)
+and the model-zoo entries; and it makes ``gluoncv.nn.dropblock.set_drop_prob`` (used by
+``DropBlockScheduler`` and the detection builders) set our DropBlocks too.
+
+Served under GluonCV's names, our builders take GluonCV's defaults (DropBlock 0.1 on the last
+two stages from ``resnest26`` on), and they build the same parameter and operator names, so
+GluonCV's checkpoints of detectors and segmenters load unchanged. :func:`unregister_gluoncv`
+(or leaving :func:`gluoncv_override`) puts GluonCV's own functions back.
+"""
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import os
+import sys
+from typing import Any, Callable, Iterator
+
+import mxnet as mx
+from mxnet.gluon import nn
+
+from .layers.dropblock import DropBlock, _check_prob
+from .model_zoo import get_model
+from .registry import list_models
+
+__all__ = ['GLUONCV_DEFAULTS', 'gluoncv_builder', 'gluoncv_override', 'register_gluoncv',
+           'unregister_gluoncv']
+
+logger = logging.getLogger(__name__)
+
+#: What GluonCV's builders of the same name set beyond the architecture, which our table
+#: already shares (stem width, final dropout, radix, ...): DropBlock on stages 3 and 4.
+GLUONCV_DEFAULTS: dict[str, dict[str, Any]] = {
+    'resnest14': {'dropblock_prob': 0.0},
+    'resnest26': {'dropblock_prob': 0.1},
+    'resnest50': {'dropblock_prob': 0.1},
+    'resnest101': {'dropblock_prob': 0.1},
+    'resnest200': {'dropblock_prob': 0.1},
+    'resnest269': {'dropblock_prob': 0.1},
+}
+
+_MISSING = object()
+# (dict or module, key, value before the patch), in the order applied.
+_patches: list[tuple[Any, str, Any]] = []
+# id(replacement) -> (replacement, GluonCV's original): finds modules imported meanwhile.
+_replacements: dict[int, tuple[Any, Any]] = {}
+
+
+def _gluoncv_param_file(name: str, pretrained: bool | str, root: str) -> str:
+    """Local parameter file for GluonCV's ``pretrained`` argument; nothing is downloaded.
+
+    ``True`` looks for ``{root}/{name}.params`` and then GluonCV's cached
+    ``{root}/{name}-{short hash}.params``; a string ending in ``.params`` (or a path object) is
+    the file, any other string is GluonCV's hash tag of a cached file.
+    """
+    from gluoncv.model_zoo.model_store import short_hash  # optional dependency
+
+    if isinstance(pretrained, os.PathLike) or (
+            isinstance(pretrained, str) and pretrained.endswith('.params')):
+        if not os.path.isfile(pretrained):
+            raise FileNotFoundError(f'no parameter file at {os.fspath(pretrained)!r}')
+        return os.fspath(pretrained)
+    if 'MXNET_HOME' in os.environ:  # GluonCV's cache location rule
+        root = os.path.join(os.environ['MXNET_HOME'], 'models')
+    root = os.path.expanduser(root)
+    if isinstance(pretrained, str):
+        candidates = [os.path.join(root, f'{name}-{pretrained[:8]}.params')]
+    else:
+        candidates = [os.path.join(root, f'{name}.params'),
+                      os.path.join(root, f'{name}-{short_hash(name)}.params')]
+    for path in candidates:
+        if os.path.isfile(path):
+            return path
+    raise FileNotFoundError(f'no parameter file for {name}: looked for {", ".join(candidates)} '
+                            f'(nothing is downloaded; put the file there or pass its path)')
+
+
+def gluoncv_builder(name: str) -> Callable[..., nn.HybridBlock]:
+    """Our builder of ``name`` with the signature and defaults of GluonCV's function.
+
+    Args:
+        name: One of :data:`GLUONCV_DEFAULTS`.
+
+    Returns:
+        ``fn(pretrained=False, root='~/.mxnet/models', ctx=cpu(), **kwargs)`` building our
+        :class:`~gluon_resnest.models.ResNeSt`; ``kwargs`` are GluonCV's (``dilated``,
+        ``dilation``, ``norm_layer``, ``norm_kwargs``, ``use_global_stats``, ``input_size``,
+        ...) or ours (``dropblock_prob``, ``output_stride``, ...).
+    """
+    defaults = GLUONCV_DEFAULTS[name]
+
+    def build(pretrained: bool | str = False, root: str = os.path.join('~', '.mxnet', 'models'),
+              ctx: Any = None, **kwargs: Any) -> nn.HybridBlock:
+        if kwargs.pop('split_drop_ratio', 0):
+            raise ValueError(f'{name}: split_drop_ratio (dropout inside Split-Attention) is not '
+                             f'supported by gluon_resnest')
+        for key, value in defaults.items():
+            kwargs.setdefault(key, value)
+        if pretrained:
+            pretrained = _gluoncv_param_file(name, pretrained, root)
+        return get_model(name, pretrained=pretrained, ctx=ctx or mx.cpu(), root=root, **kwargs)
+
+    build.__name__ = build.__qualname__ = name
+    build.__module__ = __name__
+    build.__doc__ = (f'gluon_resnest\'s {name} served under GluonCV\'s name, with GluonCV\'s '
+                     f'defaults {defaults}.')
+    return build
+
+
+def _gluoncv_set_drop_prob(original: Callable[[float, Any], None]) -> Callable[[float, Any], None]:
+    """GluonCV's ``set_drop_prob(drop_prob, module)``, extended to our DropBlock."""
+
+    def set_drop_prob(drop_prob: float, module: Any) -> None:
+        if isinstance(module, DropBlock):
+            module.drop_prob = _check_prob(drop_prob)
+        else:
+            original(drop_prob, module)
+        # Our DropBlock bakes its probability into the traced graph: every block this visits
+        # (``net.apply`` visits all) drops its cached graph so the value is used next call.
+        if isinstance(module, nn.HybridBlock):
+            module._clear_cached_op()  # pylint: disable=protected-access
+
+    set_drop_prob.__doc__ = original.__doc__
+    return set_drop_prob
+
+
+def _set(target: Any, key: str, value: Any) -> None:
+    """Patch ``target[key]`` (a dict) or ``target.key`` (a module) and remember the old value."""
+    if isinstance(target, dict):
+        _patches.append((target, key, target.get(key, _MISSING)))
+        target[key] = value
+    else:
+        _patches.append((target, key, getattr(target, key, _MISSING)))
+        setattr(target, key, value)
+
+
+def _gluoncv_modules() -> list[Any]:
+    return [module for mod_name, module in list(sys.modules.items())
+            if module is not None and (mod_name == 'gluoncv' or mod_name.startswith('gluoncv.'))]
+
+
+def _override_gluoncv(builders: dict[str, Callable]) -> None:
+    """Rebind, in every loaded GluonCV module, GluonCV's ResNeSt builders and set_drop_prob."""
+    from gluoncv.model_zoo import resnest as gcv_resnest  # optional dependency
+    from gluoncv.nn import dropblock as gcv_dropblock
+
+    swaps = {id(getattr(gcv_resnest, name)): builder for name, builder in builders.items()}
+    original_set = gcv_dropblock.set_drop_prob
+    swaps[id(original_set)] = _gluoncv_set_drop_prob(original_set)
+    originals = {id(getattr(gcv_resnest, name)): getattr(gcv_resnest, name) for name in builders}
+    originals[id(original_set)] = original_set
+    for module in _gluoncv_modules():
+        for attr, value in list(vars(module).items()):
+            replacement = swaps.get(id(value))
+            if replacement is not None and value is originals[id(value)]:
+                _set(module, attr, replacement)
+    for key, replacement in swaps.items():
+        _replacements[id(replacement)] = (replacement, originals[key])
+
+
+def register_gluoncv(override: bool = False) -> list[str]:
+    """Make our models available through GluonCV.
+
+    Args:
+        override: Also build ours wherever GluonCV builds its own ResNeSt (model zoo,
+            ``gluoncv.model_zoo.resnest``, segmentation backbones, detection builders) and let
+            GluonCV's ``set_drop_prob`` / ``DropBlockScheduler`` act on our DropBlocks. Without
+            it only the names GluonCV lacks (``resnest50_fast_*``, ``resnetd50``) are added.
+
+    Returns:
+        The model-zoo names now served by this package.
+    """
+    from gluoncv.model_zoo import model_zoo as gcv_zoo  # optional dependency
+
+    unregister_gluoncv()
+    zoo = gcv_zoo._models  # pylint: disable=protected-access
+    builders = {name: gluoncv_builder(name) for name in GLUONCV_DEFAULTS} if override else {}
+    registered = []
+    for name in list_models():
+        if name in zoo and not override:
+            continue
+        builder = builders.get(name) or functools.partial(get_model, name)
+        _set(zoo, name, builder)
+        registered.append(name)
+    if override:
+        _override_gluoncv(builders)
+        logger.info('GluonCV now builds gluon_resnest for %s', ', '.join(builders))
+    return registered
+
+
+def unregister_gluoncv() -> None:
+    """Undo :func:`register_gluoncv`: GluonCV's own functions and zoo entries are back."""
+    while _patches:
+        target, key, old = _patches.pop()
+        if isinstance(target, dict):
+            if old is _MISSING:
+                target.pop(key, None)
+            else:
+                target[key] = old
+        elif old is _MISSING:
+            delattr(target, key)
+        else:
+            setattr(target, key, old)
+    if _replacements:
+        # GluonCV modules first imported while the override was active bound our functions.
+        for module in _gluoncv_modules():
+            for attr, value in list(vars(module).items()):
+                replacement, original = _replacements.get(id(value), (None, None))
+                if replacement is not None and value is replacement:
+                    setattr(module, attr, original)
+        _replacements.clear()
+
+
+@contextlib.contextmanager
+def gluoncv_override(override: bool = True) -> Iterator[list[str]]:
+    """``with gluoncv_override(): ...`` registers (by default overriding) and always undoes it.
+
+    Yields:
+        The model-zoo names served by this package inside the block.
+    """
+    try:
+        yield register_gluoncv(override=override)
+    finally:
+        unregister_gluoncv()

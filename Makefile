@@ -3,8 +3,9 @@ PYTHON ?= python3.11
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
-# MXNet 1.9.1 needs numpy 1.23.5; every pip call is held to these pins.
+# The version pins (MXNet 1.9.1 needs numpy 1.23.5); every pip call is held to them.
 CONSTRAINTS := constraints.txt
+PIN = $(shell grep -E '^$(1)==' $(CONSTRAINTS))
 # The GPU build of MXNet where nvidia-smi sees a GPU, the CPU build elsewhere.
 MXNET_EXTRA := $(shell nvidia-smi -L >/dev/null 2>&1 && echo cu112 || echo cpu)
 HOROVOD_ENV := HOROVOD_WITH_MXNET=1 HOROVOD_WITH_GLOO=1 HOROVOD_WITHOUT_MPI=1 \
@@ -20,11 +21,11 @@ export GLUON_RESNEST_TORCH_PYTHON := $(abspath $(TORCH_PY))
 
 install: $(VENV)/.installed
 
-$(VENV)/.installed: setup.py $(CONSTRAINTS)
+$(VENV)/.installed: pyproject.toml $(CONSTRAINTS)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PIP) install -q --upgrade pip wheel "setuptools<70" "cmake<3.28"
+	$(PIP) install -q -c $(CONSTRAINTS) --upgrade pip wheel setuptools cmake
 	$(PIP) install -q -c $(CONSTRAINTS) -e ".[$(MXNET_EXTRA),test,train]"
-	$(HOROVOD_ENV) $(PIP) install -q -c $(CONSTRAINTS) --no-build-isolation horovod==0.28.1
+	$(HOROVOD_ENV) $(PIP) install -q -c $(CONSTRAINTS) --no-build-isolation horovod
 	$(PY) -c "import mxnet, gluoncv, horovod.mxnet; print('mxnet', mxnet.__version__, 'horovod', horovod.__version__)"
 	touch $@
 
@@ -33,8 +34,8 @@ torch-env: $(TORCH_VENV)/.installed
 $(TORCH_VENV)/.installed:
 	test -x $(TORCH_PY) || $(PYTHON) -m venv $(TORCH_VENV)
 	$(TORCH_PY) -m pip install -q --upgrade pip
-	$(TORCH_PY) -m pip install -q torch==2.13.0 "numpy<2"
-	$(TORCH_PY) -m pip install -q --no-deps resnest==0.0.5
+	$(TORCH_PY) -m pip install -q $(call PIN,torch) "numpy<2"
+	$(TORCH_PY) -m pip install -q --no-deps $(call PIN,resnest)
 	$(TORCH_PY) -c "import torch, resnest.torch; print('torch', torch.__version__)"
 	touch $@
 

@@ -1,7 +1,7 @@
 """gluon_resnest: ResNeSt (Split-Attention Networks) in Apache MXNet Gluon."""
 from . import layers, models
+from .deploy import optimize_for_inference
 from .gluoncv_bridge import gluoncv_override, register_gluoncv, unregister_gluoncv
-from .inference import optimize_for_inference
 from .layers import set_drop_prob
 from .model_zoo import get_model
 from .registry import list_models

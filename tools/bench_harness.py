@@ -1,0 +1,203 @@
+"""Harness of ``tools/benchmark.py``: ours vs GluonCV vs the authors' PyTorch (paper Table 2).
+
+Each framework runs in its own worker process (``tools/bench_worker.py``), started once
+and driven round-robin over stdin/stdout JSON lines, so the frameworks alternate on the same
+cores without re-initialising. The reported figure is the median over all timed batches.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import statistics
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+__all__ = ['BenchConfig', 'Worker', 'format_table', 'run_benchmark', 'torch_python']
+
+logger = logging.getLogger(__name__)
+
+WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'bench_worker.py')
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def torch_python() -> str:
+    """Interpreter of the PyTorch virtualenv (``GLUON_RESNEST_TORCH_PYTHON`` or .torchvenv)."""
+    return os.environ.get('GLUON_RESNEST_TORCH_PYTHON') or os.path.join(
+        REPO, '.torchvenv', 'bin', 'python')
+
+
+@dataclass
+class BenchConfig:
+    """What to time."""
+
+    model: str = 'resnest50'
+    batch_size: int = 16
+    input_size: int = 224
+    mode: str = 'infer'
+    dtype: str = 'float32'
+    compare: Sequence[str] = ()
+    repetitions: int = 5
+    iters: int = 2
+    latency_iters: int = 5
+    threads: int = field(default_factory=lambda: os.cpu_count() or 1)
+    classes: int = 1000
+    #: With ``dtype='int8'``: one INT8 row per entry, each the keyword arguments of
+    #: :func:`gluon_resnest.deploy.quantize_network` (e.g. ``{'split_grouped': False}``);
+    #: empty means one row with the defaults.
+    int8_variants: Sequence[dict[str, Any]] = ()
+
+
+class Worker:
+    """One framework's worker process."""
+
+    def __init__(self, framework: str, config: BenchConfig, dtype: str | None = None,
+                 quantize_options: dict[str, Any] | None = None) -> None:
+        self.framework = framework
+        self.dtype = dtype or config.dtype
+        self.quantize_options = quantize_options
+        python = torch_python() if framework == 'torch' else sys.executable
+        if not os.path.isfile(python):
+            raise FileNotFoundError(f'no PyTorch interpreter at {python!r}: set '
+                                    f'GLUON_RESNEST_TORCH_PYTHON or run `make torch-env`')
+        env = dict(os.environ, OMP_NUM_THREADS=str(config.threads),
+                   MKL_NUM_THREADS=str(config.threads))
+        env.pop('MXNET_SUBGRAPH_BACKEND', None)
+        cmd = [python, WORKER, '--framework', framework, '--model', config.model,
+               '--batch-size', str(config.batch_size), '--input-size', str(config.input_size),
+               '--classes', str(config.classes), '--mode', config.mode, '--dtype', self.dtype,
+               '--threads', str(config.threads)]
+        if quantize_options:
+            cmd += ['--quantize-options', json.dumps(quantize_options)]
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     text=True, env=env, cwd=REPO)
+        self.times: list[float] = []
+        self.latency: list[float] = []
+        self.peak_rss_mib = 0.0
+        self.params = 0
+
+    def _read(self) -> dict[str, Any]:
+        line = self.proc.stdout.readline()
+        if not line:
+            code = self.proc.wait()
+            raise RuntimeError(f'{self.framework} worker exited (code {code}) without an '
+                               f'answer; see its messages above')
+        reply = json.loads(line)
+        if 'error' in reply:
+            raise RuntimeError(f'{self.framework} worker failed: {reply["error"]}')
+        return reply
+
+    def wait_ready(self) -> None:
+        """Block until the worker has built and warmed up its model."""
+        self.params = int(self._read()['params'])
+
+    def request(self, cmd: str, iters: int) -> dict[str, Any]:
+        self.proc.stdin.write(json.dumps({'cmd': cmd, 'iters': iters}) + '\n')
+        self.proc.stdin.flush()
+        return self._read()
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                self.proc.stdin.write(json.dumps({'cmd': 'quit'}) + '\n')
+                self.proc.stdin.close()
+            except BrokenPipeError:
+                pass
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def run_benchmark(config: BenchConfig, progress: bool = True) -> dict[str, Any]:
+    """Time ``ours`` and the frameworks of ``config.compare``, alternating; return a report."""
+    rows: list[tuple[str, str, dict[str, Any] | None]] = []
+    if config.dtype == 'int8':
+        rows += [('ours', 'int8', dict(v)) for v in (config.int8_variants or [{}])]
+    else:
+        rows.append(('ours', config.dtype, None))
+    if config.dtype != 'float32' and config.mode == 'infer':
+        rows.append(('ours', 'float32', None))
+    rows += [(name, 'float32', None) for name in config.compare]
+    workers: list[Worker] = []
+    try:
+        # Start one at a time: building a model is CPU-heavy and would skew the others.
+        for name, dtype, options in rows:
+            worker = Worker(name, config, dtype, options)
+            workers.append(worker)
+            worker.wait_ready()
+        from tqdm import tqdm
+
+        for rnd in tqdm(range(config.repetitions), desc='rounds', disable=not progress):
+            # Rotate who goes first: the first batch after another worker's turn runs slower
+            # (caches, thread wake-up), and a fixed order would always charge it to the same row.
+            shift = rnd % len(workers)
+            for worker in workers[shift:] + workers[:shift]:
+                reply = worker.request('run', config.iters)
+                worker.times += reply['times']
+                worker.peak_rss_mib = max(worker.peak_rss_mib, reply['peak_rss_mib'])
+        if config.mode == 'infer' and config.latency_iters > 0:
+            for _ in range(2):  # two alternating rounds of batch-1 timing
+                for worker in workers:
+                    worker.latency += worker.request('latency', config.latency_iters)['times']
+    finally:
+        for worker in workers:
+            worker.close()
+    results = []
+    for worker in workers:
+        median = statistics.median(worker.times)
+        results.append({
+            'framework': worker.framework,
+            'dtype': worker.dtype,
+            'params': worker.params,
+            'images_per_sec': config.batch_size / median,
+            'batch_seconds': worker.times,
+            'latency_ms': 1000 * statistics.median(worker.latency) if worker.latency else None,
+            'peak_rss_mib': worker.peak_rss_mib,
+        })
+        if worker.quantize_options is not None:
+            results[-1]['quantize_options'] = worker.quantize_options
+    ours = results[0]['images_per_sec']
+    ratios = {_label(r): ours / r['images_per_sec'] for r in results[1:]}
+    report = {'model': config.model, 'batch_size': config.batch_size,
+              'input_size': config.input_size, 'mode': config.mode, 'dtype': config.dtype,
+              'threads': config.threads, 'repetitions': config.repetitions,
+              'iters': config.iters, 'results': results, 'ratios': ratios}
+    fp32 = [r for r in results if r['framework'] == 'ours' and r['dtype'] == 'float32']
+    if config.dtype == 'int8' and fp32:
+        # Each INT8 row against our FP32 row of the same run (the speed-up asked for).
+        report['int8_speedup'] = {_label(r): r['images_per_sec'] / fp32[0]['images_per_sec']
+                                  for r in results if r['dtype'] == 'int8'}
+    return report
+
+
+def _label(row: dict[str, Any]) -> str:
+    if row['framework'] != 'ours':
+        return row['framework']
+    label = f"ours-{row['dtype']}"
+    if row.get('quantize_options'):
+        label += ' ' + json.dumps(row['quantize_options'], sort_keys=True)
+    return label
+
+
+def format_table(report: dict[str, Any]) -> str:
+    """Markdown table of a :func:`run_benchmark` report."""
+    head = ('| implementation | dtype | params | input | mode | batch | images/s (median) | '
+            'latency b=1 (ms) | peak RSS (MiB) | ours / this |')
+    lines = [head, '|' + '---|' * 10]
+    ours = report['results'][0]['images_per_sec']
+    names = {'ours': 'gluon_resnest', 'gluoncv': 'GluonCV', 'torch': 'PyTorch (resnest.torch)'}
+    for row in report['results']:
+        latency = f"{row['latency_ms']:.1f}" if row['latency_ms'] is not None else '-'
+        dtype = row['dtype']
+        if row.get('quantize_options'):
+            dtype += ' ' + json.dumps(row['quantize_options'], sort_keys=True)
+        lines.append(
+            f"| {names[row['framework']]} | {dtype} | {row['params'] / 1e6:.1f}M | "
+            f"{report['input_size']} | {report['mode']} | {report['batch_size']} | "
+            f"{row['images_per_sec']:.2f} | {latency} | {row['peak_rss_mib']:.0f} | "
+            f"{ours / row['images_per_sec']:.2f}x |")
+    return '\n'.join(lines)

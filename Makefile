@@ -15,8 +15,16 @@ PYTEST_ARGS ?=
 TORCH_VENV ?= .torchvenv
 TORCH_PY := $(TORCH_VENV)/bin/python
 export GLUON_RESNEST_TORCH_PYTHON := $(abspath $(TORCH_PY))
+# Serving: MXNet Model Server and its archiver go into .venv (they leave the pins alone); the
+# server's front end needs a Java runtime, taken from Debian's packages when none is found.
+MMS_PACKAGES := multi-model-server==1.1.11 model-archiver==1.0.3
+JAVA_PACKAGE := openjdk-17-jre-headless
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+SERVE_PREFIX ?= runs/demo/export/model
+SERVE_ARCHIVE ?= runs/serve/digits.mar
+SERVE_PORT ?= 8080
 
-.PHONY: install torch-env test test-slow lint demo bench clean
+.PHONY: install torch-env serve-env test test-slow lint demo serve bench clean
 
 install: $(VENV)/.installed
 
@@ -38,6 +46,16 @@ $(TORCH_VENV)/.installed:
 	$(TORCH_PY) -c "import torch, resnest.torch; print('torch', torch.__version__)"
 	touch $@
 
+serve-env: $(VENV)/.serve-installed
+
+$(VENV)/.serve-installed: $(VENV)/.installed
+	command -v java >/dev/null || test -x "$$JAVA_HOME/bin/java" || { \
+		$(SUDO) apt-get update && \
+		$(SUDO) apt-get install -y --no-install-recommends $(JAVA_PACKAGE); }
+	$(PIP) install -q -c $(CONSTRAINTS) $(MMS_PACKAGES)
+	$(PY) -c "import mms.version, model_archiver; print('multi-model-server', mms.version.__version__)"
+	touch $@
+
 test: install torch-env
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
@@ -49,6 +67,12 @@ lint: install
 
 demo: install
 	$(PY) tools/demo.py
+
+serve: serve-env
+	@test -f $(SERVE_PREFIX)-symbol.json || { \
+		echo "no export at $(SERVE_PREFIX): run make demo first (or set SERVE_PREFIX)"; exit 2; }
+	$(PY) tools/archive_mms.py --prefix $(SERVE_PREFIX) --output $(SERVE_ARCHIVE) --force
+	$(PY) tools/serve_mms.py $(SERVE_ARCHIVE) --port $(SERVE_PORT)
 
 bench: install torch-env
 	$(PY) tools/benchmark.py --model resnest50 --batch-size 16 --input-size 224 --compare gluoncv,torch

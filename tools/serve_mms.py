@@ -58,8 +58,10 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as err:
         print(f'serve_mms: error: {err}', file=sys.stderr)
         return 2
-    # SIGTERM (e.g. from a service manager) stops the server like Ctrl-C does.
-    signal.signal(signal.SIGTERM, _interrupt)
+    # SIGTERM (e.g. from a service manager) stops the server like Ctrl-C does; SIGINT is set
+    # too because a shell starting this in the background hands it over ignored.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, _interrupt)
     try:
         server.start()
         name = server.register(os.path.basename(args.archive), batch_size=args.batch_size,

@@ -69,7 +69,7 @@ def _images(folder) -> list[str]:
 
 def _quantized(prefix: str, folder) -> str:
     """An INT8 export of ``prefix``, calibrated on a RecordIO file of JPEGs."""
-    from gluon_resnest.quantization import quantize_export
+    from gluon_resnest.deploy import quantize_export
 
     rec = str(folder / 'calib.rec')
     writer = mx.recordio.MXIndexedRecordIO(str(folder / 'calib.idx'), rec, 'w')
@@ -105,7 +105,7 @@ def _same(answer: list[dict], expected: list[dict]) -> None:
 @pytest.mark.skipif(not _mms_available(), reason='needs MMS, model-archiver and Java '
                                                  '(make serve-env)')
 def test_server_answers_like_predict(tmp_path):
-    from gluon_resnest.serving import ModelServer
+    from gluon_resnest.deploy.serving import ModelServer
 
     net = get_model('resnest14', classes=len(NAMES), stem_width=16)
     net.initialize(mx.init.Xavier(magnitude=2))

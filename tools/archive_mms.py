@@ -4,9 +4,9 @@
     python tools/serve_mms.py model_store/digits.mar
 
 The archive holds the export's symbol, parameters, meta file and class names, and names
-``gluon_resnest.serving:handle`` as its handler: requests are decoded and transformed exactly as
-``tools/predict.py`` does and answered with the top-5 classes as JSON. The model's name in
-``/predictions/NAME`` is the archive's file name without ``.mar`` (or ``--name``).
+``gluon_resnest.deploy.serving:handle`` as its handler: requests are decoded and transformed
+exactly as ``tools/predict.py`` does and answered with the top-5 classes as JSON. The model's
+name in ``/predictions/NAME`` is the archive's file name without ``.mar`` (or ``--name``).
 """
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ except ImportError:  # run from a checkout without installing
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from gluon_resnest.deploy import check_export, export_paths, load_class_names, read_meta
-from gluon_resnest.serving import ARCHIVE_PREFIX, HANDLER
+from gluon_resnest.deploy.serving import ARCHIVE_PREFIX, HANDLER
 
 #: Model names MMS accepts.
 NAME_PATTERN = re.compile(r'^[A-Za-z0-9][A-Za-z0-9_\-.]*$')

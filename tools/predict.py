@@ -10,7 +10,7 @@ normalises by itself come from ``PREFIX-meta.json``, and the class names from
 ``PREFIX.classes`` when it exists. An image that cannot be read is reported on stderr (the
 others are still predicted) and makes the exit status non-zero. ``--json`` prints one JSON
 object instead, ``{image: [{"index": i, "class": name, "probability": p}, ...]}``, the same
-entries the model server's handler (:mod:`gluon_resnest.serving`) answers with.
+entries the model server's handler (:mod:`gluon_resnest.deploy.serving`) answers with.
 """
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ except ImportError:  # run from a checkout without installing
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from gluon_resnest.deploy import eval_transform, load_class_names, load_image, load_network
-from gluon_resnest.serving import ranked
+from gluon_resnest.deploy.serving import ranked
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -21,7 +21,7 @@ try:
 except ImportError:  # run from a checkout without installing
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from gluon_resnest.serving import ModelServer
+from gluon_resnest.deploy.serving import ModelServer
 
 
 def _interrupt(signum: int, frame: object) -> None:

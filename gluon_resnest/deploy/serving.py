@@ -38,8 +38,10 @@ from typing import Any, Sequence
 import mxnet as mx
 import numpy as np
 
-from .data import decode_image
-from .deploy import eval_transform, load_class_names, load_exported
+from ..data import decode_image
+from .export import load_exported
+from .inference import optimize_for_inference
+from .preprocess import eval_transform, load_class_names
 
 __all__ = ['ARCHIVE_PREFIX', 'ImageClassifier', 'ModelServer', 'handle', 'ranked']
 
@@ -75,8 +77,6 @@ class ImageClassifier:
     """
 
     def __init__(self, prefix: str, classes: str | None = None) -> None:
-        from .inference import optimize_for_inference
-
         net, meta = load_exported(prefix)
         self.crop = int(meta['input_size'])
         self.mean, self.std = (None, None) if meta['preprocess'] else (meta['mean'], meta['std'])

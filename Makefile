@@ -15,6 +15,11 @@ PYTEST_ARGS ?=
 TORCH_VENV ?= .torchvenv
 TORCH_PY := $(TORCH_VENV)/bin/python
 export GLUON_RESNEST_TORCH_PYTHON := $(abspath $(TORCH_PY))
+# OpenVINO and NNCF (its INT8 post-training quantization) need numpy >= 2: their own virtualenv,
+# found by tools/benchmark.py through GLUON_RESNEST_OPENVINO_PYTHON.
+OV_VENV ?= .ovvenv
+OV_PY := $(OV_VENV)/bin/python
+export GLUON_RESNEST_OPENVINO_PYTHON := $(abspath $(OV_PY))
 # Serving: MXNet Model Server and its archiver go into .venv (they leave the pins alone); the
 # server's front end needs a Java runtime, taken from Debian's packages when none is found.
 MMS_PACKAGES := multi-model-server==1.1.11 model-archiver==1.0.3
@@ -24,7 +29,7 @@ SERVE_PREFIX ?= runs/demo/export/model
 SERVE_ARCHIVE ?= runs/serve/digits.mar
 SERVE_PORT ?= 8080
 
-.PHONY: install torch-env serve-env test test-slow lint demo serve bench clean
+.PHONY: install torch-env ov-env serve-env test test-slow lint demo serve bench clean
 
 install: $(VENV)/.installed
 
@@ -44,6 +49,15 @@ $(TORCH_VENV)/.installed:
 	$(TORCH_PY) -m pip install -q torch==2.13.0 "numpy<2"
 	$(TORCH_PY) -m pip install -q --no-deps resnest==0.0.5
 	$(TORCH_PY) -c "import torch, resnest.torch; print('torch', torch.__version__)"
+	touch $@
+
+ov-env: $(OV_VENV)/.installed
+
+$(OV_VENV)/.installed:
+	test -x $(OV_PY) || $(PYTHON) -m venv $(OV_VENV)
+	$(OV_PY) -m pip install -q --upgrade pip
+	$(OV_PY) -m pip install -q openvino==2026.4.1 nncf==3.4.0
+	$(OV_PY) -c "import openvino, nncf; print('openvino', openvino.__version__, 'nncf', nncf.__version__)"
 	touch $@
 
 serve-env: $(VENV)/.serve-installed
@@ -74,8 +88,9 @@ serve: serve-env
 	$(PY) tools/archive_mms.py --prefix $(SERVE_PREFIX) --output $(SERVE_ARCHIVE) --force
 	$(PY) tools/serve_mms.py $(SERVE_ARCHIVE) --port $(SERVE_PORT)
 
-bench: install torch-env
-	$(PY) tools/benchmark.py --model resnest50 --batch-size 16 --input-size 224 --compare gluoncv,torch
+bench: install torch-env ov-env
+	$(PY) tools/benchmark.py --model resnest50 --batch-size 16 --input-size 224 \
+		--compare gluoncv,torch,onnxruntime,openvino
 
 clean:
-	rm -rf $(VENV) $(TORCH_VENV) build *.egg-info .pytest_cache runs data
+	rm -rf $(VENV) $(TORCH_VENV) $(OV_VENV) build *.egg-info .pytest_cache runs data

@@ -3,8 +3,9 @@ PYTHON ?= python3.11
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
-# MXNet 1.9.1 needs numpy 1.23.5; every pip call is held to these pins.
+# The version pins (MXNet 1.9.1 needs numpy 1.23.5); every pip call is held to them.
 CONSTRAINTS := constraints.txt
+PIN = $(shell grep -E '^$(1)==' $(CONSTRAINTS))
 # The GPU build of MXNet where nvidia-smi sees a GPU, the CPU build elsewhere.
 MXNET_EXTRA := $(shell nvidia-smi -L >/dev/null 2>&1 && echo cu112 || echo cpu)
 HOROVOD_ENV := HOROVOD_WITH_MXNET=1 HOROVOD_WITH_GLOO=1 HOROVOD_WITHOUT_MPI=1 \
@@ -22,7 +23,6 @@ OV_PY := $(OV_VENV)/bin/python
 export GLUON_RESNEST_OPENVINO_PYTHON := $(abspath $(OV_PY))
 # Serving: MXNet Model Server and its archiver go into .venv (they leave the pins alone); the
 # server's front end needs a Java runtime, taken from Debian's packages when none is found.
-MMS_PACKAGES := multi-model-server==1.1.11 model-archiver==1.0.3
 JAVA_PACKAGE := openjdk-17-jre-headless
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 SERVE_PREFIX ?= runs/demo/export/model
@@ -33,11 +33,11 @@ SERVE_PORT ?= 8080
 
 install: $(VENV)/.installed
 
-$(VENV)/.installed: setup.py $(CONSTRAINTS)
+$(VENV)/.installed: pyproject.toml $(CONSTRAINTS)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PIP) install -q --upgrade pip wheel "setuptools<70" "cmake<3.28"
+	$(PIP) install -q -c $(CONSTRAINTS) --upgrade pip wheel setuptools cmake
 	$(PIP) install -q -c $(CONSTRAINTS) -e ".[$(MXNET_EXTRA),test,train]"
-	$(HOROVOD_ENV) $(PIP) install -q -c $(CONSTRAINTS) --no-build-isolation horovod==0.28.1
+	$(HOROVOD_ENV) $(PIP) install -q -c $(CONSTRAINTS) --no-build-isolation horovod
 	$(PY) -c "import mxnet, gluoncv, horovod.mxnet; print('mxnet', mxnet.__version__, 'horovod', horovod.__version__)"
 	touch $@
 
@@ -46,8 +46,8 @@ torch-env: $(TORCH_VENV)/.installed
 $(TORCH_VENV)/.installed:
 	test -x $(TORCH_PY) || $(PYTHON) -m venv $(TORCH_VENV)
 	$(TORCH_PY) -m pip install -q --upgrade pip
-	$(TORCH_PY) -m pip install -q torch==2.13.0 "numpy<2"
-	$(TORCH_PY) -m pip install -q --no-deps resnest==0.0.5
+	$(TORCH_PY) -m pip install -q $(call PIN,torch) "numpy<2"
+	$(TORCH_PY) -m pip install -q --no-deps $(call PIN,resnest)
 	$(TORCH_PY) -c "import torch, resnest.torch; print('torch', torch.__version__)"
 	touch $@
 
@@ -56,7 +56,7 @@ ov-env: $(OV_VENV)/.installed
 $(OV_VENV)/.installed:
 	test -x $(OV_PY) || $(PYTHON) -m venv $(OV_VENV)
 	$(OV_PY) -m pip install -q --upgrade pip
-	$(OV_PY) -m pip install -q openvino==2026.4.1 nncf==3.4.0
+	$(OV_PY) -m pip install -q $(call PIN,openvino) $(call PIN,nncf)
 	$(OV_PY) -c "import openvino, nncf; print('openvino', openvino.__version__, 'nncf', nncf.__version__)"
 	touch $@
 
@@ -66,7 +66,7 @@ $(VENV)/.serve-installed: $(VENV)/.installed
 	command -v java >/dev/null || test -x "$$JAVA_HOME/bin/java" || { \
 		$(SUDO) apt-get update && \
 		$(SUDO) apt-get install -y --no-install-recommends $(JAVA_PACKAGE); }
-	$(PIP) install -q -c $(CONSTRAINTS) $(MMS_PACKAGES)
+	$(PIP) install -q -c $(CONSTRAINTS) multi-model-server model-archiver
 	$(PY) -c "import mms.version, model_archiver; print('multi-model-server', mms.version.__version__)"
 	touch $@
 

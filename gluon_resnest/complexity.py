@@ -19,18 +19,13 @@ import mxnet as mx
 import numpy as np
 
 from .model_zoo import get_model
+from .models.info import MODEL_INFO
 
 __all__ = ['PAPER_GFLOPS', 'count_symbol', 'model_complexity']
 
-#: GFLOPs at 224x224 reported in the paper (Table 1 and its ResNeSt-50-fast ablation).
-PAPER_GFLOPS = {
-    'resnest50': 5.39,
-    'resnetd50': 4.34,
-    'resnest50_fast_1s1x64d': 4.34,
-    'resnest50_fast_2s1x64d': 4.34,
-    'resnest50_fast_4s1x64d': 4.35,
-    'resnest50_fast_2s2x40d': 4.38,
-}
+#: GFLOPs at 224x224 reported in the paper (Table 1), from :data:`MODEL_INFO`.
+PAPER_GFLOPS = {name: info['gflops'] for name, info in MODEL_INFO.items()
+                if info['gflops'] is not None}
 
 
 def count_symbol(symbol: mx.sym.Symbol, input_shape: tuple[int, ...],

@@ -1,4 +1,5 @@
-"""Golden files: parameter counts (the paper's table) and parameter names (checkpoint format)."""
+"""Golden values: parameter counts (``model_info``, the paper's table) and parameter names
+(golden files: the checkpoint format)."""
 from __future__ import annotations
 
 import json
@@ -8,9 +9,9 @@ import numpy as np
 import pytest
 
 import gluon_resnest
+from gluon_resnest.models import MODEL_INFO
 
 GOLDEN = Path(__file__).parent / 'golden'
-COUNTS = json.loads((GOLDEN / 'param_counts.json').read_text())
 
 
 def _trainable(net):
@@ -18,14 +19,14 @@ def _trainable(net):
 
 
 def test_every_model_has_a_golden_count():
-    assert sorted(COUNTS) == gluon_resnest.list_models()
+    assert sorted(MODEL_INFO) == gluon_resnest.list_models()
 
 
-@pytest.mark.parametrize('name', sorted(COUNTS))
+@pytest.mark.parametrize('name', sorted(MODEL_INFO))
 def test_param_count(name):
     net = gluon_resnest.get_model(name)
     count = sum(int(np.prod(p.shape)) for p in _trainable(net).values())
-    assert count == COUNTS[name]
+    assert count == gluon_resnest.model_info(name)['params']
 
 
 @pytest.mark.parametrize('name', ['resnest14', 'resnest50_fast_1s2x40d', 'resnetd50'])

@@ -20,25 +20,19 @@ import shutil
 import sys
 import tempfile
 import time
-from pathlib import Path
 from typing import Callable, Dict, Iterator, List
 
-try:
-    import gluon_resnest  # noqa: F401
-except ImportError:  # run from a checkout without installing
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import mxnet as mx
 
-import mxnet as mx  # noqa: E402
-
-from gluon_resnest.data import TrainLoader  # noqa: E402
-from gluon_resnest.data.pack import pack_folder  # noqa: E402
-from gluon_resnest.data.records import RecordFile, idx_path_for  # noqa: E402
-from gluon_resnest.data.synthetic import write_synthetic_folder  # noqa: E402
+from gluon_resnest.constants import IMAGENET_MEAN, IMAGENET_STD
+from gluon_resnest.data import TrainLoader
+from gluon_resnest.data.pack import pack_folder
+from gluon_resnest.data.records import RecordFile, idx_path_for
+from gluon_resnest.data.synthetic import write_synthetic_folder
 
 logger = logging.getLogger('bench_data')
 
-MEAN = (123.68, 116.779, 103.939)
-STD = (58.393, 57.12, 57.375)
+MEAN, STD = IMAGENET_MEAN, IMAGENET_STD
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -17,10 +17,9 @@ import logging
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from bench_harness import BenchConfig, format_table, run_benchmark
 
-from gluon_resnest.benchmark import BenchConfig, format_table, run_benchmark  # noqa: E402
-from gluon_resnest.registry import list_models  # noqa: E402
+from gluon_resnest.registry import list_models
 
 COMPARABLE = ('gluoncv', 'torch', 'onnxruntime', 'openvino')
 

@@ -1,65 +1,11 @@
 """Parameters and GFLOPs (multiply-accumulates of convolutions and FC) per model.
 
-    python tools/complexity.py                       # every registered model, at 224
-    python tools/complexity.py --model resnest50 resnetd50 --json
-
-Counted on the symbol graph with shape inference (no weights are allocated). The "+BN" column
-adds one multiply-add per BatchNorm output, the convention under which the paper's Table 1
-figures come out (ResNeSt-50 5.39, ResNeSt-50-fast 4.34, ResNet-D-50 4.34 GFLOPs).
+The tool is :mod:`gluon_resnest.cli.complexity`, also installed as
+the ``gluon-resnest-complexity`` command.
 """
-from __future__ import annotations
-
-import argparse
-import json
 import sys
-from pathlib import Path
 
-try:
-    import gluon_resnest  # noqa: F401
-except ImportError:  # run from a checkout without installing
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from gluon_resnest import list_models
-from gluon_resnest.complexity import PAPER_GFLOPS, model_complexity
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument('--model', nargs='+', default=None,
-                        help='model names (default: all registered models)')
-    parser.add_argument('--input-size', type=int, default=224, help='square input size')
-    parser.add_argument('--classes', type=int, default=1000, help='classifier outputs')
-    parser.add_argument('--json', action='store_true',
-                        help='one JSON object per line: model, params, gflops, ...')
-    args = parser.parse_args(argv)
-    if args.input_size < 32:
-        parser.error(f'--input-size must be at least 32, got {args.input_size}')
-    try:
-        rows = [model_complexity(name.lower(), args.input_size, args.classes)
-                for name in (args.model or list_models())]
-    except ValueError as err:
-        print(f'complexity: error: {err}', file=sys.stderr)
-        return 2
-    if args.json:
-        for row in rows:
-            print(json.dumps({'model': row['model'], 'params': row['params'],
-                              'gflops': round(row['gflops'], 4),
-                              'gflops_bn': round(row['gflops_bn'], 4),
-                              'input_size': row['input_size']}))
-        return 0
-    paper = args.input_size == 224 and args.classes == 1000
-    header = f'{"model":<24s} {"params":>12s} {"GFLOPs":>8s} {"+BN":>8s}'
-    print(header + (f' {"paper":>6s}' if paper else ''))
-    for row in rows:
-        line = (f'{row["model"]:<24s} {row["params"]:>12,d} {row["gflops"]:>8.3f} '
-                f'{row["gflops_bn"]:>8.3f}')
-        if paper:
-            ref = PAPER_GFLOPS.get(row['model'])
-            line += f' {ref:>6.2f}' if ref is not None else f' {"-":>6s}'
-        print(line)
-    return 0
-
+from gluon_resnest.cli.complexity import main
 
 if __name__ == '__main__':
     sys.exit(main())

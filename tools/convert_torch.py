@@ -1,50 +1,11 @@
 """Convert a PyTorch ResNeSt checkpoint (the authors' ``resnest.torch`` or timm's) to .params.
 
-    python tools/convert_torch.py --model resnest50 --input resnest50-528c19ca.pth \\
-        --output resnest50.params
-
-Reads ``torch.save`` files (zip or legacy format) and ``.safetensors`` without PyTorch; the
-weights may sit at the top level or under ``state_dict``/``model`` (``--key`` picks another
-entry, e.g. timm's ``state_dict_ema``). ``--model`` also accepts timm's names (``resnest50d``,
-``resnest101e``, ...). The output loads with ``get_model(NAME, pretrained=FILE)``.
+The tool is :mod:`gluon_resnest.cli.convert_torch`, also installed as
+the ``gluon-resnest-convert-torch`` command.
 """
-from __future__ import annotations
-
-import argparse
 import sys
-from pathlib import Path
 
-try:
-    import gluon_resnest  # noqa: F401
-except ImportError:  # run from a checkout without installing
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from gluon_resnest import list_models
-from gluon_resnest.deploy.torch_checkpoint import TIMM_MODEL_NAMES, convert_checkpoint
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument('--model', required=True,
-                        help=f'one of: {", ".join(list_models())} (or timm\'s: '
-                             f'{", ".join(TIMM_MODEL_NAMES)})')
-    parser.add_argument('--input', required=True,
-                        help='PyTorch checkpoint (.pth/.pt/.safetensors)')
-    parser.add_argument('--output', required=True, help='.params file to write')
-    parser.add_argument('--classes', type=int,
-                        help='classifier outputs (default: from the checkpoint\'s fc.weight)')
-    parser.add_argument('--key', help='checkpoint entry holding the weights (default: the '
-                                      'checkpoint itself, or its state_dict/model entry)')
-    args = parser.parse_args(argv)
-    try:
-        net = convert_checkpoint(args.input, args.model, args.output, args.classes, args.key)
-    except (FileNotFoundError, ValueError) as err:
-        print(f'convert_torch: error: {err}', file=sys.stderr)
-        return 2
-    print(f'{args.output}: {net.model_name} with {net.classes} classes, from {args.input}')
-    return 0
-
+from gluon_resnest.cli.convert_torch import main
 
 if __name__ == '__main__':
     sys.exit(main())

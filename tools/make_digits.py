@@ -12,14 +12,8 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from pathlib import Path
 
-try:
-    import gluon_resnest  # noqa: F401
-except ImportError:  # run from a checkout without installing
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from gluon_resnest.data.synthetic import write_digits_folder  # noqa: E402
+from gluon_resnest.data.synthetic import write_digits_folder
 
 logger = logging.getLogger('make_digits')
 

@@ -27,6 +27,7 @@ from typing import Iterator, List, Sequence, Tuple
 import mxnet as mx
 import numpy as np
 
+from ..constants import IMAGENET_MEAN, IMAGENET_STD
 from .records import CorruptRecordError, RecordFile, unpack_image_record
 from .sharding import eval_shard, shard_indices
 from .transforms import ImageDecodeError, TrainTransform, ValTransform, decode_image
@@ -381,8 +382,8 @@ class TrainLoader(_LoaderBase):
                  crop_scale: Tuple[float, float] = (0.08, 1.0),
                  crop_ratio: Tuple[float, float] = (3 / 4, 4 / 3), hflip: bool = True,
                  color_jitter: float = 0.4, pca_noise: float = 0.1, auto_augment: bool = False,
-                 mean: Sequence[float] = (123.68, 116.779, 103.939),
-                 std: Sequence[float] = (58.393, 57.12, 57.375), idx_path: str | None = None,
+                 mean: Sequence[float] = IMAGENET_MEAN,
+                 std: Sequence[float] = IMAGENET_STD, idx_path: str | None = None,
                  ctx: mx.Context | None = None, prefetch: int | None = None,
                  mp_context: str | None = None):
         super().__init__(rec_path, batch_size, num_workers, ctx, idx_path)
@@ -455,8 +456,8 @@ class ValLoader(_LoaderBase):
 
     def __init__(self, rec_path: str, batch_size: int, eval_crop: int = 224, rank: int = 0,
                  world_size: int = 1, num_workers: int = 2,
-                 mean: Sequence[float] = (123.68, 116.779, 103.939),
-                 std: Sequence[float] = (58.393, 57.12, 57.375), crop_ratio: float = 0.875,
+                 mean: Sequence[float] = IMAGENET_MEAN,
+                 std: Sequence[float] = IMAGENET_STD, crop_ratio: float = 0.875,
                  idx_path: str | None = None, ctx: mx.Context | None = None,
                  prefetch: int | None = None, mp_context: str | None = None):
         super().__init__(rec_path, batch_size, num_workers, ctx, idx_path)

@@ -28,6 +28,7 @@ from typing import Sequence, Tuple
 import cv2
 import numpy as np
 
+from ..constants import IMAGENET_MEAN, IMAGENET_STD
 from .autoaugment import AutoAugment
 from .records import check_encoded_image
 
@@ -166,8 +167,8 @@ class TrainTransform:
     def __init__(self, input_size: int, crop_scale: Tuple[float, float] = (0.08, 1.0),
                  crop_ratio: Tuple[float, float] = (3 / 4, 4 / 3), hflip: bool = True,
                  color_jitter: float = 0.4, pca_noise: float = 0.1, auto_augment: bool = False,
-                 mean: Sequence[float] = (123.68, 116.779, 103.939),
-                 std: Sequence[float] = (58.393, 57.12, 57.375)):
+                 mean: Sequence[float] = IMAGENET_MEAN,
+                 std: Sequence[float] = IMAGENET_STD):
         if not 0 < crop_scale[0] <= crop_scale[1] <= 1:
             raise ValueError(f'crop_scale must satisfy 0 < min <= max <= 1, got {crop_scale}')
         if not 0 < crop_ratio[0] <= crop_ratio[1]:

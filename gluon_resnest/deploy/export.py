@@ -13,6 +13,7 @@ import mxnet as mx
 from mxnet.gluon import nn
 
 from ..layers import DropBlock, set_drop_prob
+from ..models.info import model_info
 from ..params import first_context, load_param_file
 from .meta import META_DEFAULTS, check_export, export_paths, read_meta, write_meta
 from .preprocess import IMAGENET_MEAN, IMAGENET_STD, Normalize
@@ -185,8 +186,9 @@ def load_network(prefix: str | None = None, model: str | None = None,
     Args:
         prefix: An export's prefix (read with :func:`load_exported`).
         model: Otherwise a registered model name, built by :func:`build_network` from ``params``
-            and hybridized; its meta is :data:`META_DEFAULTS` (224 input, ImageNet mean/std,
-            normalisation outside the graph).
+            and hybridized; its meta is :data:`META_DEFAULTS` (ImageNet mean/std, normalisation
+            outside the graph) with the model's ``eval_crop`` (:func:`~gluon_resnest.models.
+            model_info`) as input size.
         params: ``save_parameters`` file for ``model``.
         epoch: Number in the export's params file name.
         ctx: Context (or list of contexts); default CPU.
@@ -197,6 +199,6 @@ def load_network(prefix: str | None = None, model: str | None = None,
         return load_exported(prefix, epoch, ctx=ctx)
     net = build_network(model, params, ctx=ctx)
     net.hybridize(static_alloc=True, static_shape=True)
-    return net, dict(META_DEFAULTS, model=model)
+    return net, dict(META_DEFAULTS, model=model, input_size=model_info(model)['eval_crop'])
 
 

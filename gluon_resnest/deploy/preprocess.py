@@ -9,12 +9,11 @@ import mxnet as mx
 import numpy as np
 from mxnet.gluon import nn
 
+from ..constants import IMAGENET_MEAN, IMAGENET_STD
+
 __all__ = ['CROP_RATIO', 'IMAGENET_MEAN', 'IMAGENET_STD', 'Normalize', 'eval_transform',
            'load_class_names', 'load_image', 'resize_size']
 
-#: ImageNet RGB mean and standard deviation on the 0-255 scale.
-IMAGENET_MEAN = (123.68, 116.779, 103.939)
-IMAGENET_STD = (58.393, 57.12, 57.375)
 #: Ratio of the center crop to the resized short side in the paper's evaluation transform.
 CROP_RATIO = 0.875
 

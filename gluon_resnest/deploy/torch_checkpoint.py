@@ -47,23 +47,17 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from ..models.info import MODEL_INFO
+
 __all__ = ['TIMM_MODEL_NAMES', 'OpaqueObject', 'convert_checkpoint', 'convert_state_dict',
            'extract_state_dict', 'load_safetensors', 'load_torch_file', 'load_torch_state_dict',
            'torch_to_gluon_name']
 
 logger = logging.getLogger(__name__)
 
-#: timm's model names -> ours (same architectures; timm's suffix "d"/"e" names the stem).
-TIMM_MODEL_NAMES = {
-    'resnest14d': 'resnest14',
-    'resnest26d': 'resnest26',
-    'resnest50d': 'resnest50',
-    'resnest101e': 'resnest101',
-    'resnest200e': 'resnest200',
-    'resnest269e': 'resnest269',
-    'resnest50d_4s2x40d': 'resnest50_fast_4s2x40d',
-    'resnest50d_1s4x24d': 'resnest50_fast_1s4x24d',
-}
+#: timm's model names -> ours (same architectures; timm's suffix "d"/"e" names the stem), from
+#: :data:`gluon_resnest.models.MODEL_INFO`.
+TIMM_MODEL_NAMES = {info['timm']: name for name, info in MODEL_INFO.items() if info['timm']}
 
 # torch storage class name -> numpy dtype. bfloat16 has no numpy type: read as uint16, widened.
 _STORAGE_DTYPES = {

@@ -1,4 +1,5 @@
-"""Networks built from :mod:`gluon_resnest.layers`."""
+"""Networks built from :mod:`gluon_resnest.layers`, and one metadata record per model."""
+from .info import MODEL_INFO, model_info
 from .resnest import MODEL_CONFIGS, Bottleneck, ResNeSt, ResNeStConfig
 
-__all__ = ['Bottleneck', 'MODEL_CONFIGS', 'ResNeSt', 'ResNeStConfig']
+__all__ = ['Bottleneck', 'MODEL_CONFIGS', 'MODEL_INFO', 'ResNeSt', 'ResNeStConfig', 'model_info']

@@ -116,7 +116,7 @@ class Bottleneck(nn.HybridBlock):
 
 @dataclass(frozen=True)
 class ResNeStConfig:
-    """One row of the paper's model table (see ``shared/REFERENCE.md``)."""
+    """One row of the model table (the paper's Table 1 and §5.1; see :func:`model_info`)."""
 
     layers: tuple[int, int, int, int]
     stem_width: int = 32

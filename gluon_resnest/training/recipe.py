@@ -1,4 +1,6 @@
-"""Declarative training recipes: a validated dataclass loaded from ``recipes/*.yaml``.
+"""Declarative training recipes: a validated dataclass loaded from YAML.
+
+The recipes of the paper's settings ship inside the package (``gluon_resnest/recipes/*.yaml``).
 
 A recipe states what the paper states (global batch, epochs, regularisation, crops); what
 follows from it (learning rate ``base_lr * global_batch / 256``, per-worker batch, steps per
@@ -10,14 +12,17 @@ import dataclasses
 import difflib
 import json
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from ..constants import IMAGENET_MEAN, IMAGENET_STD
+from ..models.info import model_info
 from ..registry import list_models
 
-RECIPE_DIR = Path(__file__).resolve().parents[2] / 'recipes'
+RECIPE_DIR = Path(str(resources.files('gluon_resnest') / 'recipes'))
 OPTIMIZERS = ('nag', 'sgd')
 
 
@@ -31,16 +36,17 @@ class Recipe:
     # data
     train_rec: str = 'train.rec'
     val_rec: str = 'val.rec'
-    train_crop: int = 224
-    eval_crop: int = 224
+    # None: the model's crops (gluon_resnest.models.model_info)
+    train_crop: int | None = None
+    eval_crop: int | None = None
     crop_scale: tuple = (0.08, 1.0)
     crop_ratio: tuple = (3 / 4, 4 / 3)
     hflip: bool = True
     color_jitter: float = 0.4
     pca_noise: float = 0.1
     auto_augment: bool = True
-    mean: tuple = (123.68, 116.779, 103.939)
-    std: tuple = (58.393, 57.12, 57.375)
+    mean: tuple = IMAGENET_MEAN
+    std: tuple = IMAGENET_STD
     num_workers: int = 4
     # optimisation
     global_batch_size: int = 8192
@@ -64,17 +70,19 @@ class Recipe:
     sync_bn: bool = False
 
 
+# Fields that may be None, with a value of the type they hold otherwise.
+_OPTIONAL = {'lr': 0.0, 'train_crop': 0, 'eval_crop': 0}
 # Values resolve() adds to a recipe's fields.
 DERIVED = ('per_worker_batch_size', 'world_size')
 
 
 def recipe_names() -> list[str]:
-    """Names of the recipes shipped in ``recipes/``."""
+    """Names of the recipes shipped with the package."""
     return sorted(p.stem for p in RECIPE_DIR.glob('*.yaml'))
 
 
 def load_recipe(name_or_path: str) -> Recipe:
-    """Load and validate a recipe by name (``recipes/NAME.yaml``) or by path to a YAML file."""
+    """Load and validate a recipe by name (a shipped recipe) or by path to a YAML file."""
     path = Path(name_or_path)
     if path.suffix not in ('.yaml', '.yml'):
         path = RECIPE_DIR / f'{name_or_path}.yaml'
@@ -109,8 +117,10 @@ def coerce(key: str, value: Any, default: Any, source: str = 'recipe') -> Any:
     try:
         if isinstance(value, str) and not isinstance(default, str):
             value = yaml.safe_load(value)
-        if key == 'lr':
-            return None if value is None else float(value)
+        if key in _OPTIONAL:
+            if value is None:
+                return None
+            default = _OPTIONAL[key]
         if isinstance(default, bool):
             if not isinstance(value, bool):
                 raise TypeError('expected true or false')
@@ -154,7 +164,8 @@ def validate(recipe: Recipe, source: str = 'recipe') -> None:
     check(recipe.mixup_alpha >= 0, 'mixup_alpha must be >= 0')
     check(0 <= recipe.dropblock_prob < 1, 'dropblock_prob must be in [0, 1)')
     check(0 <= recipe.final_drop < 1, 'final_drop must be in [0, 1)')
-    check(recipe.train_crop >= 16 and recipe.eval_crop >= 16, 'crops must be >= 16 pixels')
+    check(all(c is None or c >= 16 for c in (recipe.train_crop, recipe.eval_crop)),
+          'crops must be >= 16 pixels')
     check(len(recipe.crop_scale) == 2 and 0 < recipe.crop_scale[0] <= recipe.crop_scale[1] <= 1,
           'crop_scale must be (low, high) with 0 < low <= high <= 1')
     check(len(recipe.crop_ratio) == 2 and 0 < recipe.crop_ratio[0] <= recipe.crop_ratio[1],
@@ -181,6 +192,10 @@ def resolve(recipe: Recipe, world_size: int = 1) -> dict[str, Any]:
     config['world_size'] = world_size
     if recipe.lr is None:
         config['lr'] = recipe.base_lr * recipe.global_batch_size / 256
+    info = model_info(recipe.model)
+    for key in ('train_crop', 'eval_crop'):
+        if config[key] is None:
+            config[key] = info[key]
     return config
 
 

@@ -1,7 +1,7 @@
-"""Side-by-side speed benchmark (paper Table 2 style): ours vs GluonCV, the authors' PyTorch,
+"""Harness of ``tools/benchmark.py``: ours vs GluonCV, the authors' PyTorch (paper Table 2),
 and the CPU runtimes that run our ONNX export (onnxruntime, OpenVINO).
 
-Each framework runs in its own worker process (:mod:`gluon_resnest.bench_worker`), started once
+Each framework runs in its own worker process (``tools/bench_worker.py``), started once
 and driven round-robin over stdin/stdout JSON lines, so the frameworks alternate on the same
 cores without re-initialising. The reported figure is the median over all timed batches.
 PyTorch and OpenVINO run in their own virtualenvs (their packages clash with MXNet's numpy

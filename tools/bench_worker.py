@@ -1,8 +1,8 @@
-"""Timing worker of :mod:`gluon_resnest.benchmark`: one framework, one model, driven over stdio.
+"""Timing worker of ``tools/bench_harness.py``: one framework, one model, driven over stdio.
 
-Run as a script (``python .../bench_worker.py --framework ours ...``), never imported by the
-package, so that the PyTorch worker can run in its own virtualenv where neither MXNet nor
-``gluon_resnest`` is installed. The protocol is one JSON object per line:
+Run as a script (``python tools/bench_worker.py --framework ours ...``), never imported, so
+that the PyTorch worker can run in its own virtualenv where neither MXNet nor ``gluon_resnest``
+is installed. The protocol is one JSON object per line:
 
 * on start the worker builds the model, warms it up and prints
   ``{"ready": true, "params": ..., "framework": ...}`` (or ``{"error": ...}`` and exits 1);
@@ -72,9 +72,6 @@ def _mxnet_runner(args: argparse.Namespace) -> _Runner:
     import mxnet as mx
     from mxnet import autograd, gluon
 
-    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    if repo not in sys.path:
-        sys.path.insert(0, repo)
     if args.framework == 'gluoncv':
         from gluoncv.model_zoo import get_model
         net = get_model(args.model, classes=args.classes)
@@ -285,9 +282,6 @@ def _export_onnx(args: argparse.Namespace) -> dict[str, Any]:
     """Our network (fresh Xavier weights) as an ONNX file, for the ONNX peers."""
     import mxnet as mx
 
-    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    if repo not in sys.path:
-        sys.path.insert(0, repo)
     from gluon_resnest import get_model
     from gluon_resnest.deploy import export_network, export_onnx
 
@@ -395,8 +389,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == '__main__':
-    # Run as a file: drop the package folder from sys.path so that its modules (data, models,
-    # ...) cannot shadow top-level packages of the worker's environment.
-    if sys.path and os.path.abspath(sys.path[0]) == os.path.dirname(os.path.abspath(__file__)):
-        sys.path.pop(0)
     sys.exit(main())

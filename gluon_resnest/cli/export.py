@@ -1,0 +1,59 @@
+"""Export a ResNeSt to MXNet's deployable symbol/params format (plus a meta file).
+
+    python tools/export.py --model resnest50 --params resnest50.params --prefix out/resnest50
+
+writes ``out/resnest50-symbol.json``, ``out/resnest50-0000.params`` and
+``out/resnest50-meta.json`` (input size, mean/std, whether normalisation is in the graph). The
+files load with ``mx.gluon.SymbolBlock.imports`` and ``mx.mod.Module``; ``tools/predict.py`` and
+``tools/evaluate.py`` read the meta file to feed the network correctly.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from gluon_resnest import list_models, model_info
+from gluon_resnest.deploy import build_network, export_network, load_class_names
+
+logger = logging.getLogger('export')
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument('--model', required=True, help=f'one of: {", ".join(list_models())}')
+    parser.add_argument('--params', help='save_parameters file; without it the network is '
+                                         'freshly initialised (random weights)')
+    parser.add_argument('--classes', type=int,
+                        help='classifier outputs (default: from --params, else 1000)')
+    parser.add_argument('--class-names', help='file with one class name per line, copied to '
+                                              'PREFIX.classes')
+    parser.add_argument('--input-size', type=int,
+                        help='square input size (default: the model\'s evaluation crop)')
+    parser.add_argument('--prefix', required=True, help='output prefix')
+    parser.add_argument('--epoch', type=int, default=0, help='number in PREFIX-%%04d.params')
+    parser.add_argument('--preprocess', action='store_true',
+                        help='embed mean/std normalisation: the export takes 0-255 RGB input')
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format='%(message)s')
+    try:
+        names = load_class_names(args.class_names) if args.class_names else None
+        net = build_network(args.model, args.params, args.classes)
+        if args.params is None:
+            print(f'note: no --params given: exporting a freshly initialised {args.model} '
+                  f'(random weights)', file=sys.stderr)
+        if names is not None and len(names) != net.classes:
+            raise ValueError(f'{args.class_names!r} lists {len(names)} classes but the network '
+                             f'has {net.classes} outputs')
+        size = args.input_size or model_info(args.model)['eval_crop']
+        files = export_network(net, args.prefix, input_size=size, epoch=args.epoch,
+                               preprocess=args.preprocess, classes=names,
+                               model_name=args.model.lower())
+    except (FileNotFoundError, ValueError) as err:
+        print(f'export: error: {err}', file=sys.stderr)
+        return 2
+    for path in files:
+        print(path)
+    return 0
+

@@ -1,0 +1,54 @@
+"""Quantize an exported ResNeSt to INT8 for CPU inference (oneDNN), calibrated on a .rec file.
+
+Example::
+
+    python tools/quantize.py --prefix runs/demo/export/resnest --calib-rec val.rec \\
+        --output runs/demo/export/resnest-int8
+
+The output loads like any export: ``mx.gluon.SymbolBlock.imports('OUT-symbol.json', ['data'],
+'OUT-0000.params')``; ``OUT-meta.json`` is the source's meta with ``quantized: true``.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from gluon_resnest.deploy.quantization import CALIB_MODES, quantize_export
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument('--prefix', required=True, help='FP32 export prefix (PREFIX-symbol.json)')
+    parser.add_argument('--epoch', type=int, default=0, help='number of the params file')
+    parser.add_argument('--calib-rec', required=True, help='RecordIO file of calibration images')
+    parser.add_argument('--output', required=True, help='prefix of the INT8 export')
+    parser.add_argument('--calib-mode', choices=CALIB_MODES, default='naive')
+    parser.add_argument('--num-calib-examples', type=int, default=256)
+    parser.add_argument('--batch-size', type=int, default=32)
+    parser.add_argument('--quantized-dtype', choices=('auto', 'int8', 'uint8'), default='auto')
+    parser.add_argument('--exclude', default='',
+                        help='comma-separated substrings of layer names kept in FP32')
+    parser.add_argument('--no-split-grouped', dest='split_grouped', action='store_false',
+                        help='keep grouped convolutions grouped (and FP32) instead of '
+                             'rewriting them as ungrouped INT8 convolutions')
+    parser.add_argument('--num-workers', type=int, default=2, help='decoding processes')
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format='%(levelname)s %(message)s')
+    if args.batch_size < 1 or args.num_calib_examples < 1:
+        parser.error('--batch-size and --num-calib-examples must be >= 1')
+    exclude = [e.strip() for e in args.exclude.split(',') if e.strip()]
+    try:
+        symbol_file, params_file = quantize_export(
+            args.prefix, args.calib_rec, args.output, epoch=args.epoch,
+            calib_mode=args.calib_mode, num_calib_examples=args.num_calib_examples,
+            batch_size=args.batch_size, quantized_dtype=args.quantized_dtype,
+            exclude_layers_match=exclude, num_workers=args.num_workers,
+            split_grouped=args.split_grouped)
+    except (FileNotFoundError, ValueError) as err:
+        print(f'quantize: error: {err}', file=sys.stderr)
+        return 2
+    print(f'wrote {symbol_file} and {params_file}')
+    return 0
+

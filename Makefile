@@ -34,8 +34,20 @@ PYTEST_ARGS ?=
 TORCH_VENV ?= .torchvenv
 TORCH_PY := $(TORCH_VENV)/bin/python
 export GLUON_RESNEST_TORCH_PYTHON := $(abspath $(TORCH_PY))
+# OpenVINO and NNCF (its INT8 post-training quantization) need numpy >= 2: their own virtualenv,
+# found by tools/benchmark.py through GLUON_RESNEST_OPENVINO_PYTHON.
+OV_VENV ?= .ovvenv
+OV_PY := $(OV_VENV)/bin/python
+export GLUON_RESNEST_OPENVINO_PYTHON := $(abspath $(OV_PY))
+# Serving: MXNet Model Server and its archiver go into .venv (they leave the pins alone); the
+# server's front end needs a Java runtime, taken from Debian's packages when none is found.
+JAVA_PACKAGE := openjdk-17-jre-headless
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+SERVE_PREFIX ?= runs/demo/export/model
+SERVE_ARCHIVE ?= runs/serve/digits.mar
+SERVE_PORT ?= 8080
 
-.PHONY: install gpu-check torch-env test test-slow lint demo bench clean
+.PHONY: install gpu-check torch-env ov-env serve-env test test-slow lint demo serve bench clean
 
 install: $(VENV)/.installed
 
@@ -69,6 +81,25 @@ $(TORCH_VENV)/.installed:
 	$(TORCH_PY) -c "import torch, resnest.torch; print('torch', torch.__version__)"
 	touch $@
 
+ov-env: $(OV_VENV)/.installed
+
+$(OV_VENV)/.installed:
+	test -x $(OV_PY) || $(PYTHON) -m venv $(OV_VENV)
+	$(OV_PY) -m pip install -q --upgrade pip
+	$(OV_PY) -m pip install -q $(call PIN,openvino) $(call PIN,nncf)
+	$(OV_PY) -c "import openvino, nncf; print('openvino', openvino.__version__, 'nncf', nncf.__version__)"
+	touch $@
+
+serve-env: $(VENV)/.serve-installed
+
+$(VENV)/.serve-installed: $(VENV)/.installed
+	command -v java >/dev/null || test -x "$$JAVA_HOME/bin/java" || { \
+		$(SUDO) apt-get update && \
+		$(SUDO) apt-get install -y --no-install-recommends $(JAVA_PACKAGE); }
+	$(PIP) install -q -c $(CONSTRAINTS) multi-model-server model-archiver
+	$(PY) -c "import mms.version, model_archiver; print('multi-model-server', mms.version.__version__)"
+	touch $@
+
 test: install torch-env
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
@@ -81,8 +112,15 @@ lint: install
 demo: install
 	$(PY) tools/demo.py
 
-bench: install torch-env
-	$(PY) tools/benchmark.py --model resnest50 --batch-size 16 --input-size 224 --compare gluoncv,torch
+serve: serve-env
+	@test -f $(SERVE_PREFIX)-symbol.json || { \
+		echo "no export at $(SERVE_PREFIX): run make demo first (or set SERVE_PREFIX)"; exit 2; }
+	$(PY) tools/archive_mms.py --prefix $(SERVE_PREFIX) --output $(SERVE_ARCHIVE) --force
+	$(PY) tools/serve_mms.py $(SERVE_ARCHIVE) --port $(SERVE_PORT)
+
+bench: install torch-env ov-env
+	$(PY) tools/benchmark.py --model resnest50 --batch-size 16 --input-size 224 \
+		--compare gluoncv,torch,onnxruntime,openvino
 
 clean:
-	rm -rf $(VENV) $(TORCH_VENV) build *.egg-info .pytest_cache runs data
+	rm -rf $(VENV) $(TORCH_VENV) $(OV_VENV) build *.egg-info .pytest_cache runs data

@@ -55,3 +55,49 @@ def test_benchmark_rejects_bad_input():
     assert proc.returncode != 0 and 'unknown model' in proc.stderr
     proc = _run('--model', 'resnest14', '--compare', 'caffe')
     assert proc.returncode != 0 and '--compare' in proc.stderr
+    proc = _run('--model', 'resnest14', '--compare', 'openvino', '--mode', 'train')
+    assert proc.returncode != 0 and 'inference only' in proc.stderr
+
+
+def test_benchmark_onnxruntime_runs_our_onnx_export():
+    proc = _run('--model', 'resnest14', '--batch-size', '2', '--input-size', '32',
+                '--classes', '10', '--repetitions', '2', '--iters', '1', '--latency-iters', '1',
+                '--compare', 'onnxruntime', '--threads', '1', '--json')
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(proc.stdout)
+    ours, peer = report['results']
+    assert (peer['framework'], peer['dtype']) == ('onnxruntime', 'float32')
+    assert peer['params'] == ours['params'] > 0
+    assert 'ORT_ENABLE_ALL' in peer['setting'] and '1 intra-op threads' in peer['setting']
+    assert 'oneDNN' in ours['setting']
+    assert len(peer['batch_seconds']) == 2 and peer['latency_ms'] > 0
+    assert set(report['ratios']) == {'onnxruntime'}
+
+
+@pytest.mark.slow
+def test_benchmark_all_peers_table():
+    """Every peer row, OpenVINO's three included, in the printed table (needs make ov-env)."""
+    pythons = [os.environ.get('GLUON_RESNEST_TORCH_PYTHON') or
+               os.path.join(REPO, '.torchvenv', 'bin', 'python'),
+               os.environ.get('GLUON_RESNEST_OPENVINO_PYTHON') or
+               os.path.join(REPO, '.ovvenv', 'bin', 'python')]
+    if not all(os.path.isfile(p) for p in pythons):
+        pytest.skip('no PyTorch or OpenVINO virtualenv')
+    proc = _run('--model', 'resnest14', '--batch-size', '2', '--input-size', '32',
+                '--classes', '10', '--repetitions', '1', '--iters', '1', '--latency-iters', '1',
+                '--compare', 'gluoncv,torch,onnxruntime,openvino')
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [line.split('|')[1:-1] for line in proc.stdout.splitlines()
+            if line.startswith('| ') and 'implementation' not in line]
+    got = [(cells[0].strip(), cells[1].strip()) for cells in rows]
+    assert got == [('gluon_resnest', 'float32'), ('GluonCV', 'float32'),
+                   ('PyTorch (resnest.torch)', 'float32'), ('onnxruntime (our ONNX)', 'float32'),
+                   ('OpenVINO (our ONNX)', 'float32'), ('OpenVINO (our ONNX)', 'default'),
+                   ('OpenVINO (our ONNX)', 'int8')]
+    settings = [cells[-1] for cells in rows]
+    assert 'precision hint f32 (runs f32)' in settings[4]
+    assert 'default precision' in settings[5] and 'NNCF' in settings[6]
+    assert all(float(cells[7]) > 0 for cells in rows)  # batch-1 latency for every row
+    for name in ('gluoncv', 'torch', 'onnxruntime', 'openvino', 'openvino-default',
+                 'openvino-int8'):
+        assert f'ours / {name}: ' in proc.stdout

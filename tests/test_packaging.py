@@ -13,7 +13,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = ['train', 'pack-rec', 'export', 'export-onnx', 'quantize', 'evaluate', 'predict',
-           'convert-torch', 'complexity']
+           'convert-torch', 'complexity', 'archive-mms', 'serve-mms']
 
 
 def _ok(cmd: list, **kwargs) -> subprocess.CompletedProcess:

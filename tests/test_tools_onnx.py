@@ -62,6 +62,34 @@ def test_cli_onnx_matches_mxnet_with_dynamic_batch(tmp_path):
         assert err <= TOL * max(scale, 1.0), (batch, err, scale)
 
 
+def ort_warnings(path, capfd) -> list[str]:
+    """onnxruntime's warnings (its log at warning level, on stderr) when it loads ``path``."""
+    options = onnxruntime.SessionOptions()
+    options.log_severity_level = 2  # warnings and above
+    capfd.readouterr()
+    onnxruntime.InferenceSession(str(path), options, providers=['CPUExecutionProvider'])
+    return [line for line in capfd.readouterr().err.splitlines() if '[W:onnxruntime' in line]
+
+
+def test_weights_are_initializers_only(tmp_path, capfd):
+    prefix = export_model('resnest14', tmp_path, 64)
+    out = export_onnx(prefix, str(tmp_path / 'clean.onnx'))
+    model = onnx.load(out)
+    weights = {tensor.name for tensor in model.graph.initializer}
+    assert [value.name for value in model.graph.input] == ['data']
+    read = {name for node in model.graph.node for name in node.input}
+    assert weights and weights <= read  # every initializer feeds a node
+    assert ort_warnings(out, capfd) == []
+    # The same graph with its weights listed as inputs too (how MXNet's exporter writes it):
+    # onnxruntime warns for each, which shows the capture above would have seen it.
+    for tensor in model.graph.initializer:
+        model.graph.input.append(onnx.helper.make_tensor_value_info(
+            tensor.name, tensor.data_type, list(tensor.dims)))
+    onnx.save(model, str(tmp_path / 'inputs.onnx'))
+    warned = ort_warnings(tmp_path / 'inputs.onnx', capfd)
+    assert len([w for w in warned if 'will not be treated as constant' in w]) == len(weights)
+
+
 @pytest.mark.parametrize('name', ['resnest50_fast_4s2x40d', 'resnest50_fast_1s4x24d'])
 def test_block_variants_match_mxnet(tmp_path, name):
     """Radix 4 x cardinality 2, radix 1 (sigmoid gate) x cardinality 4 (radix 0: slow test)."""
@@ -96,6 +124,7 @@ def test_zoo_onnx_matches_mxnet(tmp_path, name):
     """Every registered model at 224x224, 1000 classes, batch 2: onnxruntime equals MXNet."""
     prefix = export_model(name, tmp_path, 224, classes=1000, seed=1)
     out = export_onnx(prefix, str(tmp_path / f'{name}.onnx'))
+    assert [value.name for value in onnx.load(out).graph.input] == ['data']
     data = np.random.RandomState(2).randn(2, 3, 224, 224).astype(np.float32)
     err, scale = max_error(prefix, out, data)
     print(f'{name}: max abs error {err:.3g}, largest output {scale:.3g}')

@@ -1,8 +1,13 @@
-"""Harness of ``tools/benchmark.py``: ours vs GluonCV vs the authors' PyTorch (paper Table 2).
+"""Harness of ``tools/benchmark.py``: ours vs GluonCV, the authors' PyTorch (paper Table 2),
+and the CPU runtimes that run our ONNX export (onnxruntime, OpenVINO).
 
 Each framework runs in its own worker process (``tools/bench_worker.py``), started once
 and driven round-robin over stdin/stdout JSON lines, so the frameworks alternate on the same
 cores without re-initialising. The reported figure is the median over all timed batches.
+PyTorch and OpenVINO run in their own virtualenvs (their packages clash with MXNet's numpy
+pin); onnxruntime runs in ours. The ONNX peers time a file exported by
+:func:`gluon_resnest.deploy.export_onnx` from the same network, once per run; OpenVINO gives
+three rows: FP32 (precision hint f32), its default precision, and INT8 from NNCF.
 """
 from __future__ import annotations
 
@@ -12,21 +17,31 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
-__all__ = ['BenchConfig', 'Worker', 'format_table', 'run_benchmark', 'torch_python']
+__all__ = ['BenchConfig', 'ONNX_PEERS', 'Worker', 'format_table', 'openvino_python',
+           'run_benchmark', 'torch_python']
 
 logger = logging.getLogger(__name__)
 
 WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'bench_worker.py')
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+#: Peers that run our ONNX export, with the precision of each of their rows.
+ONNX_PEERS = {'onnxruntime': ('float32',), 'openvino': ('float32', 'default', 'int8')}
 
 
 def torch_python() -> str:
     """Interpreter of the PyTorch virtualenv (``GLUON_RESNEST_TORCH_PYTHON`` or .torchvenv)."""
     return os.environ.get('GLUON_RESNEST_TORCH_PYTHON') or os.path.join(
         REPO, '.torchvenv', 'bin', 'python')
+
+
+def openvino_python() -> str:
+    """Interpreter of the OpenVINO virtualenv (``GLUON_RESNEST_OPENVINO_PYTHON`` or .ovvenv)."""
+    return os.environ.get('GLUON_RESNEST_OPENVINO_PYTHON') or os.path.join(
+        REPO, '.ovvenv', 'bin', 'python')
 
 
 @dataclass
@@ -54,14 +69,18 @@ class Worker:
     """One framework's worker process."""
 
     def __init__(self, framework: str, config: BenchConfig, dtype: str | None = None,
-                 quantize_options: dict[str, Any] | None = None) -> None:
+                 quantize_options: dict[str, Any] | None = None,
+                 onnx: tuple[str, int] | None = None) -> None:
         self.framework = framework
         self.dtype = dtype or config.dtype
         self.quantize_options = quantize_options
-        python = torch_python() if framework == 'torch' else sys.executable
+        python = {'torch': torch_python, 'openvino': openvino_python}.get(
+            framework, lambda: sys.executable)()
         if not os.path.isfile(python):
-            raise FileNotFoundError(f'no PyTorch interpreter at {python!r}: set '
-                                    f'GLUON_RESNEST_TORCH_PYTHON or run `make torch-env`')
+            variable, target = {'torch': ('TORCH', 'torch-env'),
+                                'openvino': ('OPENVINO', 'ov-env')}[framework]
+            raise FileNotFoundError(f'no {framework} interpreter at {python!r}: set '
+                                    f'GLUON_RESNEST_{variable}_PYTHON or run `make {target}`')
         env = dict(os.environ, OMP_NUM_THREADS=str(config.threads),
                    MKL_NUM_THREADS=str(config.threads))
         env.pop('MXNET_SUBGRAPH_BACKEND', None)
@@ -71,12 +90,15 @@ class Worker:
                '--threads', str(config.threads)]
         if quantize_options:
             cmd += ['--quantize-options', json.dumps(quantize_options)]
+        if onnx is not None:
+            cmd += ['--onnx', onnx[0], '--param-count', str(onnx[1])]
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      text=True, env=env, cwd=REPO)
         self.times: list[float] = []
         self.latency: list[float] = []
         self.peak_rss_mib = 0.0
         self.params = 0
+        self.setting: str | None = None
 
     def _read(self) -> dict[str, Any]:
         line = self.proc.stdout.readline()
@@ -91,7 +113,9 @@ class Worker:
 
     def wait_ready(self) -> None:
         """Block until the worker has built and warmed up its model."""
-        self.params = int(self._read()['params'])
+        ready = self._read()
+        self.params = int(ready['params'])
+        self.setting = ready.get('setting')
 
     def request(self, cmd: str, iters: int) -> dict[str, Any]:
         self.proc.stdin.write(json.dumps({'cmd': cmd, 'iters': iters}) + '\n')
@@ -121,12 +145,19 @@ def run_benchmark(config: BenchConfig, progress: bool = True) -> dict[str, Any]:
         rows.append(('ours', config.dtype, None))
     if config.dtype != 'float32' and config.mode == 'infer':
         rows.append(('ours', 'float32', None))
-    rows += [(name, 'float32', None) for name in config.compare]
+    for name in config.compare:
+        rows += [(name, dtype, None) for dtype in ONNX_PEERS.get(name, ('float32',))]
+    onnx_rows = [name for name, _, _ in rows if name in ONNX_PEERS]
+    if onnx_rows and config.mode != 'infer':
+        raise ValueError(f'{", ".join(sorted(set(onnx_rows)))} time inference only')
     workers: list[Worker] = []
+    tmp = tempfile.TemporaryDirectory(prefix='bench-onnx-')
     try:
+        onnx = _export_onnx(config, tmp.name) if onnx_rows else None
         # Start one at a time: building a model is CPU-heavy and would skew the others.
         for name, dtype, options in rows:
-            worker = Worker(name, config, dtype, options)
+            worker = Worker(name, config, dtype, options,
+                            onnx if name in ONNX_PEERS else None)
             workers.append(worker)
             worker.wait_ready()
         from tqdm import tqdm
@@ -146,6 +177,7 @@ def run_benchmark(config: BenchConfig, progress: bool = True) -> dict[str, Any]:
     finally:
         for worker in workers:
             worker.close()
+        tmp.cleanup()
     results = []
     for worker in workers:
         median = statistics.median(worker.times)
@@ -157,6 +189,7 @@ def run_benchmark(config: BenchConfig, progress: bool = True) -> dict[str, Any]:
             'batch_seconds': worker.times,
             'latency_ms': 1000 * statistics.median(worker.latency) if worker.latency else None,
             'peak_rss_mib': worker.peak_rss_mib,
+            'setting': worker.setting,
         })
         if worker.quantize_options is not None:
             results[-1]['quantize_options'] = worker.quantize_options
@@ -174,9 +207,29 @@ def run_benchmark(config: BenchConfig, progress: bool = True) -> dict[str, Any]:
     return report
 
 
+def _export_onnx(config: BenchConfig, folder: str) -> tuple[str, int]:
+    """ONNX file of our network for the ONNX peers, and its trainable parameter count.
+
+    Made by a worker process, so that this driver stays small: the workers it starts inherit
+    its peak RSS, which they report.
+    """
+    output = os.path.join(folder, f'{config.model}.onnx')
+    cmd = [sys.executable, WORKER, '--framework', 'ours', '--model', config.model,
+           '--input-size', str(config.input_size), '--classes', str(config.classes),
+           '--export-onnx', output]
+    proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, cwd=REPO, check=False)
+    reply = json.loads(proc.stdout.strip().splitlines()[-1]) if proc.stdout.strip() else {}
+    if proc.returncode != 0 or 'error' in reply or not os.path.isfile(output):
+        failure = reply.get('error', f'exit code {proc.returncode}')
+        raise RuntimeError(f'ONNX export for the peers failed: {failure}')
+    return output, int(reply['params'])
+
+
 def _label(row: dict[str, Any]) -> str:
     if row['framework'] != 'ours':
-        return row['framework']
+        if row['dtype'] == 'float32':
+            return row['framework']
+        return f"{row['framework']}-{row['dtype']}"
     label = f"ours-{row['dtype']}"
     if row.get('quantize_options'):
         label += ' ' + json.dumps(row['quantize_options'], sort_keys=True)
@@ -186,10 +239,11 @@ def _label(row: dict[str, Any]) -> str:
 def format_table(report: dict[str, Any]) -> str:
     """Markdown table of a :func:`run_benchmark` report."""
     head = ('| implementation | dtype | params | input | mode | batch | images/s (median) | '
-            'latency b=1 (ms) | peak RSS (MiB) | ours / this |')
-    lines = [head, '|' + '---|' * 10]
+            'latency b=1 (ms) | peak RSS (MiB) | ours / this | setting |')
+    lines = [head, '|' + '---|' * 11]
     ours = report['results'][0]['images_per_sec']
-    names = {'ours': 'gluon_resnest', 'gluoncv': 'GluonCV', 'torch': 'PyTorch (resnest.torch)'}
+    names = {'ours': 'gluon_resnest', 'gluoncv': 'GluonCV', 'torch': 'PyTorch (resnest.torch)',
+             'onnxruntime': 'onnxruntime (our ONNX)', 'openvino': 'OpenVINO (our ONNX)'}
     for row in report['results']:
         latency = f"{row['latency_ms']:.1f}" if row['latency_ms'] is not None else '-'
         dtype = row['dtype']
@@ -199,5 +253,5 @@ def format_table(report: dict[str, Any]) -> str:
             f"| {names[row['framework']]} | {dtype} | {row['params'] / 1e6:.1f}M | "
             f"{report['input_size']} | {report['mode']} | {report['batch_size']} | "
             f"{row['images_per_sec']:.2f} | {latency} | {row['peak_rss_mib']:.0f} | "
-            f"{ours / row['images_per_sec']:.2f}x |")
+            f"{ours / row['images_per_sec']:.2f}x | {row.get('setting') or '-'} |")
     return '\n'.join(lines)

@@ -12,7 +12,19 @@ is installed. The protocol is one JSON object per line:
 * ``{"cmd": "quit"}`` ends the worker.
 
 Every worker draws the same input (numpy seed 0, uniform in [-1, 1]) and runs with the thread
-count it was given (``OMP_NUM_THREADS``, set by the driver before start).
+count it was given (``OMP_NUM_THREADS``, set by the driver before start, and each runtime's own
+thread setting).
+
+The ``onnxruntime`` and ``openvino`` workers run an ONNX file of our network (``--onnx``,
+written by the driver with :func:`gluon_resnest.deploy.export_onnx`), each at its documented
+best setting for CPU inference, which the ready message states (``setting``):
+
+* onnxruntime: CPU execution provider, all graph optimisations, ``--threads`` intra-op threads;
+* OpenVINO: the model reshaped to a static batch, latency performance hint, ``--threads``
+  inference threads; ``--dtype float32`` sets the inference precision hint to f32,
+  ``default`` keeps OpenVINO's default precision (bf16 on CPUs with AMX or AVX-512 BF16),
+  ``int8`` first quantizes the ONNX model with NNCF post-training quantization (calibrated on
+  random batches of the benchmark's input distribution).
 """
 from __future__ import annotations
 
@@ -28,7 +40,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-FRAMEWORKS = ('ours', 'gluoncv', 'torch')
+FRAMEWORKS = ('ours', 'gluoncv', 'torch', 'onnxruntime', 'openvino')
 _TORCH_EXTRA = {'resnest14': [1, 1, 1, 1], 'resnest26': [2, 2, 2, 2]}
 
 
@@ -52,6 +64,8 @@ class _Runner:
     step: Callable[[], Any]
     params: int
     set_batch: Callable[[int], None]
+    #: How the framework runs, for the report (e.g. precision, graph optimisation, threads).
+    setting: str | None = None
 
 
 def _mxnet_runner(args: argparse.Namespace) -> _Runner:
@@ -97,6 +111,7 @@ def _mxnet_runner(args: argparse.Namespace) -> _Runner:
         # What a GluonCV user runs: the hybridized, statically planned network.
         net.hybridize(static_alloc=True, static_shape=True)
         model = net
+        runner.setting = 'hybridized, static memory plan'
     elif args.dtype == 'int8':
         from gluon_resnest.deploy.quantization import quantize_network
         calib = [mx.nd.array(np.random.RandomState(i).uniform(
@@ -106,6 +121,7 @@ def _mxnet_runner(args: argparse.Namespace) -> _Runner:
         model = quantize_network(net, calib, **options)
         from gluon_resnest.deploy.inference import optimize_for_inference
         model = optimize_for_inference(model, data=state['x'], backend=None)
+        runner.setting = 'INT8 (oneDNN), static memory plan'
     elif args.dtype == 'bfloat16':
         from mxnet.contrib import amp
 
@@ -113,6 +129,7 @@ def _mxnet_runner(args: argparse.Namespace) -> _Runner:
         net = optimize_for_inference(net, data=state['x'])
         model = amp.convert_hybrid_block(net, target_dtype='bfloat16', ctx=mx.cpu())
         model.hybridize(static_alloc=True, static_shape=True)
+        runner.setting = 'bf16 (AMP), oneDNN fusion'
     else:
         # The deployment path: get_model + optimize_for_inference, exported and reloaded as a
         # SymbolBlock (the file a user ships).
@@ -124,6 +141,7 @@ def _mxnet_runner(args: argparse.Namespace) -> _Runner:
             model = gluon.SymbolBlock.imports(f'{prefix}-symbol.json', ['data'],
                                               f'{prefix}-0000.params', ctx=mx.cpu())
         model.hybridize(static_alloc=True, static_shape=True)
+        runner.setting = 'exported, oneDNN fusion, static memory plan'
         del net
 
     def infer() -> Any:
@@ -181,8 +199,99 @@ def _torch_runner(args: argparse.Namespace) -> _Runner:
                 else:
                     net(state['x'])
         runner.step = infer
+        runner.setting = (f'torch {torch.__version__}, eval + no_grad'
+                          f'{", bf16 autocast" if dtype is not None else ""}, '
+                          f'{args.threads} threads')
     runner.set_batch = make_input
     return runner
+
+
+def _onnxruntime_runner(args: argparse.Namespace) -> _Runner:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.intra_op_num_threads = args.threads
+    options.inter_op_num_threads = 1
+    session = ort.InferenceSession(args.onnx, options, providers=['CPUExecutionProvider'])
+    name = session.get_inputs()[0].name
+    runner = _Runner()
+    runner.params = args.param_count
+    runner.setting = (f'onnxruntime {ort.__version__}, CPU provider, ORT_ENABLE_ALL, '
+                      f'{args.threads} intra-op threads')
+    state: dict[str, Any] = {}
+
+    def make_input(batch_size: int) -> None:
+        state['x'] = _batch(batch_size, args.input_size)
+
+    def infer() -> Any:
+        return session.run(None, {name: state['x']})
+    make_input(args.batch_size)
+    runner.step = infer
+    runner.set_batch = make_input
+    return runner
+
+
+def _openvino_runner(args: argparse.Namespace) -> _Runner:
+    import openvino as ov
+    import openvino.properties as props
+    import openvino.properties.hint as hints
+
+    core = ov.Core()
+    source = core.read_model(args.onnx)
+    if args.dtype == 'int8':
+        import nncf
+
+        shape = (args.batch_size, 3, args.input_size, args.input_size)
+        calib = [np.random.RandomState(i).uniform(-1, 1, shape).astype(np.float32)
+                 for i in range(2)]
+        source.reshape([args.batch_size, 3, args.input_size, args.input_size])
+        source = nncf.quantize(source, nncf.Dataset(calib), subset_size=len(calib))
+    config = {props.inference_num_threads: args.threads,
+              hints.performance_mode: hints.PerformanceMode.LATENCY}
+    if args.dtype == 'float32':
+        config[hints.inference_precision] = ov.Type.f32
+    runner = _Runner()
+    runner.params = args.param_count
+    state: dict[str, Any] = {}
+
+    def make_input(batch_size: int) -> None:
+        # A static shape per batch size, as OpenVINO recommends for CPU; a change recompiles.
+        model = source.clone()
+        model.reshape([batch_size, 3, args.input_size, args.input_size])
+        state['request'] = core.compile_model(model, 'CPU', config).create_infer_request()
+        state['x'] = _batch(batch_size, args.input_size)
+
+    def infer() -> Any:
+        return state['request'].infer({0: state['x']})
+    make_input(args.batch_size)
+    compiled = state['request'].get_compiled_model()
+    precision = compiled.get_property(hints.inference_precision).get_type_name()
+    label = {'float32': 'precision hint f32', 'default': 'default precision',
+             'int8': 'INT8 (NNCF post-training quantization), default precision elsewhere'}
+    runner.setting = (f'OpenVINO {ov.__version__.split("-")[0]}, {label[args.dtype]} '
+                      f'(runs {precision}), latency hint, static batch, '
+                      f'{args.threads} threads')
+    runner.step = infer
+    runner.set_batch = make_input
+    return runner
+
+
+def _export_onnx(args: argparse.Namespace) -> dict[str, Any]:
+    """Our network (fresh Xavier weights) as an ONNX file, for the ONNX peers."""
+    import mxnet as mx
+
+    from gluon_resnest import get_model
+    from gluon_resnest.deploy import export_network, export_onnx
+
+    net = get_model(args.model, classes=args.classes)
+    net.initialize(mx.init.Xavier(), ctx=mx.cpu())
+    params = sum(int(np.prod(p.shape)) for p in net.collect_params().values()
+                 if p.grad_req != 'null')
+    prefix = os.path.splitext(args.export_onnx)[0]
+    export_network(net, prefix, input_size=args.input_size)
+    return {'onnx': export_onnx(prefix, args.export_onnx), 'params': params}
 
 
 def _time(step: Callable[[], Any], iters: int) -> list[float]:
@@ -194,9 +303,13 @@ def _time(step: Callable[[], Any], iters: int) -> list[float]:
     return times
 
 
+#: The protocol channel: the process's original stdout (see :func:`main`).
+_channel: Any = sys.stdout
+
+
 def _reply(obj: dict[str, Any]) -> None:
-    sys.stdout.write(json.dumps(obj) + '\n')
-    sys.stdout.flush()
+    _channel.write(json.dumps(obj) + '\n')
+    _channel.flush()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -209,24 +322,42 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument('--input-size', type=int, default=224)
     parser.add_argument('--classes', type=int, default=1000)
     parser.add_argument('--mode', choices=('infer', 'train'), default='infer')
-    parser.add_argument('--dtype', choices=('float32', 'int8', 'bfloat16'), default='float32')
+    parser.add_argument('--dtype', choices=('float32', 'int8', 'bfloat16', 'default'),
+                        default='float32', help='default: the runtime\'s own (openvino)')
     parser.add_argument('--threads', type=int, default=os.cpu_count() or 1)
     parser.add_argument('--warmup', type=int, default=2)
+    parser.add_argument('--onnx', help='onnxruntime, openvino: ONNX file of our network')
+    parser.add_argument('--export-onnx', metavar='FILE',
+                        help='write our network to this ONNX file, answer, and exit')
+    parser.add_argument('--param-count', type=int, default=0,
+                        help='onnxruntime, openvino: trainable parameters of that network')
     parser.add_argument('--quantize-options', default='',
                         help='int8: JSON object of quantize_network keyword arguments')
     args = parser.parse_args(argv)
-    # Keep the protocol channel clean: libraries may print to stdout.
-    channel = os.fdopen(os.dup(sys.stdout.fileno()), 'w')
+    # Keep the protocol channel clean: whatever libraries print, from Python (progress bars)
+    # or from C, goes to stderr.
+    global _channel
+    _channel = os.fdopen(os.dup(sys.stdout.fileno()), 'w')
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
-    sys.stdout = channel
+    if args.export_onnx:
+        try:
+            _reply(_export_onnx(args))
+        except Exception as err:  # noqa: BLE001 - reported to the driver, which fails loudly
+            traceback.print_exc()
+            _reply({'error': f'{type(err).__name__}: {err}'})
+            return 1
+        return 0
     try:
-        runner = _torch_runner(args) if args.framework == 'torch' else _mxnet_runner(args)
+        build = {'torch': _torch_runner, 'onnxruntime': _onnxruntime_runner,
+                 'openvino': _openvino_runner}.get(args.framework, _mxnet_runner)
+        runner = build(args)
         _time(runner.step, args.warmup)
     except Exception as err:  # noqa: BLE001 - reported to the driver, which fails loudly
         traceback.print_exc()
         _reply({'error': f'{type(err).__name__}: {err}'})
         return 1
-    _reply({'ready': True, 'framework': args.framework, 'params': runner.params})
+    _reply({'ready': True, 'framework': args.framework, 'params': runner.params,
+            'setting': getattr(runner, 'setting', None)})
     batch = args.batch_size
     for line in sys.stdin:
         if not line.strip():

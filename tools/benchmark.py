@@ -1,9 +1,13 @@
-"""Speed of a ResNeSt in the style of paper Table 2, side by side with GluonCV and PyTorch.
+"""Speed of a ResNeSt (paper Table 2 style) beside GluonCV, PyTorch, onnxruntime and OpenVINO.
 
 Example::
 
     python tools/benchmark.py --model resnest50 --batch-size 16 --input-size 224 \\
-        --compare gluoncv,torch
+        --compare gluoncv,torch,onnxruntime,openvino
+
+onnxruntime and OpenVINO run an ONNX export of our network (made for the run); OpenVINO adds
+three rows: FP32, its default precision (bf16 on CPUs with AMX) and INT8 from NNCF. The last
+column of the table states each row's setting.
 """
 from __future__ import annotations
 
@@ -17,7 +21,7 @@ from bench_harness import BenchConfig, format_table, run_benchmark
 
 from gluon_resnest.registry import list_models
 
-COMPARABLE = ('gluoncv', 'torch')
+COMPARABLE = ('gluoncv', 'torch', 'onnxruntime', 'openvino')
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -30,7 +34,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument('--dtype', choices=('float32', 'int8', 'bfloat16'), default='float32',
                         help='our dtype (inference); int8/bfloat16 rows add our float32 row')
     parser.add_argument('--compare', default='',
-                        help='comma-separated: gluoncv, torch (timed in the same run)')
+                        help='comma-separated: gluoncv, torch, onnxruntime, openvino (timed '
+                             'in the same run)')
     parser.add_argument('--repetitions', type=int, default=5,
                         help='alternating rounds; each times --iters batches per framework')
     parser.add_argument('--iters', type=int, default=2, help='timed batches per round')
@@ -52,6 +57,9 @@ def main(argv: list[str] | None = None) -> int:
     bad = [c for c in compare if c not in COMPARABLE]
     if bad:
         parser.error(f'--compare takes {", ".join(COMPARABLE)}; got {", ".join(bad)}')
+    onnx_peers = [c for c in compare if c in ('onnxruntime', 'openvino')]
+    if onnx_peers and args.mode == 'train':
+        parser.error(f'{", ".join(onnx_peers)} time inference only (--mode infer)')
     if args.dtype != 'float32' and args.mode == 'train':
         parser.error('--dtype int8/bfloat16 is for --mode infer')
     for name in ('batch_size', 'input_size', 'repetitions', 'iters', 'threads'):

@@ -2,25 +2,29 @@
 
     python tools/predict.py --prefix out/resnest50 cat.jpg dog.png
     python tools/predict.py --model resnest50 --params resnest50.params --classes names.txt x.jpg
+    python tools/predict.py --prefix out/resnest50 --json cat.jpg
 
 Each image goes through the paper's evaluation transform (short side resized to
 ``ceil(crop / 0.875)``, center crop). For an export the crop size and whether the network
 normalises by itself come from ``PREFIX-meta.json``, and the class names from
 ``PREFIX.classes`` when it exists. An image that cannot be read is reported on stderr (the
-others are still predicted) and makes the exit status non-zero.
+others are still predicted) and makes the exit status non-zero. ``--json`` prints one JSON
+object instead, ``{image: [{"index": i, "class": name, "probability": p}, ...]}``, the same
+entries the model server's handler (:mod:`gluon_resnest.deploy.serving`) answers with.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
 
 import mxnet as mx
-import numpy as np
 
 from gluon_resnest.cli import add_network_arguments, check_network_arguments
 from gluon_resnest.deploy import eval_transform, load_class_names, load_image, load_network
+from gluon_resnest.deploy.serving import ranked
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -33,6 +37,8 @@ def main(argv: list[str] | None = None) -> int:
                         help='center crop (default: the export\'s input size, or the '
                              'model\'s evaluation crop)')
     parser.add_argument('--top-k', type=int, default=5, help='classes shown per image')
+    parser.add_argument('--json', action='store_true',
+                        help='print one JSON object {image: [{index, class, probability}]}')
     parser.add_argument('images', nargs='+', help='image files')
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format='%(message)s')
@@ -51,6 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     crop = int(args.input_size or meta['input_size'])
     mean, std = (None, None) if meta['preprocess'] else (meta['mean'], meta['std'])
     failed = 0
+    results = {}
     for path in args.images:
         try:
             data = eval_transform(load_image(path), crop, mean, std)
@@ -63,10 +70,16 @@ def main(argv: list[str] | None = None) -> int:
             print(f'predict: error: {len(names)} class names for {len(probs)} outputs',
                   file=sys.stderr)
             return 2
+        top = ranked(probs, names, args.top_k)
+        if args.json:
+            results[path] = top
+            continue
         print(f'{path}:')
-        for rank, index in enumerate(np.argsort(-probs, kind='stable')[:args.top_k], 1):
-            label = names[index] if names is not None else f'class {index}'
-            print(f'  {rank}. {label:<30s} {probs[index]:.4f}')
+        for rank, entry in enumerate(top, 1):
+            label = entry['class'] if names is not None else f'class {entry["index"]}'
+            print(f'  {rank}. {label:<30s} {entry["probability"]:.4f}')
+    if args.json:
+        print(json.dumps(results, indent=2))
     if failed:
         print(f'predict: {failed} of {len(args.images)} images could not be read',
               file=sys.stderr)

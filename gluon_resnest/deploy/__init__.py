@@ -18,7 +18,13 @@ from .export import build_network, export_network, load_exported, load_network, 
 from .graph import Graph
 from .inference import fold_batchnorm, optimize_for_inference, subgraph_backend_available
 from .meta import META_DEFAULTS, check_export, export_paths, read_meta, write_meta
-from .onnx_export import MXNET_ONNX_OPSET, export_onnx, onnx_compatible_symbol, verify_onnx
+from .onnx_export import (
+    MXNET_ONNX_OPSET,
+    export_onnx,
+    initializers_as_constants,
+    onnx_compatible_symbol,
+    verify_onnx,
+)
 from .preprocess import (
     CROP_RATIO,
     IMAGENET_MEAN,
@@ -57,6 +63,7 @@ __all__ = ['CALIB_MODES', 'CROP_RATIO', 'Graph', 'IMAGENET_MEAN', 'IMAGENET_STD'
            'calibration_batches', 'check_export', 'convert_checkpoint', 'convert_state_dict',
            'eval_transform', 'export_network', 'export_onnx', 'export_paths',
            'extract_state_dict', 'fold_batchnorm', 'fold_network', 'grouped_convolutions',
+           'initializers_as_constants',
            'load_class_names', 'load_exported', 'load_image', 'load_network',
            'load_safetensors', 'load_torch_file', 'load_torch_state_dict',
            'onnx_compatible_symbol', 'optimize_for_inference', 'quantize_export',

@@ -15,7 +15,8 @@ from .export import load_exported, read_export
 from .graph import Graph
 from .meta import check_export, read_meta
 
-__all__ = ['MXNET_ONNX_OPSET', 'export_onnx', 'onnx_compatible_symbol', 'verify_onnx']
+__all__ = ['MXNET_ONNX_OPSET', 'export_onnx', 'initializers_as_constants', 'onnx_compatible_symbol',
+           'verify_onnx']
 
 logger = logging.getLogger(__name__)
 
@@ -24,8 +25,9 @@ def export_onnx(prefix: str, output: str, epoch: int = 0,
                 input_size: int | None = None) -> str:
     """Convert an export to ONNX with a dynamic batch axis; return the ONNX file name.
 
-    The meta data of the export is copied into the ONNX model's ``metadata_props``
-    (key ``gluon_resnest``, JSON).
+    The graph's only input is the image batch: the weights are initializers, constants that
+    runtimes fold and fuse (see :func:`initializers_as_constants`). The meta data of the export
+    is copied into the ONNX model's ``metadata_props`` (key ``gluon_resnest``, JSON).
     """
     import onnx  # local: optional dependency
 
@@ -42,12 +44,37 @@ def export_onnx(prefix: str, output: str, epoch: int = 0,
         mx.onnx.export_model(symbol, params, in_shapes=[(1, channels, size, size)],
                              in_types=[np.float32], onnx_file_path=output, dynamic=True,
                              dynamic_input_shapes=[(None, channels, size, size)])
-    model = onnx.load(output)
+    model = initializers_as_constants(onnx.load(output))
+    onnx.checker.check_model(model)
     entry = model.metadata_props.add()
     entry.key = 'gluon_resnest'
     entry.value = json.dumps(dict(meta, input_size=size))
     onnx.save(model, output)
     return output
+
+
+def initializers_as_constants(model: Any) -> Any:
+    """Make an ONNX model's weights plain initializers; return the model (changed in place).
+
+    MXNet's exporter lists every weight both as an initializer and as a graph input, which
+    declares it overridable at run time: runtimes then may not fold or fuse it (onnxruntime
+    warns for each). It also leaves initializers no node reads. Both are removed, so the graph
+    inputs are the data alone.
+    """
+    graph = model.graph
+    weights = {tensor.name for tensor in graph.initializer}
+    inputs = [value for value in graph.input if value.name not in weights]
+    del graph.input[:]
+    graph.input.extend(inputs)
+    read = {name for node in graph.node for name in node.input}
+    read.update(value.name for value in graph.output)
+    used = [tensor for tensor in graph.initializer if tensor.name in read]
+    dropped = len(graph.initializer) - len(used)
+    del graph.initializer[:]
+    graph.initializer.extend(used)
+    logger.debug('ONNX graph: %d inputs, %d initializers (%d unused ones dropped)',
+                 len(inputs), len(used), dropped)
+    return model
 
 
 def onnx_compatible_symbol(symbol: mx.sym.Symbol, sample_shape: Sequence[int],
@@ -149,10 +176,7 @@ def verify_onnx(prefix: str, onnx_file: str, epoch: int = 0, input_size: int | N
     data = (rng.uniform(0, 255, shape) if meta['preprocess'] else rng.randn(*shape))
     data = data.astype(np.float32)
     expected = net(mx.nd.array(data)).asnumpy()
-    options = onnxruntime.SessionOptions()
-    options.log_severity_level = 3  # the exporter leaves unused initialisers: not worth a warning
-    session = onnxruntime.InferenceSession(onnx_file, options,
-                                           providers=['CPUExecutionProvider'])
+    session = onnxruntime.InferenceSession(onnx_file, providers=['CPUExecutionProvider'])
     actual = session.run(None, {session.get_inputs()[0].name: data})[0]
     if actual.shape != expected.shape:
         raise ValueError(f'ONNX output shape {actual.shape} differs from MXNet\'s '

@@ -1,0 +1,187 @@
+"""Horovod across hosts on the namespace test bed (``tests/multihost.py``): a real
+``horovodrun -H node1:N,node2:N --gloo --network-interface eth1`` job whose workers run in two
+network namespaces, each with its own address and hostname, reached through ssh.
+"""
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from multihost import IFACE, Cluster, unavailable_reason
+
+pytestmark = [pytest.mark.slow, pytest.mark.multihost]
+
+ROOT = Path(__file__).resolve().parents[1]
+PY = sys.executable
+HOROVODRUN = str(Path(PY).parent / 'horovodrun')
+# The digits recipe, short: 320 training images (10 steps of 32 per epoch), 120 validation.
+FAST = ['--recipe', 'digits', '--global-batch-size', '32', '--num-workers', '1',
+        '--warmup-epochs', '0']
+TRAIN_PER_CLASS, VAL_PER_CLASS = 32, 12
+JOB_TIMEOUT = 420
+
+
+@pytest.fixture(scope='module')
+def cluster(tmp_path_factory, request) -> Cluster:
+    reason = unavailable_reason()
+    if reason:
+        pytest.skip(f'no multi-host test bed here: {reason}')
+    bed = Cluster(2, tmp_path_factory.mktemp('bed'))
+    request.addfinalizer(bed.destroy)
+    return bed.create()
+
+
+@pytest.fixture(autouse=True)
+def _no_leftovers(cluster):
+    """A failed test must not leave workers running into the next one."""
+    yield
+    cluster.kill_everything()
+
+
+@pytest.fixture(scope='module')
+def digits(tmp_path_factory) -> Path:
+    """A subset of scikit-learn's digits, packed by our own tools."""
+    root = tmp_path_factory.mktemp('digits')
+    _ok(subprocess.run([PY, 'tools/make_digits.py', '--out', str(root / 'images')],
+                       cwd=ROOT, capture_output=True, text=True))
+    for split, keep in (('train', TRAIN_PER_CLASS), ('val', VAL_PER_CLASS)):
+        for folder in (root / 'images' / split).iterdir():
+            for extra in sorted(folder.iterdir())[keep:]:
+                extra.unlink()
+        _ok(subprocess.run([PY, 'tools/pack_rec.py', '--root', str(root / 'images' / split),
+                            '--prefix', str(root / split), '--workers', '2', '--no-progress'],
+                           cwd=ROOT, capture_output=True, text=True))
+    return root
+
+
+def _ok(result: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
+    assert result.returncode == 0, f'exit {result.returncode}\n{result.stdout}\n{result.stderr}'
+    return result
+
+
+def _horovodrun(cluster: Cluster, slots: int, argv: list[str], log: Path) -> subprocess.Popen:
+    hosts = ','.join(f'{h.name}:{slots}' for h in cluster.hosts)
+    cmd = [HOROVODRUN, '-np', str(slots * len(cluster.hosts)), '-H', hosts, '--gloo',
+           '--network-interface', IFACE, '--disable-cache', PY, *argv]
+    return cluster.launch(cmd, cwd=ROOT, log=log)
+
+
+def _finish(proc: subprocess.Popen, log: Path, timeout: float = JOB_TIMEOUT) -> str:
+    """Wait for a job; return its output."""
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        pytest.fail(f'job still running after {timeout} s:\n{log.read_text()[-4000:]}')
+    return log.read_text(errors='replace')
+
+
+def _train(cluster: Cluster, slots: int, args: list[str], log: Path) -> str:
+    proc = _horovodrun(cluster, slots, ['recipes/train.py', *args], log)
+    output = _finish(proc, log)
+    assert proc.returncode == 0, f'exit {proc.returncode}\n{output[-6000:]}'
+    return output
+
+
+def _metrics(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / 'metrics.jsonl').read_text().splitlines()]
+
+
+def _digests(run: Path, size: int) -> list[str]:
+    return [(run / 'workers' / f'rank-{r}.params.sha256').read_text().strip()
+            for r in range(size)]
+
+
+@pytest.mark.parametrize('slots', [1, 2], ids=['2x1', '2x2'])
+def test_topology_across_hosts(cluster, tmp_path, slots):
+    """Ranks, local and cross ranks, hostnames and addresses as a two-host job sees them."""
+    out = tmp_path / 'topology'
+    out.mkdir()
+    log = tmp_path / 'horovodrun.log'
+    proc = _horovodrun(cluster, slots, ['tests/scripts/hvd_topology.py', str(out)], log)
+    output = _finish(proc, log, timeout=180)
+    assert proc.returncode == 0, output[-4000:]
+    size = 2 * slots
+    info = [json.loads((out / f'rank-{r}.json').read_text()) for r in range(size)]
+    by_host = {h.name: h.address for h in cluster.hosts}
+    for r, item in enumerate(info):
+        assert item['rank'] == r and item['size'] == size
+        # horovodrun fills node1's slots first, then node2's.
+        assert item['hostname'] == cluster.hosts[r // slots].name
+        assert item['address'] == by_host[item['hostname']]
+        assert (item['local_rank'], item['local_size']) == (r % slots, slots)
+        assert (item['cross_rank'], item['cross_size']) == (r // slots, 2)
+        assert item['allreduce_sum'] == size * (size + 1) / 2
+        assert item['broadcast'] == f'from {cluster.hosts[-1].name} rank {size - 1}'
+
+
+@pytest.mark.parametrize('slots', [1, 2], ids=['2x1', '2x2'])
+def test_digits_trains_across_hosts(cluster, digits, tmp_path, slots):
+    run = tmp_path / 'run'
+    output = _train(cluster, slots, [*FAST, '--epochs', '2', '--data-dir', str(digits),
+                                     '--run-dir', str(run)], tmp_path / 'horovodrun.log')
+    size = 2 * slots
+    config = json.loads((run / 'config.json').read_text())
+    assert config['world_size'] == size and config['per_worker_batch_size'] == 32 // size
+    digests = _digests(run, size)
+    assert len(set(digests)) == 1, digests  # every rank holds the same parameters
+    shards = [set(json.loads((run / 'workers' / f'rank-{r}.shard.json').read_text())['indices'])
+              for r in range(size)]
+    assert set().union(*shards) == set(range(10 * TRAIN_PER_CLASS))
+    assert sum(map(len, shards)) == 10 * TRAIN_PER_CLASS  # disjoint: 320 divides by 2 and 4
+    # Validation: all ranks' counts are summed once, so every image counts exactly once.
+    counts = [int(n) for n in re.findall(r'top-5 [0-9.]+ on (\d+) images', output)]
+    assert counts == [10 * VAL_PER_CLASS] * 2
+    records = _metrics(run)
+    assert [r['epoch'] for r in records] == [0, 1]
+    assert records[1]['train_loss'] < records[0]['train_loss']
+    assert all(0 <= r['val_top1'] <= r['val_top5'] <= 1 for r in records)
+    assert (run / 'export' / 'model-symbol.json').is_file()
+
+
+def test_lost_host_ends_the_job_and_resume_matches(cluster, digits, tmp_path):
+    """Kill every process of the host of rank 0 mid-epoch; the job must end by itself, leave
+    only complete files, and ``--resume`` on both hosts must repeat an uninterrupted run."""
+    args = [*FAST, '--epochs', '3', '--data-dir', str(digits), '--no-export']
+    whole = tmp_path / 'whole'
+    _train(cluster, 1, [*args, '--run-dir', str(whole)], tmp_path / 'whole.log')
+
+    run = tmp_path / 'run'
+    log = tmp_path / 'killed.log'
+    proc = _horovodrun(cluster, 1, ['recipes/train.py', *args, '--run-dir', str(run)], log)
+    deadline = time.monotonic() + JOB_TIMEOUT
+    first = run / 'checkpoints' / 'epoch-0000' / 'meta.json'
+    while not first.exists():  # epoch 2 has begun once epoch 1's checkpoint is complete
+        assert proc.poll() is None, log.read_text()[-4000:]
+        assert time.monotonic() < deadline, 'no checkpoint in time'
+        time.sleep(0.05)
+    killed = cluster.kill_host(cluster.hosts[0].name)
+    lost_at = time.monotonic()
+    assert killed
+    output = _finish(proc, log, timeout=180)
+    ended_after = time.monotonic() - lost_at
+    assert proc.returncode != 0, output[-4000:]
+    assert not cluster.pids(cluster.hosts[1].netns), 'a worker outlived the job'
+    print(f'the job ended {ended_after:.1f} s after its host was lost')
+
+    done = sorted(p.name for p in (run / 'checkpoints').iterdir())
+    assert 'epoch-0002' not in done  # it really was interrupted
+    # A checkpoint is complete or invisible (a temporary .epoch-* folder, never loaded).
+    for ckpt in (run / 'checkpoints').glob('epoch-*'):
+        assert {'model.params', 'trainer.states', 'meta.json'} <= {p.name for p in ckpt.iterdir()}
+    for line in (run / 'metrics.jsonl').read_text().splitlines():
+        json.loads(line)  # no torn line
+
+    output = _train(cluster, 1, [*args, '--run-dir', str(run), '--resume'],
+                    tmp_path / 'resumed.log')
+    assert 'resumed from' in output
+    assert [r['epoch'] for r in _metrics(run)] == [0, 1, 2]
+    assert _digests(run, 2) == _digests(whole, 2)
+    assert len(set(_digests(run, 2))) == 1
+    assert not list((run / 'checkpoints').glob('.epoch-*'))

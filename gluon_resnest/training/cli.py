@@ -1,0 +1,95 @@
+"""Train a ResNeSt with a paper recipe, on one worker or many with ``horovodrun``.
+
+    python recipes/train.py --recipe resnest50 --print-config
+    horovodrun -np 8 -H host1:4,host2:4 python recipes/train.py --recipe resnest50 \\
+        --data-dir /data/imagenet-rec --run-dir runs/resnest50
+
+The data directory holds the recipe's ``train_rec`` and ``val_rec`` (``.rec`` + ``.idx``, as
+written by ``tools/pack_rec.py``). Rank 0 writes into the run directory: ``config.json``,
+``metrics.jsonl`` (one object per epoch), ``curves.png``, ``checkpoints/epoch-NNNN/`` (atomic)
+and, at the end, ``export/`` (symbol/params). ``--resume`` continues from the newest complete
+checkpoint; the run directory must then be visible to every worker.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import sys
+
+from .options import (
+    EXIT_BAD_INPUT,
+    RunOptions,
+    TrainingError,
+    launch_from_env,
+    resolve_config,
+)
+from .recipe import Recipe, recipe_names
+
+logger = logging.getLogger('gluon_resnest.train')
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The trainer's command line: run options, then one override flag per recipe field."""
+    parser = argparse.ArgumentParser(
+        description=__doc__.split('\n\n')[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument('--recipe', required=True,
+                        help=f'recipe name ({", ".join(recipe_names())}) or a YAML file')
+    parser.add_argument('--data-dir', help='folder with the recipe\'s train_rec and val_rec')
+    parser.add_argument('--run-dir', help='output folder (config, metrics, checkpoints, export)')
+    parser.add_argument('--print-config', action='store_true',
+                        help='print the resolved configuration as JSON and exit')
+    parser.add_argument('--resume', action='store_true',
+                        help='continue from the newest complete checkpoint in --run-dir')
+    parser.add_argument('--keep-checkpoints', type=int, default=2,
+                        help='how many of the newest checkpoints to keep')
+    parser.add_argument('--no-export', action='store_true',
+                        help='skip the symbol/params export at the end')
+    parser.add_argument('--debug-workers', action='store_true',
+                        help='each rank writes workers/rank-N.shard.json (its first epoch\'s '
+                             'record indices) and workers/rank-N.params.sha256 (a digest of '
+                             'its final parameters) into --run-dir')
+    group = parser.add_argument_group(
+        'recipe overrides', 'each replaces the recipe\'s value (lists as JSON, e.g. [0.5,1])')
+    for f in dataclasses.fields(Recipe):
+        group.add_argument('--' + f.name.replace('_', '-'), dest=f'set_{f.name}',
+                           default=argparse.SUPPRESS, metavar='VALUE',
+                           help=f'override {f.name}')
+    group.add_argument('--per-worker-batch-size', dest='per_worker_batch_size', type=int,
+                       default=None,
+                       help='set global_batch_size to this times the number of workers')
+    return parser
+
+
+def options_from_args(args: argparse.Namespace) -> RunOptions:
+    """The :class:`RunOptions` a parsed command line asks for."""
+    return RunOptions(
+        recipe=args.recipe,
+        overrides={k[4:]: v for k, v in vars(args).items() if k.startswith('set_')},
+        per_worker_batch_size=args.per_worker_batch_size, data_dir=args.data_dir,
+        run_dir=args.run_dir, resume=args.resume, keep_checkpoints=args.keep_checkpoints,
+        export=not args.no_export, debug_workers=args.debug_workers)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``recipes/train.py`` and ``gluon-resnest-train``; returns the exit code."""
+    args = build_parser().parse_args(argv)
+    options = options_from_args(args)
+    if args.print_config:
+        try:
+            config = resolve_config(options, launch_from_env()[1])
+        except ValueError as err:
+            print(f'error: {err}', file=sys.stderr)
+            return EXIT_BAD_INPUT
+        print(json.dumps(config))
+        return 0
+    try:
+        from .loop import train_model  # Horovod is needed only to train
+
+        return train_model(options)
+    except (TrainingError, ValueError, FileNotFoundError) as err:
+        logger.error('%s', err)
+        print(f'error: {err}', file=sys.stderr)
+        return getattr(err, 'code', EXIT_BAD_INPUT)

@@ -16,7 +16,7 @@ TORCH_VENV ?= .torchvenv
 TORCH_PY := $(TORCH_VENV)/bin/python
 export GLUON_RESNEST_TORCH_PYTHON := $(abspath $(TORCH_PY))
 
-.PHONY: install torch-env test test-slow lint demo bench clean
+.PHONY: install torch-env test test-slow test-multihost lint demo bench clean
 
 install: $(VENV)/.installed
 
@@ -41,8 +41,15 @@ $(TORCH_VENV)/.installed:
 test: install torch-env
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
+# The multi-host tests (marked slow, so also part of test-slow) build network namespaces as
+# root; beds left by an interrupted run are removed before and after.
 test-slow: install torch-env
-	$(PY) -m pytest -m slow $(PYTEST_ARGS)
+	$(PY) tests/multihost.py cleanup
+	$(PY) -m pytest -m slow $(PYTEST_ARGS); rc=$$?; $(PY) tests/multihost.py cleanup; exit $$rc
+
+test-multihost: install
+	$(PY) tests/multihost.py cleanup
+	$(PY) -m pytest -m multihost $(PYTEST_ARGS); rc=$$?; $(PY) tests/multihost.py cleanup; exit $$rc
 
 lint: install
 	$(PY) -m ruff check gluon_resnest tools recipes tests

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import horovod.mxnet as hvd
 import mxnet as mx
@@ -72,12 +72,16 @@ class GluonState(ObjectState):
         net: The network; all its parameters (BatchNorm running statistics included) are kept.
         trainer: The trainer whose optimizer state is kept. After a reset, assign a new trainer
             (``state.trainer = ...``) and call :meth:`load_trainer_state`.
+        copies: Further blocks that receive copies of ``net``'s weights (e.g. an evaluation
+            twin); not kept, but their arrays are cleared of errors when rolling back.
         **values: Plain values, exposed as attributes (e.g. ``epoch=0, batch=0``).
     """
 
-    def __init__(self, net: gluon.Block, trainer: gluon.Trainer, **values: Any) -> None:
+    def __init__(self, net: gluon.Block, trainer: gluon.Trainer,
+                 copies: Sequence[gluon.Block] = (), **values: Any) -> None:
         self.net = net
         self.trainer = trainer
+        self._copies = list(copies)
         self._params = net._collect_params_with_prefix()  # stable, prefix-free names
         self._saved_params = self._snapshot_params()
         self._saved_trainer = self._trainer_bytes()
@@ -131,7 +135,10 @@ class GluonState(ObjectState):
         Horovod operation and raises it, once, at the next read; until then writes to that
         array fail as well. Reading each array once clears them.
         """
-        for param in self._params.values():
+        params = list(self._params.values())
+        for block in self._copies:
+            params += list(block.collect_params().values())
+        for param in params:
             arrays = [param.data()]
             if param.grad_req != 'null':
                 arrays.append(param.grad())

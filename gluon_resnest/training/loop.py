@@ -392,8 +392,9 @@ def _train_elastic(run: Run) -> None:
     from . import elastic
 
     options = run.options
-    state = elastic.GluonState(run.net, run.trainer, epoch=run.start_epoch, batch=0,
-                               loss_sum=0.0, seen=0, size=run.size)
+    state = elastic.GluonState(run.net, run.trainer, copies=[run.eval_net],
+                               epoch=run.start_epoch, batch=0, loss_sum=0.0, seen=0,
+                               size=run.size)
 
     def on_reset() -> None:
         run.rank, run.size = hvd.rank(), hvd.size()
@@ -424,7 +425,7 @@ def _train_elastic(run: Run) -> None:
             if config['dropblock_prob'] > 0:
                 set_drop_prob(run.net, dropblock_prob(epoch, epochs, config['dropblock_prob']))
             steps = len(run.train_loader)
-            loss_sum, seen, tic = 0.0, 0, time.time()
+            loss_sum, seen, images, tic = 0.0, 0, 0, time.time()
             bar = _progress(steps, f'epoch {epoch + 1}/{epochs}', run)
             if bar is not None:
                 bar.update(state.batch)
@@ -436,6 +437,7 @@ def _train_elastic(run: Run) -> None:
                 _check_finite(run, value, epoch, step, lr)
                 loss_sum += value * data.shape[0]
                 seen += data.shape[0]
+                images += data.shape[0]
                 state.batch = step + 1
                 if bar is not None:
                     bar.set_postfix(loss=f'{value:.3f}', lr=f'{lr:.3g}')
@@ -451,10 +453,10 @@ def _train_elastic(run: Run) -> None:
                 bar.close()
             elapsed = time.time() - tic
             _sync_norm_statistics(run.net)
-            totals = allreduce_sum(np.array([loss_sum, seen]))
+            totals = allreduce_sum(np.array([loss_sum, seen, images]))
             record = {'epoch': epoch,
                       'train_loss': (state.loss_sum + totals[0]) / (state.seen + totals[1]),
-                      'lr': lr, 'img_per_sec': totals[1] / elapsed, 'val_top1': None,
+                      'lr': lr, 'img_per_sec': totals[2] / elapsed, 'val_top1': None,
                       'val_top5': None, 'val_images': None,
                       'dropblock_prob': dropblock_prob(epoch, epochs, config['dropblock_prob']),
                       'world_size': run.size}

@@ -28,7 +28,7 @@ TRAIN_PER_CLASS, VAL_PER_CLASS = 32, 12
 ELASTIC_EPOCHS = 8
 ELASTIC = ['--recipe', 'digits', '--global-batch-size', '64', '--num-workers', '1',
            '--epochs', str(ELASTIC_EPOCHS), '--no-export', '--debug-workers',
-           '--progress-interval', '5']
+           '--progress-interval', '0']  # a progress line per batch, to stop at a known one
 JOB_TIMEOUT = 420
 
 
@@ -220,11 +220,15 @@ def test_elastic_run_survives_a_lost_host_and_takes_it_back(cluster, digits_full
            '--network-interface', IFACE, '--disable-cache', PY, 'recipes/train.py', *args,
            '--run-dir', str(run), '--elastic', '--commit-interval', '4']
     proc = cluster.launch(cmd, cwd=ROOT, log=log)
-    _wait_for(proc, log, r'INFO epoch 2: ')
+    _wait_for(proc, log, rf'epoch 3/{ELASTIC_EPOCHS}: 10/')  # batch 10 of 22 is done
     cluster.kill_host(node2)
     lost_at = time.time()
     cluster.set_discovered({node1: 1})
     _wait_for(proc, log, r'workers: 2 -> 1')
+    # Rolled back to a commit made during the epoch (every 4 batches), not to its start.
+    batch = int(re.search(r'workers: 2 -> 1; continuing at epoch 3, batch (\d+) ',
+                          log.read_text()).group(1))
+    assert batch >= 8 and batch % 4 == 0
     _wait_for(proc, log, r'INFO epoch 4: ')  # a whole epoch on one worker
     cluster.set_discovered({node1: 1, node2: 1})
     back_at = time.time()

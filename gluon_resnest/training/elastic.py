@@ -102,7 +102,19 @@ class GluonState(ObjectState):
         super().restore()
 
     def sync(self) -> None:
-        """Give every worker rank 0's parameters, optimizer state and values."""
+        """Give every worker rank 0's parameters, optimizer state and values.
+
+        Raises:
+            HorovodInternalError: A worker was lost meanwhile (the run then resets again).
+        """
+        try:
+            self._sync()
+        except mx.base.MXNetError as err:
+            if _horovod_failure(err):
+                raise HorovodInternalError(str(err).strip().splitlines()[0]) from err
+            raise
+
+    def _sync(self) -> None:
         if hvd.size() > 1:
             names = sorted(self._params)
             for name in names:

@@ -21,3 +21,16 @@ def test_commit_restore_and_rebuilt_trainer(tmp_path):
     assert report['momentum_restored']
     assert report['values_restored'] == [4, 2]
     assert report['momentum_in_new_trainer']
+
+
+def test_lost_peer_errors_are_told_from_others():
+    import mxnet as mx
+
+    from gluon_resnest.training.elastic import _horovod_failure
+
+    lost = ['Horovod has been shut down. This was caused by an exception on one of the ranks',
+            'Traceback (most recent call last):\n  File "Read error [10.231.0.12]", line 3\n'
+            'MXNetError: Connection reset by peer']
+    assert all(_horovod_failure(mx.base.MXNetError(text)) for text in lost)
+    assert not _horovod_failure(mx.base.MXNetError('Check failed: shape mismatch'))
+    assert not _horovod_failure(ValueError('Connection reset by peer'))

@@ -232,7 +232,7 @@ def test_elastic_run_survives_a_lost_host_and_takes_it_back(cluster, digits_full
     _wait_for(proc, log, r'INFO epoch 4: ')  # a whole epoch on one worker
     cluster.set_discovered({node1: 1, node2: 1})
     back_at = time.time()
-    output = _finish(proc, log)
+    output = _finish(proc, log, timeout=2 * JOB_TIMEOUT)  # two runs' worth of epochs
     assert proc.returncode == 0, output[-6000:]
 
     detected = _log_time(output, r'workers: 2 -> 1') - lost_at

@@ -43,8 +43,16 @@ def _reset() -> None:
     hvd.init()
 
 
+# How a lost peer shows in the MXNetError raised where a result is read: Horovod's own message
+# once its background loop has stopped, or, when the read comes first, Gloo's I/O error
+# (e.g. "Read error [10.0.0.2]: Connection reset by peer").
+_PEER_LOST = ('Horovod has been shut down', 'Read error', 'Write error', 'Connection reset',
+              'Connection closed', 'Connection refused', 'Timed out', 'gloo::')
+
+
 def _horovod_failure(err: BaseException) -> bool:
-    return isinstance(err, mx.base.MXNetError) and 'Horovod' in str(err)
+    text = str(err)
+    return isinstance(err, mx.base.MXNetError) and any(m in text for m in _PEER_LOST)
 
 
 def run(func: Callable) -> Callable:
@@ -59,10 +67,16 @@ def run(func: Callable) -> Callable:
             return func(state, *args, **kwargs)
         except mx.base.MXNetError as err:
             if _horovod_failure(err):
-                raise HorovodInternalError(str(err).strip().splitlines()[0]) from err
+                raise HorovodInternalError(_message(err)) from err
             raise
 
     return run_fn(translated, _reset)
+
+
+def _message(err: BaseException) -> str:
+    """The last non-empty line of an MXNet error (its message; the lines before are a trace)."""
+    lines = [line for line in str(err).splitlines() if line.strip()]
+    return lines[-1].strip() if lines else type(err).__name__
 
 
 class GluonState(ObjectState):
@@ -111,7 +125,7 @@ class GluonState(ObjectState):
             self._sync()
         except mx.base.MXNetError as err:
             if _horovod_failure(err):
-                raise HorovodInternalError(str(err).strip().splitlines()[0]) from err
+                raise HorovodInternalError(_message(err)) from err
             raise
 
     def _sync(self) -> None:

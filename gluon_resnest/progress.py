@@ -57,7 +57,8 @@ class PlainProgress:
         """Count ``n`` more steps; log a line if ``interval`` seconds passed since the last."""
         self.n += n
         now = time.monotonic()
-        if now - self._last >= self.interval:
+        finished = self.total is not None and self.n >= self.total  # close() reports it
+        if now - self._last >= self.interval and not finished:
             self._last = now
             self.log.info('%s', self._line(now))
 

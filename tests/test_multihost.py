@@ -25,11 +25,12 @@ FAST = ['--recipe', 'digits', '--global-batch-size', '32', '--num-workers', '1',
         '--warmup-epochs', '0', '--debug-workers']
 TRAIN_PER_CLASS, VAL_PER_CLASS = 32, 12
 # Elastic runs train on all of digits (1437 / 360 images), long enough for a stable accuracy.
-ELASTIC_EPOCHS = 8
+ELASTIC_EPOCHS = 6
 ELASTIC = ['--recipe', 'digits', '--global-batch-size', '64', '--num-workers', '1',
            '--epochs', str(ELASTIC_EPOCHS), '--no-export', '--debug-workers',
            '--progress-interval', '0']  # a progress line per batch, to stop at a known one
-JOB_TIMEOUT = 420
+# A bound on a job, far above its time on a busy machine (not a speed requirement).
+JOB_TIMEOUT = 900
 
 
 @pytest.fixture(scope='module')
@@ -195,7 +196,7 @@ def _log_time(output: str, pattern: str) -> float:
     return stamp.timestamp()
 
 
-def _wait_for(proc: subprocess.Popen, log: Path, pattern: str, timeout: float = 300) -> None:
+def _wait_for(proc: subprocess.Popen, log: Path, pattern: str, timeout: float = 600) -> None:
     deadline = time.monotonic() + timeout
     while not re.search(pattern, log.read_text(errors='replace')):
         assert proc.poll() is None, f'job ended:\n{log.read_text()[-6000:]}'
@@ -232,7 +233,7 @@ def test_elastic_run_survives_a_lost_host_and_takes_it_back(cluster, digits_full
     _wait_for(proc, log, r'INFO epoch 4: ')  # a whole epoch on one worker
     cluster.set_discovered({node1: 1, node2: 1})
     back_at = time.time()
-    output = _finish(proc, log, timeout=2 * JOB_TIMEOUT)  # two runs' worth of epochs
+    output = _finish(proc, log)
     assert proc.returncode == 0, output[-6000:]
 
     detected = _log_time(output, r'workers: 2 -> 1') - lost_at

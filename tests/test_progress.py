@@ -36,7 +36,7 @@ def test_one_line_per_interval_and_one_at_the_end():
         bar.update()
     bar.close()
     bar.close()  # the final line is written once
-    assert len(recorder.lines) == 5
+    assert len(recorder.lines) == 4  # steps 1-3, then the end (step 4 is not repeated)
     assert recorder.lines[0].startswith('epoch 1/2: 1/4 (25%), ')
     assert recorder.lines[0].endswith('loss=0.000')
     assert recorder.lines[-1].startswith('epoch 1/2: 4/4 (100%)')

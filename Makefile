@@ -47,7 +47,8 @@ SERVE_PREFIX ?= runs/demo/export/model
 SERVE_ARCHIVE ?= runs/serve/digits.mar
 SERVE_PORT ?= 8080
 
-.PHONY: install gpu-check torch-env ov-env serve-env test test-slow lint demo serve bench clean
+.PHONY: install gpu-check torch-env ov-env serve-env test test-slow test-multihost lint demo serve bench \
+	clean
 
 install: $(VENV)/.installed
 
@@ -103,8 +104,15 @@ $(VENV)/.serve-installed: $(VENV)/.installed
 test: install torch-env
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
-test-slow: install torch-env
-	$(PY) -m pytest -m slow $(PYTEST_ARGS)
+# The multi-host tests (marked slow, so also part of test-slow) build network namespaces as
+# root; beds left by an interrupted run are removed before and after.
+test-slow: install torch-env serve-env
+	$(PY) tests/multihost.py cleanup
+	$(PY) -m pytest -m slow $(PYTEST_ARGS); rc=$$?; $(PY) tests/multihost.py cleanup; exit $$rc
+
+test-multihost: install
+	$(PY) tests/multihost.py cleanup
+	$(PY) -m pytest -m multihost $(PYTEST_ARGS); rc=$$?; $(PY) tests/multihost.py cleanup; exit $$rc
 
 lint: install
 	$(PY) -m ruff check gluon_resnest tools recipes tests

@@ -8,6 +8,8 @@ from typing import Any, Callable, Iterable, Sequence
 import mxnet as mx
 import numpy as np
 
+from .progress import progress as progress_report
+
 __all__ = ['evaluate', 'topk_correct']
 
 logger = logging.getLogger(__name__)
@@ -45,7 +47,7 @@ def evaluate(net: Callable, loader: Iterable, ctx: Any = None,
         allreduce: Sums a float64 array over workers (e.g. with Horovod,
             ``lambda a: hvd.allreduce(mx.nd.array(a, dtype='float64'), average=False,
             name='eval').asnumpy()``), so that every rank gets the global figures.
-        progress: Show a tqdm progress bar.
+        progress: Report progress (a bar on a terminal, else a log line every 30 s).
         total: Number of batches, for the progress bar.
 
     Returns:
@@ -58,9 +60,7 @@ def evaluate(net: Callable, loader: Iterable, ctx: Any = None,
     start = time.perf_counter()
     batches = loader
     if progress:
-        from tqdm import tqdm  # local: only for the bar
-
-        batches = tqdm(loader, total=total, desc='evaluate', unit='batch', leave=False)
+        batches = progress_report(loader, total=total, desc='evaluate', unit='batch')
     for batch in batches:
         data, label, pad = _unpack(batch)
         if not isinstance(data, mx.nd.NDArray):

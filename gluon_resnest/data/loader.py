@@ -395,7 +395,7 @@ class TrainLoader(_LoaderBase):
             raise ValueError(f'{self.rec_path}: a shard of {self.num_samples} records '
                              f'({self.num_records} over {self.world_size} ranks) cannot fill one '
                              f'batch of {self.batch_size}')
-        self.epoch = 0
+        self.epoch = self.start_batch = 0
         self.transform = TrainTransform(input_size, crop_scale, crop_ratio, hflip, color_jitter,
                                         pca_noise, auto_augment, mean, std)
         shape = (self.batch_size, 3, self.transform.size, self.transform.size)
@@ -404,9 +404,16 @@ class TrainLoader(_LoaderBase):
                                  2 * self.num_workers if prefetch is None else int(prefetch),
                                  mp_context)
 
-    def set_epoch(self, epoch: int) -> None:
-        """Select the epoch whose permutation and augmentations the next iteration uses."""
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        """Select the epoch whose permutation and augmentations the next iteration uses.
+
+        Args:
+            epoch: the epoch.
+            start_batch: the next iteration begins with this batch of the shard (an elastic
+                run that continues an epoch part-way through).
+        """
         self.epoch = int(epoch)
+        self.start_batch = int(start_batch)
 
     def __len__(self) -> int:
         return self.num_samples // self.batch_size
@@ -420,7 +427,7 @@ class TrainLoader(_LoaderBase):
         order = self.indices()
         B = self.batch_size
         tasks = []
-        for b in range(len(self)):
+        for b in range(min(self.start_batch, len(self)), len(self)):
             spares = order[(b + 1) * B:(b + 1) * B + _SPARES]
             spares += order[:min(_SPARES - len(spares), b * B)]
             tasks.append((order[b * B:(b + 1) * B], spares,

@@ -60,6 +60,17 @@ def build_parser() -> argparse.ArgumentParser:
                         help='each rank writes workers/rank-N.shard.json (its first epoch\'s '
                              'record indices) and workers/rank-N.params.sha256 (a digest of '
                              'its final parameters) into --run-dir')
+    parser.add_argument('--progress-interval', type=float, default=30.0, metavar='SECONDS',
+                        help='when stderr is not a terminal (horovodrun, a log file), rank 0 '
+                             'reports progress as one line per this many seconds instead of '
+                             'a progress bar')
+    parser.add_argument('--elastic', action='store_true',
+                        help='elastic training under horovodrun --min-np/--max-np '
+                             '--host-discovery-script: continue when hosts leave or join '
+                             '(see docs/multi-host.md)')
+    parser.add_argument('--commit-interval', type=int, default=100, metavar='BATCHES',
+                        help='with --elastic, commit the training state every this many '
+                             'batches and at the end of every epoch')
     group = parser.add_argument_group(
         'recipe overrides', 'each replaces the recipe\'s value (lists as JSON, e.g. [0.5,1])')
     for f in dataclasses.fields(Recipe):
@@ -79,12 +90,17 @@ def options_from_args(args: argparse.Namespace) -> RunOptions:
         overrides={k[4:]: v for k, v in vars(args).items() if k.startswith('set_')},
         per_worker_batch_size=args.per_worker_batch_size, data_dir=args.data_dir,
         run_dir=args.run_dir, resume=args.resume, keep_checkpoints=args.keep_checkpoints,
-        export=not args.no_export, debug_workers=args.debug_workers)
+        export=not args.no_export, debug_workers=args.debug_workers,
+        progress_interval=args.progress_interval, elastic=args.elastic,
+        commit_interval=args.commit_interval)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``recipes/train.py`` and ``gluon-resnest-train``; returns the exit code."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.commit_interval < 1:
+        parser.error('--commit-interval must be at least 1')
     options = options_from_args(args)
     if args.plan:
         return _print_plan(args, options)

@@ -15,7 +15,7 @@ import logging
 import math
 import random
 import shutil
-import sys
+import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +31,7 @@ from ..evaluation import evaluate
 from ..layers import HorovodSyncBatchNorm, set_drop_prob
 from ..model_zoo import get_model
 from ..params import copy_parameters, params_digest
+from ..progress import progress
 from .amp import check_amp, init_amp, loss_scaler_state, restore_loss_scaler
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from .metrics import append_metrics, plot_curves, read_metrics, truncate_metrics
@@ -63,6 +64,7 @@ class Run:
     train_rec: Path
     train_loader: TrainLoader
     val_loader: ValLoader
+    val_rec: Path | None = None
     ctx: Any = None
     net: gluon.HybridBlock | None = None
     eval_net: gluon.HybridBlock | None = None
@@ -117,15 +119,23 @@ def start_workers(options: RunOptions) -> Run:
     Horovod's background thread runs (and talks to MXNet's engine) can crash it, so the loaders
     are built and started first, with the rank and size the launcher put in the environment.
     """
-    rank, size = launch_from_env()
+    if options.elastic:
+        # Workers join while Horovod runs in the others, and a reset changes the shards: the
+        # data workers are always started by a fork server, after Horovod.
+        hvd.init()
+        rank, size, mp_context = hvd.rank(), hvd.size(), 'forkserver'
+    else:
+        (rank, size), mp_context = launch_from_env(), None
     configure_logging(rank)
     config = resolve_config(options, size)
     train_rec, val_rec = check_data(config, options.data_dir)
     if not options.run_dir:
         raise TrainingError('--run-dir is required to train')
-    train_loader, val_loader = build_loaders(config, train_rec, val_rec, rank, size)
+    train_loader, val_loader = build_loaders(config, train_rec, val_rec, rank, size,
+                                             mp_context=mp_context)
 
-    hvd.init()
+    if not options.elastic:
+        hvd.init()
     if (hvd.rank(), hvd.size()) != (rank, size):
         # A launcher whose environment we do not read: rebuild the loaders for the real rank,
         # with workers started by a fork server (a clean process, safe with Horovod running).
@@ -139,7 +149,7 @@ def start_workers(options: RunOptions) -> Run:
         config = resolve_config(options, size)
         train_loader, val_loader = build_loaders(config, train_rec, val_rec, rank, size,
                                                  mp_context='forkserver')
-    run = Run(options, config, rank, size, train_rec, train_loader, val_loader)
+    run = Run(options, config, rank, size, train_rec, train_loader, val_loader, val_rec)
     if rank == 0:
         run.run_dir.mkdir(parents=True, exist_ok=True)
         (run.run_dir / 'config.json').write_text(json.dumps(config, indent=2) + '\n')
@@ -189,23 +199,35 @@ def build_model_and_trainer(run: Run) -> None:
     for name, param in params.items():
         if not name.endswith('weight'):
             param.wd_mult = 0.0
-    hvd.broadcast_parameters(params, root_rank=0)
+    if not run.options.elastic:  # an elastic run syncs its state instead
+        hvd.broadcast_parameters(params, root_rank=0)
+    run.trainer = _make_trainer(run)
+    run.loss_fn = gluon.loss.SoftmaxCrossEntropyLoss(sparse_label=False)
+    run.net.hybridize(static_alloc=True, static_shape=True)
 
-    run.trainer = hvd.DistributedTrainer(params, config['optimizer'], {
+
+def _make_trainer(run: Run) -> gluon.Trainer:
+    # For the current world size: Horovod's trainer fixes its gradient scale at construction.
+    config = run.config
+    trainer = hvd.DistributedTrainer(run.net.collect_params(), config['optimizer'], {
         'learning_rate': 0.0, 'momentum': config['momentum'], 'wd': config['weight_decay']})
     if config['amp']:
         from mxnet.contrib import amp
 
-        amp.init_trainer(run.trainer)
-    run.loss_fn = gluon.loss.SoftmaxCrossEntropyLoss(sparse_label=False)
-    run.net.hybridize(static_alloc=True, static_shape=True)
+        amp.init_trainer(trainer)
+    return trainer
 
 
 def resume(run: Run) -> None:
     """Load the newest complete checkpoint (chosen by rank 0) when resuming; reset the metrics."""
     if run.options.resume:
         latest = latest_checkpoint(run.checkpoint_dir)
-        found = hvd.broadcast_object(str(latest) if latest else '', root_rank=0)
+        # An elastic run must not start with a collective (a joining worker would wait on
+        # another one): every worker reads the shared folder, and the state sync that follows
+        # gives all of them rank 0's choice.
+        found = str(latest) if latest else ''
+        if not run.options.elastic:
+            found = hvd.broadcast_object(found, root_rank=0)
         if found:
             meta = load_checkpoint(found, run.net, run.trainer, ctx=run.ctx)
             restore_loss_scaler(run.trainer, meta.get('amp_loss_scaler'))
@@ -243,19 +265,13 @@ def train_epoch(run: Run, epoch: int) -> dict[str, Any]:
     # At least 1: the loader refuses a shard that cannot fill one batch (a ValueError).
     steps = len(run.train_loader)
     loss_sum, seen, tic = 0.0, 0, time.time()
-    bar = _progress(steps, f'epoch {epoch + 1}/{epochs}', run.rank)
+    bar = _progress(steps, f'epoch {epoch + 1}/{epochs}', run)
     for step, (data, label) in enumerate(run.train_loader):
         lr = learning_rate(epoch * steps + step, steps, config['lr'], epochs,
                            config['warmup_epochs'])
         trainer.set_learning_rate(lr)
         value = _train_step(run, data, label)
-        if not math.isfinite(value):
-            last = latest_checkpoint(run.checkpoint_dir)
-            raise TrainingError(
-                f'the training loss became {value} at epoch {epoch + 1}, step {step + 1} '
-                f'(lr {lr:.4g}); stopping. The last good checkpoint is '
-                f'{str(last) if last else "none (no epoch finished)"}; lower the learning '
-                f'rate and --resume from it.', EXIT_DIVERGED)
+        _check_finite(run, value, epoch, step, lr)
         loss_sum += value * data.shape[0]
         seen += data.shape[0]
         if bar is not None:
@@ -268,6 +284,7 @@ def train_epoch(run: Run, epoch: int) -> dict[str, Any]:
     totals = allreduce_sum(np.array([loss_sum, seen]))
     return {'epoch': epoch, 'train_loss': totals[0] / totals[1], 'lr': lr,
             'img_per_sec': totals[1] / elapsed, 'val_top1': None, 'val_top5': None,
+            'val_images': None,
             'dropblock_prob': dropblock_prob(epoch, epochs, config['dropblock_prob'])}
 
 
@@ -297,7 +314,8 @@ def validate(run: Run) -> dict[str, float]:
     copy_parameters(run.net, run.eval_net)
     result = evaluate(run.eval_net, run.val_loader, ctx=run.ctx, allreduce=allreduce_sum,
                       progress=run.rank == 0, total=len(run.val_loader))
-    return {'val_top1': result['top1'], 'val_top5': result['top5']}
+    return {'val_top1': result['top1'], 'val_top5': result['top5'],
+            'val_images': result['count']}
 
 
 def save_epoch(run: Run, epoch: int, record: dict[str, Any]) -> None:
@@ -349,10 +367,17 @@ def train_model(options: RunOptions) -> int:
     run = start_workers(options)
     build_model_and_trainer(run)
     resume(run)
+    if options.elastic:
+        _train_elastic(run)
+        finish(run)
+        return 0
     epochs = run.config['epochs']
     if options.debug_workers:
         _write_worker_file(run, 'shard.json', json.dumps({
-            'rank': run.rank, 'world_size': run.size, 'epoch': run.start_epoch,
+            'rank': run.rank, 'world_size': run.size, 'local_rank': hvd.local_rank(),
+            'local_size': hvd.local_size(), 'cross_rank': hvd.cross_rank(),
+            'cross_size': hvd.cross_size(), 'hostname': socket.gethostname(),
+            'epoch': run.start_epoch,
             'num_records': run.train_loader.num_records,
             'indices': run.train_loader.indices(run.start_epoch)}))
     for epoch in range(run.start_epoch, epochs):
@@ -365,19 +390,122 @@ def train_model(options: RunOptions) -> int:
     return 0
 
 
+def _train_elastic(run: Run) -> None:
+    """All epochs under ``horovodrun --min-np/--max-np``: workers may leave and join.
+
+    The state is committed every ``commit_interval`` batches and at the end of every epoch.
+    When a worker is lost, the others roll back to the last commit; when the set of workers
+    changes, every worker rebuilds its data shard and trainer for the new world size (the
+    global batch is kept, see :mod:`.elastic`), rank 0 sends its state, and the epoch goes on
+    from the committed batch.
+    """
+    from . import elastic
+
+    options = run.options
+    state = elastic.GluonState(run.net, run.trainer, copies=[run.eval_net],
+                               epoch=run.start_epoch, batch=0, loss_sum=0.0, seen=0,
+                               size=run.size)
+
+    def on_reset() -> None:
+        run.rank, run.size = hvd.rank(), hvd.size()
+        configure_logging(run.rank)
+        run.config = resolve_config(options, run.size)
+        run.train_loader.close()
+        run.val_loader.close()
+        run.train_loader, run.val_loader = build_loaders(
+            run.config, run.train_rec, run.val_rec, run.rank, run.size, mp_context='forkserver')
+        run.trainer = state.trainer = _make_trainer(run)
+        state.load_trainer_state()
+
+    state.register_reset_callbacks([on_reset])
+
+    @elastic.run
+    def train(state: elastic.GluonState) -> None:
+        config, epochs = run.config, run.config['epochs']
+        if state.size != run.size:
+            logger.info('workers: %d -> %d; continuing at epoch %d, batch %d with %d images '
+                        'per worker', state.size, run.size, state.epoch + 1, state.batch,
+                        config['per_worker_batch_size'])
+            state.size = run.size
+        while state.epoch < epochs:
+            epoch = state.epoch
+            seed_everything(config['seed'] * 100003 + epoch * 1009 + state.batch * 7919
+                            + run.rank)
+            run.train_loader.set_epoch(epoch, state.batch)
+            if config['dropblock_prob'] > 0:
+                set_drop_prob(run.net, dropblock_prob(epoch, epochs, config['dropblock_prob']))
+            steps = len(run.train_loader)
+            loss_sum, seen, images, tic = 0.0, 0, 0, time.time()
+            bar = _progress(steps, f'epoch {epoch + 1}/{epochs}', run)
+            if bar is not None:
+                bar.update(state.batch)
+            for step, (data, label) in enumerate(run.train_loader, start=state.batch):
+                lr = learning_rate(epoch * steps + step, steps, config['lr'], epochs,
+                                   config['warmup_epochs'])
+                run.trainer.set_learning_rate(lr)
+                value = _train_step(run, data, label)
+                _check_finite(run, value, epoch, step, lr)
+                loss_sum += value * data.shape[0]
+                seen += data.shape[0]
+                images += data.shape[0]
+                state.batch = step + 1
+                if bar is not None:
+                    bar.set_postfix(loss=f'{value:.3f}', lr=f'{lr:.3g}')
+                    bar.update()
+                if state.batch % options.commit_interval == 0 and state.batch < steps:
+                    # Partial sums over the current workers, so that they survive a change.
+                    totals = allreduce_sum(np.array([loss_sum, seen]))
+                    state.loss_sum += float(totals[0])
+                    state.seen += int(totals[1])
+                    loss_sum, seen = 0.0, 0
+                    state.commit()
+            if bar is not None:
+                bar.close()
+            elapsed = time.time() - tic
+            _sync_norm_statistics(run.net)
+            totals = allreduce_sum(np.array([loss_sum, seen, images]))
+            record = {'epoch': epoch,
+                      'train_loss': (state.loss_sum + totals[0]) / (state.seen + totals[1]),
+                      'lr': lr, 'img_per_sec': totals[2] / elapsed, 'val_top1': None,
+                      'val_top5': None, 'val_images': None,
+                      'dropblock_prob': dropblock_prob(epoch, epochs, config['dropblock_prob']),
+                      'world_size': run.size}
+            if (epoch + 1) % config['val_interval'] == 0 or epoch + 1 == epochs:
+                record.update(validate(run))
+            if run.rank == 0:
+                # An epoch finished again after a roll-back replaces its first record.
+                truncate_metrics(run.metrics_path, epoch)
+                save_epoch(run, epoch, record)
+            state.epoch, state.batch, state.loss_sum, state.seen = epoch + 1, 0, 0.0, 0
+            state.commit()
+
+    train(state)
+
+
+def _check_finite(run: Run, value: float, epoch: int, step: int, lr: float) -> None:
+    if not math.isfinite(value):
+        last = latest_checkpoint(run.checkpoint_dir)
+        raise TrainingError(
+            f'the training loss became {value} at epoch {epoch + 1}, step {step + 1} '
+            f'(lr {lr:.4g}); stopping. The last good checkpoint is '
+            f'{str(last) if last else "none (no epoch finished)"}; lower the learning '
+            f'rate and --resume from it.', EXIT_DIVERGED)
+
+
 def _sync_norm_statistics(net: gluon.Block) -> None:
     """Average BatchNorm running statistics over workers so every rank holds the same model."""
     if hvd.size() == 1:
         return
+    # The engine does not order these reads after every in-place update of the statistics by
+    # the last training steps: without waiting, two identical runs average different values.
+    mx.nd.waitall()
     for name, param in sorted(net.collect_params().items()):
         if name.endswith(('running_mean', 'running_var')):
             param.set_data(hvd.allreduce(param.data(), average=True, name=name))
 
 
-def _progress(total: int, desc: str, rank: int) -> Any:
-    """A tqdm bar on rank 0, None elsewhere."""
-    if rank != 0:
+def _progress(total: int, desc: str, run: Run) -> Any:
+    """Rank 0's progress report of a loop (see :mod:`gluon_resnest.progress`), None elsewhere."""
+    if run.rank != 0:
         return None
-    from tqdm import tqdm
-
-    return tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True, file=sys.stderr)
+    return progress(total=total, desc=desc, interval=run.options.progress_interval)

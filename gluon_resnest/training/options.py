@@ -43,6 +43,11 @@ class RunOptions:
         debug_workers: Each rank writes ``workers/rank-N.shard.json`` (its shard of the first
             epoch it trains) and ``workers/rank-N.params.sha256`` (a digest of its final
             parameters), to check that shards are disjoint and ranks end in sync.
+        progress_interval: Seconds between two progress lines when stderr is not a terminal
+            (on a terminal, rank 0 shows a progress bar).
+        elastic: Run under ``horovodrun --min-np/--max-np``: workers may leave and join.
+        commit_interval: With ``elastic``, commit the state every this many batches (and at
+            the end of every epoch); a lost worker costs at most this many batches.
     """
 
     recipe: str
@@ -54,6 +59,9 @@ class RunOptions:
     keep_checkpoints: int = 2
     export: bool = True
     debug_workers: bool = False
+    progress_interval: float = 30.0
+    elastic: bool = False
+    commit_interval: int = 100
 
 
 def launch_from_env() -> tuple[int, int]:

@@ -382,17 +382,18 @@ def resize_size(crop: int) -> int:
 
 
 def load_image(path: str) -> np.ndarray:
-    """Decode an image file to an HWC uint8 RGB array; ValueError naming an unreadable file."""
-    from .data import decode_image
+    """Decode an image file to an HWC uint8 RGB array, exactly as packing and training see it.
 
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f'no image file at {path!r}')
-    with open(path, 'rb') as handle:
-        raw = handle.read()
-    try:
-        return decode_image(raw)
-    except ValueError as err:
-        raise ValueError(f'cannot read {path!r} as an image: {err}') from None
+    See :func:`gluon_resnest.data.pack.read_image`: transparency composited on white, EXIF
+    orientation applied, every format the packer accepts (GIF, 16-bit and float TIFF, ...).
+
+    Raises:
+        FileNotFoundError: no such file.
+        InputError: an unreadable file (a ``ValueError`` naming it).
+    """
+    from .data.pack import read_image
+
+    return read_image(path)
 
 
 def eval_transform(img: np.ndarray | mx.nd.NDArray, crop: int = 224,

@@ -1,0 +1,111 @@
+"""One way for every tool and the trainer to report bad input.
+
+A tool run with bad input (a missing, empty, unreadable or wrong file, an out-of-range number,
+a wrong architecture) prints exactly one line on stderr and exits with status 2::
+
+    pack_rec: error: label -1 of line 3 is not a class index 0, 1, ... (data/train.lst)
+
+There is no traceback for such errors; any other exception is a bug and keeps its traceback.
+:func:`run_tool` draws that line; :class:`InputError` carries the offending file apart from the
+message, and :class:`ToolParser` makes argparse follow the same format.
+"""
+from __future__ import annotations
+
+import argparse
+import errno
+import logging
+import os
+import signal
+import sys
+from typing import Callable, NoReturn, Sequence
+
+__all__ = ['EXIT_BAD_INPUT', 'InputError', 'ToolParser', 'describe', 'missing', 'run_tool']
+
+logger = logging.getLogger(__name__)
+
+EXIT_BAD_INPUT = 2
+
+# errno values of an OSError that says something about the user's files or machine, not a bug.
+_INPUT_ERRNOS = frozenset({errno.ENOENT, errno.EACCES, errno.EPERM, errno.EISDIR, errno.ENOTDIR,
+                           errno.EEXIST, errno.EROFS, errno.ENOSPC, errno.ENAMETOOLONG,
+                           errno.ELOOP, errno.EDQUOT, errno.ENOTEMPTY})
+
+
+class InputError(ValueError):
+    """Bad user input: ``what`` is wrong, ``path`` (if any) is the file or folder at fault.
+
+    Its message is ``what (path)``, the form every tool prints.
+    """
+
+    def __init__(self, what: str, path: str | os.PathLike | None = None) -> None:
+        self.what = what
+        self.path = None if path is None else os.fspath(path)
+        super().__init__(f'{what} ({self.path})' if self.path else what)
+
+    def __reduce__(self):
+        return type(self), (self.what, self.path)
+
+
+def missing(what: str, path: str | os.PathLike) -> FileNotFoundError:
+    """A FileNotFoundError that tools print as ``what (path)``."""
+    return FileNotFoundError(errno.ENOENT, what, os.fspath(path))
+
+
+def _is_input_error(err: BaseException) -> bool:
+    if isinstance(err, OSError):
+        return err.errno in _INPUT_ERRNOS or isinstance(err, (FileNotFoundError,
+                                                              PermissionError))
+    return isinstance(err, ValueError)
+
+
+def describe(err: BaseException) -> str:
+    """The one-line description of ``err`` that a tool prints (``what (file)`` when known)."""
+    if isinstance(err, OSError) and err.filename:
+        what = err.strerror or type(err).__name__
+        return f'{what} ({os.fspath(err.filename)})'
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    return lines[0] if lines else type(err).__name__
+
+
+def _terminate(signum, frame) -> NoReturn:  # noqa: ARG001 - signal handler signature
+    # SIGTERM (a job scheduler, timeout(1), kill) unwinds like Ctrl-C: `finally` blocks remove
+    # temporary files instead of leaving them behind.
+    raise SystemExit(128 + signum)
+
+
+def run_tool(prog: str, main: Callable[[Sequence[str] | None], int],
+             argv: Sequence[str] | None = None) -> int:
+    """Run ``main(argv)`` and turn bad input into one line on stderr and status 2.
+
+    Args:
+        prog: tool name printed in front of the message.
+        main: the tool's body; returns the exit status.
+        argv: command-line arguments (default ``sys.argv[1:]``).
+    """
+    previous = None
+    try:
+        previous = signal.signal(signal.SIGTERM, _terminate)
+    except ValueError:  # not the main thread: leave signals alone
+        pass
+    try:
+        return main(argv)
+    except (OSError, ValueError) as err:
+        if not _is_input_error(err):
+            raise
+        logger.debug('bad input', exc_info=True)
+        print(f'{prog}: error: {describe(err)}', file=sys.stderr, flush=True)
+        return EXIT_BAD_INPUT
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+class ToolParser(argparse.ArgumentParser):
+    """ArgumentParser whose errors are one line, ``prog: error: message``, with status 2."""
+
+    def __init__(self, prog: str, **kwargs) -> None:
+        kwargs.setdefault('formatter_class', argparse.ArgumentDefaultsHelpFormatter)
+        super().__init__(prog=prog, **kwargs)
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_BAD_INPUT, f'{self.prog}: error: {message} (see --help)\n')

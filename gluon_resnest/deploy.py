@@ -26,6 +26,7 @@ import mxnet as mx
 import numpy as np
 from mxnet.gluon import nn
 
+from .errors import InputError, mxnet_reason
 from .layers import DropBlock, set_drop_prob
 from .models.resnest import load_param_file
 
@@ -33,13 +34,16 @@ __all__ = ['IMAGENET_MEAN', 'IMAGENET_STD', 'META_DEFAULTS', 'Normalize', 'build
            'check_export', 'eval_transform', 'onnx_compatible_symbol',
            'export_network', 'export_onnx', 'export_paths', 'load_class_names', 'load_exported',
            'load_network',
-           'load_image', 'read_meta', 'resize_size', 'verify_onnx', 'write_meta']
+           'load_image', 'read_meta', 'read_model_spec', 'resize_size', 'verify_onnx',
+           'write_meta']
 
 logger = logging.getLogger(__name__)
 
 #: ImageNet RGB mean and standard deviation on the 0-255 scale.
 IMAGENET_MEAN = (123.68, 116.779, 103.939)
 IMAGENET_STD = (58.393, 57.12, 57.375)
+#: File beside a parameter file that says how to rebuild its network.
+MODEL_SPEC = 'model.json'
 #: Ratio of the center crop to the resized short side in the paper's evaluation transform.
 CROP_RATIO = 0.875
 
@@ -113,11 +117,14 @@ def read_meta(prefix: str) -> dict[str, Any]:
     meta = dict(META_DEFAULTS)
     path = export_paths(prefix)[2]
     if os.path.isfile(path):
-        with open(path, encoding='utf-8') as handle:
+        with open(path, 'rb') as handle:
             try:
-                meta.update(json.load(handle))
-            except json.JSONDecodeError as err:
+                loaded = json.loads(handle.read().decode('utf-8'))
+            except (UnicodeDecodeError, json.JSONDecodeError) as err:
                 raise ValueError(f'{path!r} is not valid JSON: {err}') from None
+        if not isinstance(loaded, dict):
+            raise InputError('not a JSON object of export settings', path)
+        meta.update(loaded)
     else:
         logger.warning('%s not found: assuming input size %d, ImageNet mean/std, no embedded '
                        'preprocessing', path, meta['input_size'])
@@ -136,7 +143,8 @@ def _first_context(net: nn.Block) -> mx.Context:
 def export_network(net: nn.HybridBlock, prefix: str, input_size: int = 224, epoch: int = 0,
                    preprocess: bool = False, classes: int | Sequence[str] | None = None,
                    mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
-                   model_name: str | None = None) -> tuple[str, str]:
+                   model_name: str | None = None,
+                   model_kwargs: dict[str, Any] | None = None) -> tuple[str, str]:
     """Export an initialised network to ``PREFIX-symbol.json``/``PREFIX-%04d.params`` + meta.
 
     Side effects on ``net``: it is hybridized, and every :class:`~gluon_resnest.layers.DropBlock`
@@ -155,10 +163,15 @@ def export_network(net: nn.HybridBlock, prefix: str, input_size: int = 224, epoc
         mean: Per-channel mean on the 0-255 scale.
         std: Per-channel standard deviation on the 0-255 scale.
         model_name: Recorded in the meta file; defaults to ``net.model_name`` when present.
+        model_kwargs: Architecture arguments the network was built with, recorded in the meta
+            file so the model can be rebuilt from it.
 
     Returns:
         ``(symbol_file, params_file)``.
     """
+    if not os.path.basename(prefix) or os.path.isdir(prefix):
+        raise InputError('the export prefix is a folder; give a file name prefix such as '
+                         'FOLDER/model', prefix)
     if any(isinstance(b, DropBlock) and b.drop_prob > 0 for b in _blocks(net)):
         set_drop_prob(net, 0.0)
         logger.info('DropBlock probabilities set to 0 for the export')
@@ -193,7 +206,7 @@ def export_network(net: nn.HybridBlock, prefix: str, input_size: int = 224, epoc
                input_size=int(input_size), in_channels=int(in_channels),
                mean=[float(m) for m in mean], std=[float(s) for s in std],
                preprocess=bool(preprocess), classes=classes, class_names=names_file,
-               epoch=int(epoch))
+               epoch=int(epoch), model_kwargs=dict(model_kwargs or {}))
     logger.info('exported %s and %s', symbol_file, params_file)
     return symbol_file, params_file
 
@@ -229,15 +242,10 @@ def _read_export(symbol_file: str,
     """Symbol and saved arrays of an export, with a ValueError naming a file MXNet rejects."""
     try:
         symbol = mx.sym.load(symbol_file)
-    except mx.base.MXNetError as err:
+    except (mx.base.MXNetError, UnicodeDecodeError) as err:
         raise ValueError(f'{symbol_file!r} is not an MXNet symbol file: '
-                         f'{_first_line(err)}') from None
+                         f'{mxnet_reason(err)}') from None
     return symbol, load_param_file(params_file)
-
-
-def _first_line(err: Exception) -> str:
-    lines = [line for line in str(err).splitlines() if 'Check failed' in line or 'Error' in line]
-    return (lines[-1] if lines else str(err).splitlines()[0]).strip()
 
 
 def load_exported(prefix: str, epoch: int = 0,
@@ -261,8 +269,14 @@ def load_exported(prefix: str, epoch: int = 0,
     with warnings.catch_warnings():
         # SymbolBlock.imports warns that the input's type is unknown; it is float32.
         warnings.filterwarnings('ignore', message='Cannot decide type')
-        net = mx.gluon.SymbolBlock.imports(symbol_file, inputs, params_file,
-                                           ctx=ctx or mx.cpu())
+        try:
+            net = mx.gluon.SymbolBlock.imports(symbol_file, inputs, params_file,
+                                               ctx=ctx or mx.cpu())
+        except (AssertionError, mx.base.MXNetError) as err:
+            # Gluon reports parameters that do not fit the graph with an assertion.
+            reason = mxnet_reason(err).split(', which contains')[0]
+            raise InputError(f'parameters do not fit the symbol {symbol_file}: {reason}',
+                             params_file) from None
     return net, meta
 
 
@@ -430,13 +444,22 @@ def load_class_names(path: str) -> list[str]:
     """Class names, one per line (blank lines ignored)."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f'no classes file at {path!r}')
-    with open(path, encoding='utf-8') as handle:
-        return [line.strip() for line in handle if line.strip()]
+    if os.path.isdir(path):
+        raise InputError('the classes file is a folder', path)
+    try:
+        with open(path, encoding='utf-8') as handle:
+            return [line.strip() for line in handle if line.strip()]
+    except UnicodeDecodeError:
+        raise InputError('not a text file of class names', path) from None
 
 
 def build_network(model: str, params: str | None = None, classes: int | None = None,
                   ctx: Any = None, **kwargs: Any) -> nn.HybridBlock:
     """A registered model with parameters from ``params`` (or freshly initialised without).
+
+    A ``model.json`` beside ``params`` (every training checkpoint has one) supplies the
+    architecture arguments the network was trained with (e.g. a recipe's ``stem_width``) and
+    its class count; ``kwargs`` and ``classes`` override them.
 
     Args:
         model: Registered model name.
@@ -453,15 +476,40 @@ def build_network(model: str, params: str | None = None, classes: int | None = N
     if params is not None:
         if not os.path.isfile(params):
             raise FileNotFoundError(f'no parameter file at {params!r}')
+        spec = read_model_spec(params)
+        if spec:
+            if str(spec.get('model', model)).lower() != model.lower():
+                raise InputError(f'these parameters belong to a {spec["model"]}, not a '
+                                 f'{model}', params)
+            kwargs = {**spec.get('model_kwargs', {}), **kwargs}
+            classes = classes or spec.get('classes')
         if classes is None:
             fc = load_param_file(params).get('fc.weight')
             classes = int(fc.shape[0]) if fc is not None else 1000
-    net = get_model(model, classes=classes or 1000, **kwargs)
+    try:
+        net = get_model(model, classes=classes or 1000, **kwargs)
+    except TypeError as err:
+        raise InputError(f'{model} cannot be built with {kwargs}: {err}') from None
     if params is None:
         net.initialize(ctx=ctx)
     else:
         net.load_parameters(params, ctx=ctx)
     return net
+
+
+def read_model_spec(params: str) -> dict[str, Any] | None:
+    """The ``model.json`` beside a parameter file (model, classes, model_kwargs), or None."""
+    path = os.path.join(os.path.dirname(os.path.abspath(params)), MODEL_SPEC)
+    if not os.path.isfile(path):
+        return None
+    try:
+        with open(path, encoding='utf-8') as handle:
+            spec = json.load(handle)
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise InputError(f'not a JSON model description: {err}', path) from None
+    if not isinstance(spec, dict) or not isinstance(spec.get('model_kwargs', {}), dict):
+        raise InputError('not a model description (model, classes, model_kwargs)', path)
+    return spec
 
 
 def load_network(prefix: str | None = None, model: str | None = None,
@@ -484,7 +532,7 @@ def load_network(prefix: str | None = None, model: str | None = None,
         return load_exported(prefix, epoch, ctx=ctx)
     net = build_network(model, params, ctx=ctx)
     net.hybridize(static_alloc=True, static_shape=True)
-    return net, dict(META_DEFAULTS, model=model)
+    return net, dict(META_DEFAULTS, model=model, classes=getattr(net, 'classes', None))
 
 
 def verify_onnx(prefix: str, onnx_file: str, epoch: int = 0, input_size: int | None = None,

@@ -19,7 +19,9 @@ import signal
 import sys
 from typing import Callable, NoReturn, Sequence
 
-__all__ = ['EXIT_BAD_INPUT', 'InputError', 'ToolParser', 'describe', 'missing', 'run_tool']
+__all__ = ['EXIT_BAD_INPUT', 'MAX_IMAGE_SIZE', 'MIN_IMAGE_SIZE', 'InputError', 'ToolParser',
+           'describe', 'float_in', 'image_size', 'int_in', 'missing', 'mxnet_reason',
+           'run_tool']
 
 logger = logging.getLogger(__name__)
 
@@ -109,3 +111,53 @@ class ToolParser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         self.exit(EXIT_BAD_INPUT, f'{self.prog}: error: {message} (see --help)\n')
+
+
+#: Image sizes the networks accept: five stride-2 stages need 32 pixels; far beyond 2048 a
+#: single image no longer fits in memory.
+MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 32, 2048
+
+
+def int_in(low: int, high: int | None = None) -> Callable[[str], int]:
+    """An argparse ``type``: an integer in ``[low, high]`` (``high`` None: no upper bound)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f'expected an integer, got {text!r}') from None
+        if value < low or (high is not None and value > high):
+            bounds = f'in [{low}, {high}]' if high is not None else f'>= {low}'
+            raise argparse.ArgumentTypeError(f'must be {bounds}, got {value}')
+        return value
+    parse.__name__ = 'integer'
+    return parse
+
+
+def float_in(low: float, high: float | None = None) -> Callable[[str], float]:
+    """An argparse ``type``: a finite number in ``[low, high]``."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f'expected a number, got {text!r}') from None
+        if not (value >= low and (high is None or value <= high)):
+            bounds = f'in [{low}, {high}]' if high is not None else f'>= {low}'
+            raise argparse.ArgumentTypeError(f'must be {bounds}, got {text}')
+        return value
+    parse.__name__ = 'number'
+    return parse
+
+
+#: argparse ``type`` of an image, input or crop size.
+image_size = int_in(MIN_IMAGE_SIZE, MAX_IMAGE_SIZE)
+
+
+def mxnet_reason(err: BaseException) -> str:
+    """The informative line of an MXNet error (whose text starts with a C++ stack trace)."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    for line in reversed(lines):
+        if 'Check failed' in line or line.startswith(('MXNetError', 'Error')):
+            return line.split('MXNetError: ', 1)[-1]
+    skip = ('Traceback', 'File ', '[bt]', '  ')
+    useful = [line for line in lines if not line.startswith(skip) and not line[:1].isdigit()]
+    return useful[-1] if useful else (lines[-1] if lines else type(err).__name__)

@@ -23,6 +23,8 @@ import numpy as np
 from mxnet.gluon import nn
 
 from .deploy import eval_transform, export_paths, load_exported, read_meta, write_meta
+from .errors import InputError
+from .errors import mxnet_reason as _mxnet_reason
 from .inference import fold_batchnorm
 
 __all__ = ['CALIB_MODES', 'calibration_batches', 'grouped_convolutions', 'quantize_export',
@@ -404,18 +406,24 @@ def calibration_batches(rec_path: str, batch_size: int, num_examples: int, input
 def _read_sequential(rec_path: str, batch_size: int, wanted: int, input_size: int,
                      mean: Sequence[float] | None, std: Sequence[float] | None
                      ) -> Iterable[mx.nd.NDArray]:
+    from .data.transforms import ImageDecodeError, decode_image
+
     record = mx.recordio.MXRecordIO(rec_path, 'r')
     images: list[mx.nd.NDArray] = []
     made = 0
     try:
         while made < wanted:
-            item = record.read()
+            try:
+                item = record.read()
+            except mx.base.MXNetError as err:
+                raise InputError(f'not a readable RecordIO file ({_mxnet_reason(err)})',
+                                 rec_path) from None
             if item is None:
                 break
             _, raw = mx.recordio.unpack(item)
             try:
-                img = mx.image.imdecode(raw, flag=1, to_rgb=True)
-            except mx.base.MXNetError:
+                img = decode_image(raw)
+            except ImageDecodeError:
                 logger.warning('skipping an undecodable record in %s', rec_path)
                 continue
             images.append(eval_transform(img, input_size, mean, std if mean is not None

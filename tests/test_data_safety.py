@@ -201,3 +201,50 @@ def test_prediction_decodes_like_packing_and_training(tmp_path: Path, kind: str)
     np.testing.assert_array_equal(predicted, _packed_pixels(path, tmp_path))
     if kind == 'rgba_png':
         assert predicted[:, :6].min() >= 240  # composited on white, not the hidden colours
+
+
+def test_loaders_check_labels_against_the_class_count(tmp_path: Path):
+    from gluon_resnest.data import TrainLoader, ValLoader
+
+    root = tmp_path / 'img'
+    for label in range(6):
+        _png(root / f'c{label}' / 'x.png', 40 * label)
+    pack_folder(str(root), str(tmp_path / 'six'), progress=False)
+    rec = str(tmp_path / 'six.rec')
+    ValLoader(rec, 2, eval_crop=32, num_workers=0, num_classes=6)  # fits
+    for make in (lambda: TrainLoader(rec, 2, 32, num_workers=0, num_classes=5),
+                 lambda: ValLoader(rec, 2, eval_crop=32, num_workers=0, num_classes=5)):
+        with pytest.raises(InputError) as info:
+            make()
+        message = str(info.value)
+        assert 'record 5 has label 5' in message and '5-class model' in message
+        assert message.endswith(f'({rec})')
+
+
+def test_wholly_unreadable_rec_is_refused_up_front(tmp_path: Path):
+    from gluon_resnest.data import ValLoader
+
+    rec = tmp_path / 'noise.rec'
+    rec.write_bytes(np.random.RandomState(0).bytes(4096))
+    (tmp_path / 'noise.idx').write_text(''.join(f'{i}\t{i * 256}\n' for i in range(8)))
+    with pytest.raises(InputError, match='none of its 8 records can be read'):
+        ValLoader(str(rec), 2, eval_crop=32, num_workers=0, num_classes=10)
+
+
+def test_shared_memory_left_by_a_killed_loader_is_removed(tmp_path: Path):
+    from gluon_resnest.data import ValLoader
+
+    if not os.access('/dev/shm', os.W_OK):
+        pytest.skip('no writable /dev/shm')
+    _png(tmp_path / 'img' / 'a' / 'x.png', 9)
+    pack_folder(str(tmp_path / 'img'), str(tmp_path / 'p'), progress=False)
+    dead = subprocess.Popen([sys.executable, '-c', 'pass'])
+    dead.wait()
+    stale = Path(f'/dev/shm/gluon_resnest_{dead.pid}_deadbeef_0_x')
+    stale.write_bytes(b'\0' * 64)
+    with ValLoader(str(tmp_path / 'p.rec'), 1, eval_crop=32, num_workers=1) as loader:
+        assert [d.shape for d, _ in loader] == [(1, 3, 32, 32)]
+        assert loader._pool.transport == 'shared memory'  # noqa: SLF001
+    assert not stale.exists()
+    mine = [n for n in os.listdir('/dev/shm') if n.startswith(f'gluon_resnest_{os.getpid()}_')]
+    assert mine == []

@@ -21,7 +21,7 @@ except ImportError:  # run from a checkout without installing
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from gluon_resnest.data.pack import pack_entries, pack_folder, read_lst  # noqa: E402
-from gluon_resnest.errors import ToolParser, missing, run_tool  # noqa: E402
+from gluon_resnest.errors import ToolParser, int_in, missing, run_tool  # noqa: E402
 
 PROG = 'pack_rec'
 logger = logging.getLogger(PROG)
@@ -34,25 +34,18 @@ def parse_args(argv=None):
     parser.add_argument('--lst', help='im2rec list file (key<TAB>label<TAB>path) instead of '
                         'scanning --root')
     parser.add_argument('--prefix', required=True, help='output path prefix')
-    parser.add_argument('--resize', type=int, default=0,
+    parser.add_argument('--resize', type=int_in(0, 65535), default=0,
                         help='resize the shorter side to this length (0: keep the size)')
-    parser.add_argument('--quality', type=int, default=95, help='JPEG quality of re-encoded images')
-    parser.add_argument('--workers', type=int, default=os.cpu_count() or 1,
+    parser.add_argument('--quality', type=int_in(1, 100), default=95,
+                        help='JPEG quality of re-encoded images')
+    parser.add_argument('--workers', type=int_in(1, 1024), default=os.cpu_count() or 1,
                         help='encoding processes')
-    parser.add_argument('--num-classes', type=int,
+    parser.add_argument('--num-classes', type=int_in(1, 10**6),
                         help='with --lst: labels must lie in 0..N-1 (default: any class index)')
     parser.add_argument('--no-progress', action='store_true', help='hide the progress bar')
     args = parser.parse_args(argv)
     if not args.root and not args.lst:
         parser.error('give --root (an image folder) or --lst (an im2rec list)')
-    if not 1 <= args.quality <= 100:
-        parser.error(f'--quality must be in [1, 100], got {args.quality}')
-    if not 0 <= args.resize <= 65535:
-        parser.error(f'--resize must be in [0, 65535], got {args.resize}')
-    if not 1 <= args.workers <= 1024:
-        parser.error(f'--workers must be in [1, 1024], got {args.workers}')
-    if args.num_classes is not None and args.num_classes < 1:
-        parser.error(f'--num-classes must be >= 1, got {args.num_classes}')
     return args
 
 

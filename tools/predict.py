@@ -11,7 +11,6 @@ others are still predicted) and makes the exit status non-zero.
 """
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import sys
@@ -26,21 +25,23 @@ except ImportError:  # run from a checkout without installing
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from gluon_resnest.deploy import eval_transform, load_class_names, load_image, load_network
+from gluon_resnest.errors import ToolParser, image_size, int_in, run_tool
+
+PROG = 'predict'
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+def _main(argv: list[str] | None = None) -> int:
+    parser = ToolParser(PROG, description=__doc__.split('\n\n')[0])
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument('--prefix', help='prefix of an export (tools/export.py)')
     source.add_argument('--model', help='registered model name (with --params)')
     parser.add_argument('--params', help='save_parameters file for --model')
-    parser.add_argument('--epoch', type=int, default=0, help='epoch of the export')
+    parser.add_argument('--epoch', type=int_in(0, 9999), default=0, help='epoch of the export')
     parser.add_argument('--classes', help='file with one class name per line '
                                           '(default: PREFIX.classes when it exists)')
-    parser.add_argument('--input-size', type=int,
+    parser.add_argument('--input-size', type=image_size,
                         help='center crop (default: the export\'s, or 224 with --model)')
-    parser.add_argument('--top-k', type=int, default=5, help='classes shown per image')
+    parser.add_argument('--top-k', type=int_in(1, 10**6), default=5, help='classes shown per image')
     parser.add_argument('images', nargs='+', help='image files')
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format='%(message)s')
@@ -81,6 +82,11 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 1
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the tool; bad input ends with one line on stderr and status 2."""
+    return run_tool(PROG, _main, argv)
 
 
 if __name__ == '__main__':

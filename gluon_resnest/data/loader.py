@@ -27,7 +27,7 @@ from typing import Iterator, List, Sequence, Tuple
 import mxnet as mx
 import numpy as np
 
-from .records import CorruptRecordError, RecordFile, unpack_image_record
+from .records import CorruptRecordError, RecordFile, check_labels, unpack_image_record
 from .sharding import eval_shard, shard_indices
 from .transforms import ImageDecodeError, TrainTransform, ValTransform, decode_image
 
@@ -124,6 +124,27 @@ def _worker_loop(job: _BatchJob, task_q, result_q, slot_paths: List[str],
             result_q.put(('error', gen, batch_id, slot, traceback.format_exc()))
 
 
+_SLOT_PREFIX = 'gluon_resnest_'
+
+
+def _remove_stale_slots(shm: str) -> None:
+    """Delete slot files of loaders whose process died before unlinking them (kill -9)."""
+    for name in os.listdir(shm):
+        pid = name[len(_SLOT_PREFIX):].split('_', 1)[0]
+        if not (name.startswith(_SLOT_PREFIX) and pid.isdigit()):
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            try:
+                os.unlink(os.path.join(shm, name))
+                logger.info('removed %s, left by a data loader that was killed', name)
+            except OSError:
+                pass
+        except PermissionError:  # another user's live process
+            pass
+
+
 def _shm_dir(nbytes_total: int) -> str | None:
     path = '/dev/shm'
     if not os.path.isdir(path) or not os.access(path, os.W_OK):
@@ -178,20 +199,23 @@ class _WorkerPool:
         nbytes = int(np.prod(self.shape)) * 4
         shm = _shm_dir(nbytes * self.num_slots)
         paths, buffers = [], []
-        if shm is not None:
-            tag = f'gluon_resnest_{os.getpid()}_{uuid.uuid4().hex[:8]}'
-            for slot in range(self.num_slots):
-                fd, path = tempfile.mkstemp(prefix=f'{tag}_{slot}_', dir=shm)
-                os.ftruncate(fd, nbytes)
-                os.close(fd)
-                paths.append(path)
-                buf, view = _open_slot(path, nbytes)
-                buffers.append(buf)
-                self._views.append(view.reshape(self.shape))
-        self.transport = 'shared memory' if paths else 'queue'
-        self._task_q = ctx.Queue()
-        self._result_q = ctx.Queue()
         try:
+            if shm is not None:
+                _remove_stale_slots(shm)
+                tag = f'{_SLOT_PREFIX}{os.getpid()}_{uuid.uuid4().hex[:8]}'
+                for slot in range(self.num_slots):
+                    fd, path = tempfile.mkstemp(prefix=f'{tag}_{slot}_', dir=shm)
+                    paths.append(path)
+                    try:
+                        os.ftruncate(fd, nbytes)
+                    finally:
+                        os.close(fd)
+                    buf, view = _open_slot(path, nbytes)
+                    buffers.append(buf)
+                    self._views.append(view.reshape(self.shape))
+            self.transport = 'shared memory' if paths else 'queue'
+            self._task_q = ctx.Queue()
+            self._result_q = ctx.Queue()
             for wid in range(self.num_workers):
                 p = ctx.Process(target=_worker_loop, daemon=True, name=f'gluon_resnest-data-{wid}',
                                 args=(self.job, self._task_q, self._result_q, paths, self.shape,
@@ -288,13 +312,15 @@ class _WorkerPool:
 
 class _LoaderBase:
     def __init__(self, rec_path: str, batch_size: int, num_workers: int, ctx: mx.Context | None,
-                 idx_path: str | None):
+                 idx_path: str | None, num_classes: int | None = None):
         if batch_size <= 0:
             raise ValueError(f'batch_size must be positive, got {batch_size}')
         if num_workers < 0:
             raise ValueError(f'num_workers must be >= 0, got {num_workers}')
         self.records = RecordFile(rec_path, idx_path)
         self.rec_path = self.records.rec_path
+        if num_classes is not None:
+            check_labels(self.records, int(num_classes))
         self.batch_size = int(batch_size)
         self.num_workers = int(num_workers)
         self.ctx = ctx if ctx is not None else mx.cpu()
@@ -371,6 +397,9 @@ class TrainLoader(_LoaderBase):
         mp_context: start method of the workers; default ``'fork'`` where available (instant,
             like Gluon's DataLoader; the workers use only numpy/OpenCV, never MXNet), else
             ``'spawn'`` (which needs the ``if __name__ == '__main__':`` guard in the script).
+        num_classes: if given, every label must be a class index below it (checked up front
+            by reading every record's header; see
+            :func:`~gluon_resnest.data.records.check_labels`).
 
     Yields:
         ``(data, label)``: float32 (B, 3, S, S) normalised images and float32 (B,) labels.
@@ -384,8 +413,8 @@ class TrainLoader(_LoaderBase):
                  mean: Sequence[float] = (123.68, 116.779, 103.939),
                  std: Sequence[float] = (58.393, 57.12, 57.375), idx_path: str | None = None,
                  ctx: mx.Context | None = None, prefetch: int | None = None,
-                 mp_context: str | None = None):
-        super().__init__(rec_path, batch_size, num_workers, ctx, idx_path)
+                 mp_context: str | None = None, num_classes: int | None = None):
+        super().__init__(rec_path, batch_size, num_workers, ctx, idx_path, num_classes)
         self.num_records = len(self.records)
         self.rank, self.world_size, self.seed = int(rank), int(world_size), int(seed)
         shard_indices(self.num_records, self.rank, self.world_size)  # validates rank/world_size
@@ -451,6 +480,9 @@ class ValLoader(_LoaderBase):
         mp_context: start method of the workers; default ``'fork'`` where available (instant,
             like Gluon's DataLoader; the workers use only numpy/OpenCV, never MXNet), else
             ``'spawn'`` (which needs the ``if __name__ == '__main__':`` guard in the script).
+        num_classes: if given, every label must be a class index below it (checked up front
+            by reading every record's header; see
+            :func:`~gluon_resnest.data.records.check_labels`).
     """
 
     def __init__(self, rec_path: str, batch_size: int, eval_crop: int = 224, rank: int = 0,
@@ -458,8 +490,9 @@ class ValLoader(_LoaderBase):
                  mean: Sequence[float] = (123.68, 116.779, 103.939),
                  std: Sequence[float] = (58.393, 57.12, 57.375), crop_ratio: float = 0.875,
                  idx_path: str | None = None, ctx: mx.Context | None = None,
-                 prefetch: int | None = None, mp_context: str | None = None):
-        super().__init__(rec_path, batch_size, num_workers, ctx, idx_path)
+                 prefetch: int | None = None, mp_context: str | None = None,
+                 num_classes: int | None = None):
+        super().__init__(rec_path, batch_size, num_workers, ctx, idx_path, num_classes)
         self.num_records = len(self.records)
         self.rank, self.world_size = int(rank), int(world_size)
         self.shard = eval_shard(self.num_records, self.rank, self.world_size)

@@ -187,3 +187,33 @@ def test_claim_run_dir_one_run_per_directory(tmp_path: Path):
     lock.release()
     assert new['run_id'] != first['run_id']
     assert sorted(p.name for p in run.iterdir()) == ['checkpoints', 'mine.txt', 'run.json']
+
+
+def test_tools_rebuild_a_model_trained_with_model_kwargs(tmp_path: Path, capsys):
+    """A checkpoint's model.json carries the recipe's architecture arguments (stem_width)."""
+    from tools_cli import load_tool
+
+    from gluon_resnest import get_model
+    from gluon_resnest.deploy import build_network, read_meta
+
+    net = get_model('resnest14', classes=10, stem_width=16)
+    net.initialize()
+    trainer = mx.gluon.Trainer(net.collect_params(), 'sgd', {'learning_rate': 0.1})
+    spec = {'model': 'resnest14', 'classes': 10, 'model_kwargs': {'stem_width': 16}}
+    path = save_checkpoint(tmp_path / 'checkpoints', 0, net, trainer, model_spec=spec)
+    params = str(path / 'model.params')
+    rebuilt = build_network('resnest14', params)
+    x = mx.nd.random.uniform(shape=(1, 3, 32, 32))
+    assert (rebuilt(x) == net(x)).asnumpy().all()
+    assert load_tool('export').main(['--model', 'resnest14', '--params', params, '--input-size',
+                                     '32', '--prefix', str(tmp_path / 'ex' / 'm')]) == 0
+    assert read_meta(str(tmp_path / 'ex' / 'm'))['model_kwargs'] == {'stem_width': 16}
+    # Another architecture named on the command line is refused with the file.
+    assert load_tool('export').main(['--model', 'resnetd50', '--params', params, '--prefix',
+                                     str(tmp_path / 'ex2' / 'm')]) == 2
+    assert 'belong to a resnest14, not a resnetd50' in capsys.readouterr().err
+    # Without model.json the stem width is unknown: the error names the parameter file.
+    (path / 'model.json').unlink()
+    assert load_tool('export').main(['--model', 'resnest14', '--params', params, '--prefix',
+                                     str(tmp_path / 'ex3' / 'm')]) == 2
+    assert 'does not fit resnest14' in capsys.readouterr().err

@@ -19,7 +19,12 @@ except ImportError:  # run from a checkout without installing
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from gluon_resnest import list_models
-from gluon_resnest.deploy import build_network, export_network, load_class_names
+from gluon_resnest.deploy import (
+    build_network,
+    export_network,
+    load_class_names,
+    read_model_spec,
+)
 from gluon_resnest.errors import ToolParser, image_size, int_in, run_tool
 
 PROG = 'export'
@@ -54,7 +59,9 @@ def _main(argv: list[str] | None = None) -> int:
                              f'has {net.classes} outputs')
         files = export_network(net, args.prefix, input_size=args.input_size, epoch=args.epoch,
                                preprocess=args.preprocess, classes=names,
-                               model_name=args.model.lower())
+                               model_name=args.model.lower(),
+                               model_kwargs=(read_model_spec(args.params) or {}).get(
+                                   'model_kwargs') if args.params else None)
     except (FileNotFoundError, ValueError) as err:
         print(f'export: error: {err}', file=sys.stderr)
         return 2

@@ -70,9 +70,20 @@ def describe(err: BaseException) -> str:
 
 
 def _terminate(signum, frame) -> NoReturn:  # noqa: ARG001 - signal handler signature
-    # SIGTERM (a job scheduler, timeout(1), kill) unwinds like Ctrl-C: `finally` blocks remove
-    # temporary files instead of leaving them behind.
+    # SIGTERM (a job scheduler, timeout(1), kill) unwinds the tool like Ctrl-C: `finally`
+    # blocks remove temporary files instead of leaving them behind.
     raise SystemExit(128 + signum)
+
+
+def _default_sigterm_in_child() -> None:
+    # A forked helper (an encoder or decoder process) must die on SIGTERM as before: one that
+    # unwound while holding its pool's queue lock would hang the pool's shutdown, and a Python
+    # handler can miss a signal that arrives right after the fork.
+    if signal.getsignal(signal.SIGTERM) is _terminate:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+_fork_hook = []
 
 
 def run_tool(prog: str, main: Callable[[Sequence[str] | None], int],
@@ -84,6 +95,9 @@ def run_tool(prog: str, main: Callable[[Sequence[str] | None], int],
         main: the tool's body; returns the exit status.
         argv: command-line arguments (default ``sys.argv[1:]``).
     """
+    if not _fork_hook:
+        os.register_at_fork(after_in_child=_default_sigterm_in_child)
+        _fork_hook.append(True)
     previous = None
     try:
         previous = signal.signal(signal.SIGTERM, _terminate)

@@ -262,3 +262,46 @@ def test_bad_input_as_subprocess(case, bad, tmp_path):
                           capture_output=True, text=True, cwd=ROOT, timeout=300)
     check_contract(tool, proc.stderr, proc.returncode, expect, args)
     assert _snapshot(bad['root']) | _snapshot(tmp_path) == before, 'something was left behind'
+
+
+def _sleep_after(ready) -> None:
+    import time
+
+    ready.set()
+    time.sleep(60)
+
+
+def _fork_and_terminate(argv) -> int:
+    import multiprocessing as mp
+
+    context = mp.get_context('fork')
+    ready = context.Event()
+    child = context.Process(target=_sleep_after, args=(ready,))
+    child.start()
+    assert ready.wait(60)
+    child.terminate()
+    child.join()
+    return child.exitcode
+
+
+def test_sigterm_unwinds_the_tool_but_kills_forked_helpers_outright():
+    """Pool workers that unwound on SIGTERM could hang their pool's shutdown."""
+    from gluon_resnest.errors import run_tool
+
+    assert run_tool('probe', _fork_and_terminate, []) == -15  # killed by the signal itself
+
+
+def test_error_line_format(capsys):
+    from gluon_resnest.errors import InputError, run_tool
+
+    def fail(argv):
+        raise InputError('label 7 is outside 0..4', 'data/train.lst')
+
+    assert run_tool('probe', fail, []) == 2
+    assert capsys.readouterr().err == 'probe: error: label 7 is outside 0..4 (data/train.lst)\n'
+
+    def bug(argv):
+        raise KeyError('internal')
+
+    with pytest.raises(KeyError):  # a bug keeps its traceback
+        run_tool('probe', bug, [])

@@ -1,6 +1,6 @@
 """gluon_resnest: ResNeSt (Split-Attention Networks) in Apache MXNet Gluon."""
 from . import layers, models
-from .inference import optimize_for_inference
+from .deploy import optimize_for_inference
 from .layers import set_drop_prob
 from .model_zoo import get_model, register_gluoncv
 from .registry import list_models

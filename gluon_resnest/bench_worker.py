@@ -101,25 +101,25 @@ def _mxnet_runner(args: argparse.Namespace) -> _Runner:
         net.hybridize(static_alloc=True, static_shape=True)
         model = net
     elif args.dtype == 'int8':
-        from gluon_resnest.quantization import quantize_network
+        from gluon_resnest.deploy.quantization import quantize_network
         calib = [mx.nd.array(np.random.RandomState(i).uniform(
             -1, 1, state['x'].shape).astype(np.float32)) for i in range(2)]
         options = dict(json.loads(args.quantize_options or '{}'))
         options.setdefault('calib_mode', 'naive')
         model = quantize_network(net, calib, **options)
-        from gluon_resnest.inference import optimize_for_inference
+        from gluon_resnest.deploy.inference import optimize_for_inference
         model = optimize_for_inference(model, data=state['x'], backend=None)
     elif args.dtype == 'bfloat16':
         from mxnet.contrib import amp
 
-        from gluon_resnest.inference import optimize_for_inference
+        from gluon_resnest.deploy.inference import optimize_for_inference
         net = optimize_for_inference(net, data=state['x'])
         model = amp.convert_hybrid_block(net, target_dtype='bfloat16', ctx=mx.cpu())
         model.hybridize(static_alloc=True, static_shape=True)
     else:
         # The deployment path: get_model + optimize_for_inference, exported and reloaded as a
         # SymbolBlock (the file a user ships).
-        from gluon_resnest.inference import optimize_for_inference
+        from gluon_resnest.deploy.inference import optimize_for_inference
         optimize_for_inference(net, data=state['x'])
         with tempfile.TemporaryDirectory() as tmp:
             prefix = os.path.join(tmp, 'model')

@@ -45,7 +45,7 @@ class BenchConfig:
     threads: int = field(default_factory=lambda: os.cpu_count() or 1)
     classes: int = 1000
     #: With ``dtype='int8'``: one INT8 row per entry, each the keyword arguments of
-    #: :func:`gluon_resnest.quantization.quantize_network` (e.g. ``{'split_grouped': False}``);
+    #: :func:`gluon_resnest.deploy.quantize_network` (e.g. ``{'split_grouped': False}``);
     #: empty means one row with the defaults.
     int8_variants: Sequence[dict[str, Any]] = ()
 

@@ -211,9 +211,26 @@ def _fill(text: str, root: Path, out: Path) -> str:
     return re.sub(r'\{([\w.]+)\}', sub, text)
 
 
+def _orphaned_segments() -> set[str]:
+    """Loader segments in /dev/shm of this process or of processes that no longer exist."""
+    found = set()
+    for name in os.listdir('/dev/shm') if os.path.isdir('/dev/shm') else []:
+        pid = name[len('gluon_resnest_'):].split('_', 1)[0]
+        if not (name.startswith('gluon_resnest_') and pid.isdigit()):
+            continue
+        try:
+            alive = int(pid) != os.getpid()
+            if alive:
+                os.kill(int(pid), 0)
+        except ProcessLookupError:
+            alive = False
+        if not alive:
+            found.add(f'/dev/shm/{name}')
+    return found
+
+
 def _snapshot(root: Path) -> set[str]:
-    shm = {f'/dev/shm/{n}' for n in os.listdir('/dev/shm')} if os.path.isdir('/dev/shm') else set()
-    return {str(p) for p in root.rglob('*')} | shm
+    return {str(p) for p in root.rglob('*')} | _orphaned_segments()
 
 
 def check_contract(tool: str, stderr: str, code: int, expect: str, argv: list[str]) -> None:

@@ -15,8 +15,8 @@ from PIL import Image
 from conftest import randomize_norm_stats
 from gluon_resnest import get_model
 from gluon_resnest.deploy import eval_transform, export_network, load_exported
-from gluon_resnest.inference import fold_batchnorm
-from gluon_resnest.quantization import (
+from gluon_resnest.deploy.inference import fold_batchnorm
+from gluon_resnest.deploy.quantization import (
     grouped_convolutions,
     quantize_network,
     split_grouped_convolutions,

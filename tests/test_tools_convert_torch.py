@@ -18,14 +18,14 @@ from tools_cli import load_tool, run_tool
 
 from conftest import assert_close_to_largest
 from gluon_resnest import get_model, list_models
-from gluon_resnest.models import ResNeSt
-from gluon_resnest.torch_checkpoint import (
+from gluon_resnest.deploy.torch_checkpoint import (
     TIMM_MODEL_NAMES,
     convert_state_dict,
-    load_checkpoint,
     load_torch_file,
+    load_torch_state_dict,
     torch_to_gluon_name,
 )
+from gluon_resnest.models import ResNeSt
 
 ROOT = Path(__file__).resolve().parents[1]
 TORCH_PY = os.environ.get('GLUON_RESNEST_TORCH_PYTHON') or str(ROOT / '.torchvenv' / 'bin'
@@ -109,7 +109,7 @@ def test_cli_converts_authors_checkpoint(torch_files, tmp_path):
 def test_every_block_type_matches_pytorch(torch_files, key):
     case = torch_files[key]
     net = ours(SMALL_ARCHS[key])
-    converted = convert_state_dict(load_checkpoint(case['files']['zip']), net, key)
+    converted = convert_state_dict(load_torch_state_dict(case['files']['zip']), net, key)
     net.initialize()
     for name, param in net._collect_params_with_prefix().items():
         param.set_data(mx.nd.array(converted[name]))
@@ -157,7 +157,7 @@ def test_checkpoint_of_another_architecture_names_the_tensor(torch_files, tmp_pa
 def test_checkpoint_with_missing_tensor_names_it(torch_files, tmp_path):
     """A ResNet-D (radix 0) checkpoint has no Split-Attention tensors."""
     net = get_model('resnest14', classes=10)
-    state = load_checkpoint(torch_files['r0']['files']['zip'])
+    state = load_torch_state_dict(torch_files['r0']['files']['zip'])
     with pytest.raises(ValueError, match=r"no tensor for our parameter "
                                          r"'layer1\.0\.conv2\.conv\.weight'"):
         convert_state_dict(state, net, 'r0.pth')
@@ -273,5 +273,5 @@ def test_malicious_pickle_runs_nothing(tmp_path, layout):
     else:
         ckpt.write_bytes(pickle.dumps(_Creates(str(marker)), protocol=2) + payload)
     with pytest.raises(ValueError):
-        load_checkpoint(str(ckpt))
+        load_torch_state_dict(str(ckpt))
     assert not marker.exists()

@@ -56,7 +56,7 @@ def _metrics(run: Path) -> list[dict]:
 def test_two_workers_with_horovodrun(digits, tmp_path):
     run = tmp_path / 'run'
     _ok(_train(*FAST, '--epochs', '2', '--data-dir', str(digits), '--run-dir', str(run),
-               workers=2))
+               '--debug-workers', workers=2))
     shards = [json.loads((run / 'workers' / f'rank-{r}.shard.json').read_text()) for r in (0, 1)]
     assert [s['rank'] for s in shards] == [0, 1] and shards[0]['world_size'] == 2
     first, second = (set(s['indices']) for s in shards)
@@ -83,6 +83,7 @@ def test_resume_after_kill_matches_uninterrupted_run(digits, tmp_path):
     args = [*FAST, '--epochs', '3', '--data-dir', str(digits), '--no-export']
     whole = tmp_path / 'whole'
     _ok(_train(*args, '--run-dir', str(whole)))
+    assert not (whole / 'workers').exists()  # worker files only with --debug-workers
 
     killed = tmp_path / 'killed'
     proc = subprocess.Popen([PY, 'recipes/train.py', *args, '--run-dir', str(killed)],
@@ -126,6 +127,7 @@ def test_launcher_environment_that_horovod_contradicts(digits, tmp_path):
     rebuilt for the real one with fork-server workers."""
     run = tmp_path / 'run'
     result = _ok(_train(*FAST, '--epochs', '1', '--data-dir', str(digits), '--run-dir', str(run),
+                        '--debug-workers',
                         env={'OMPI_COMM_WORLD_RANK': '1', 'OMPI_COMM_WORLD_SIZE': '2'}))
     assert 'says rank 1 of 2, Horovod says rank 0 of 1' in result.stderr
     shard = json.loads((run / 'workers' / 'rank-0.shard.json').read_text())
@@ -209,7 +211,7 @@ def _rank_pid(marker: str, rank: int) -> int | None:
 def test_synchronised_batchnorm_with_two_workers(digits, tmp_path):
     run = tmp_path / 'run'
     _ok(_train(*FAST, '--epochs', '1', '--sync-bn', 'true', '--data-dir', str(digits),
-               '--run-dir', str(run), workers=2))
+               '--run-dir', str(run), '--debug-workers', workers=2))
     digest = [(run / 'workers' / f'rank-{r}.params.sha256').read_text() for r in (0, 1)]
     assert digest[0] == digest[1]
     assert json.loads((run / 'config.json').read_text())['sync_bn'] is True

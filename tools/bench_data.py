@@ -29,17 +29,15 @@ except ImportError:  # run from a checkout without installing
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import mxnet as mx  # noqa: E402
-import numpy as np  # noqa: E402
 
 from gluon_resnest.data import TrainLoader  # noqa: E402
+from gluon_resnest.data.loader import check_records  # noqa: E402
 from gluon_resnest.data.pack import pack_folder  # noqa: E402
 from gluon_resnest.data.records import (  # noqa: E402
     RecordFile,
     idx_path_for,
-    unpack_image_record,
 )
 from gluon_resnest.data.synthetic import write_synthetic_folder  # noqa: E402
-from gluon_resnest.data.transforms import decode_image  # noqa: E402
 from gluon_resnest.errors import (  # noqa: E402
     InputError,
     ToolParser,
@@ -120,25 +118,6 @@ def loader_batches(loader: TrainLoader) -> Iterator:
         loader.set_epoch(e)
         return iter(loader)
     return _endless(epoch)
-
-
-def check_records(records: RecordFile, sample: int = 64) -> None:
-    """Refuse a file ImageRecordIter would crash on: unreadable headers or undecodable images.
-
-    Every record's header is read; the first ``sample`` images are decoded.
-    """
-    _, readable = records.labels()
-    if not readable.all():
-        pos = int(np.flatnonzero(~readable)[0])
-        raise InputError(f'record {int(records.keys[pos])} (and {int((~readable).sum()) - 1} '
-                         f'more) cannot be read: not a RecordIO file of images, or its .idx '
-                         f'belongs to another file', records.rec_path)
-    for pos in range(min(sample, len(records))):
-        try:
-            decode_image(unpack_image_record(records.read(pos))[1])
-        except ValueError as err:
-            raise InputError(f'record {int(records.keys[pos])} cannot be decoded '
-                             f'({getattr(err, "reason", err)})', records.rec_path) from None
 
 
 def run(rec: str, args: argparse.Namespace) -> Dict[str, float]:

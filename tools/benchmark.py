@@ -44,7 +44,7 @@ def _main(argv: list[str] | None = None) -> int:
     parser.add_argument('--classes', type=int_in(1, 10**6), default=1000)
     parser.add_argument('--int8-variant', action='append', default=[], metavar='JSON',
                         help='with --dtype int8: one INT8 row per use, a JSON object of '
-                             'gluon_resnest.quantization.quantize_network keyword arguments, '
+                             'gluon_resnest.deploy.quantize_network keyword arguments, '
                              'e.g. \'{"split_grouped": false}\' (default: one row, defaults)')
     parser.add_argument('--json', action='store_true', help='print the report as JSON')
     args = parser.parse_args(argv)

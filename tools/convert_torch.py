@@ -19,8 +19,8 @@ except ImportError:  # run from a checkout without installing
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from gluon_resnest import list_models
+from gluon_resnest.deploy.torch_checkpoint import TIMM_MODEL_NAMES, convert_checkpoint
 from gluon_resnest.errors import ToolParser, int_in, run_tool
-from gluon_resnest.torch_checkpoint import TIMM_MODEL_NAMES, convert_checkpoint
 
 PROG = 'convert_torch'
 

@@ -16,8 +16,8 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from gluon_resnest.deploy.quantization import CALIB_MODES, quantize_export  # noqa: E402
 from gluon_resnest.errors import ToolParser, int_in, run_tool  # noqa: E402
-from gluon_resnest.quantization import CALIB_MODES, quantize_export  # noqa: E402
 
 PROG = 'quantize'
 

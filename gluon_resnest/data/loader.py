@@ -27,11 +27,12 @@ from typing import Iterator, List, Sequence, Tuple
 import mxnet as mx
 import numpy as np
 
+from ..errors import InputError
 from .records import CorruptRecordError, RecordFile, check_labels, unpack_image_record
 from .sharding import eval_shard, shard_indices
 from .transforms import ImageDecodeError, TrainTransform, ValTransform, decode_image
 
-__all__ = ['TrainLoader', 'ValLoader']
+__all__ = ['TrainLoader', 'ValLoader', 'check_records']
 
 logger = logging.getLogger(__name__)
 
@@ -308,6 +309,30 @@ class _WorkerPool:
         finally:
             for entry in pending.values():
                 self._free.append(entry[0])
+
+
+def check_records(records: RecordFile, sample: int = 64) -> None:
+    """Refuse a file with unreadable record headers or whose first images do not decode.
+
+    Every record's header is read and the first ``sample`` images are decoded, so that a
+    damaged file is found before a run spends time on it (``mx.io.ImageRecordIter`` even
+    aborts the process on such records).
+
+    Raises:
+        InputError: naming the file and the first bad record.
+    """
+    _, readable = records.labels()
+    if not readable.all():
+        pos = int(np.flatnonzero(~readable)[0])
+        raise InputError(f'record {int(records.keys[pos])} (and {int((~readable).sum()) - 1} '
+                         f'more) cannot be read: not a RecordIO file of images, or its .idx '
+                         f'belongs to another file', records.rec_path)
+    for pos in range(min(sample, len(records))):
+        try:
+            decode_image(unpack_image_record(records.read(pos))[1])
+        except ValueError as err:
+            raise InputError(f'record {int(records.keys[pos])} cannot be decoded '
+                             f'({getattr(err, "reason", err)})', records.rec_path) from None
 
 
 class _LoaderBase:

@@ -184,6 +184,7 @@ def check_resume(run_dir: str | os.PathLike, config: dict[str, Any]) -> dict[str
     saved = _read_json(path)
     if not saved:
         raise InputError('cannot read the configuration of the run to resume', path)
+    config = json.loads(json.dumps(config))  # tuples become lists, as in the saved file
     changed = sorted(k for k in set(saved) | set(config)
                      if k not in RESUMABLE_CHANGES and saved.get(k) != config.get(k))
     if changed:

@@ -47,9 +47,9 @@ from typing import Any, Mapping
 
 import numpy as np
 
-__all__ = ['TIMM_MODEL_NAMES', 'OpaqueObject', 'convert_state_dict', 'extract_state_dict',
-           'load_checkpoint', 'load_torch_file', 'load_safetensors', 'torch_to_gluon_name',
-           'convert_checkpoint', 'save_params']
+__all__ = ['TIMM_MODEL_NAMES', 'OpaqueObject', 'convert_checkpoint', 'convert_state_dict',
+           'extract_state_dict', 'load_safetensors', 'load_torch_file', 'load_torch_state_dict',
+           'torch_to_gluon_name']
 
 logger = logging.getLogger(__name__)
 
@@ -327,7 +327,7 @@ def extract_state_dict(obj: Any, key: str | None = None,
     return state
 
 
-def load_checkpoint(path: str, key: str | None = None) -> dict[str, np.ndarray]:
+def load_torch_state_dict(path: str, key: str | None = None) -> dict[str, np.ndarray]:
     """Read the state dict of a PyTorch checkpoint (``.pth``/``.pt``/``.safetensors``)."""
     path = os.fspath(path)
     if not os.path.isfile(path):
@@ -398,16 +398,6 @@ def convert_state_dict(state: Mapping[str, np.ndarray], net: Any,
     return converted
 
 
-def save_params(arrays: Mapping[str, np.ndarray], output: str) -> str:
-    """Write name -> array as a ``save_parameters`` file (float32); return its path."""
-    import mxnet as mx  # local: the name mapping above needs no MXNet
-
-    folder = os.path.dirname(os.path.abspath(output))
-    os.makedirs(folder, exist_ok=True)
-    mx.nd.save(output, {k: mx.nd.array(v, dtype='float32') for k, v in arrays.items()})
-    return output
-
-
 def convert_checkpoint(path: str, model: str, output: str | None = None,
                        classes: int | None = None, key: str | None = None) -> Any:
     """Read a PyTorch checkpoint into a new network of ours, optionally saving ``.params``.
@@ -424,12 +414,13 @@ def convert_checkpoint(path: str, model: str, output: str | None = None,
     """
     import mxnet as mx
 
-    from .model_zoo import get_model
-    from .registry import lookup
+    from ..model_zoo import get_model
+    from ..params import save_params
+    from ..registry import lookup
 
     name = TIMM_MODEL_NAMES.get(str(model).lower(), model)
     lookup(name)  # a wrong name fails before the file is read
-    state = load_checkpoint(path, key)
+    state = load_torch_state_dict(path, key)
     if classes is None:
         classes = int(state['fc.weight'].shape[0]) if 'fc.weight' in state else 1000
     net = get_model(name, classes=classes)

@@ -20,6 +20,8 @@ from typing import Any
 import mxnet as mx
 from mxnet.gluon import nn
 
+from .graph import Graph
+
 __all__ = ['fold_batchnorm', 'optimize_for_inference', 'subgraph_backend_available']
 
 logger = logging.getLogger(__name__)
@@ -107,17 +109,8 @@ def fold_batchnorm(symbol: mx.sym.Symbol, arg_params: dict[str, mx.nd.NDArray],
     Returns:
         ``(symbol, arg_params, aux_params)``, new objects; the inputs are not modified.
     """
-    import json
-    from collections import Counter
-
-    graph = json.loads(symbol.tojson())
-    nodes = graph['nodes']
-    uses: Counter = Counter()
-    for node in nodes:
-        for entry in node['inputs']:
-            uses[entry[0]] += 1
-    for entry in graph['heads']:
-        uses[entry[0]] += 1
+    graph = Graph(symbol)
+    nodes = graph.nodes
     args = dict(arg_params)
     aux = dict(aux_params)
     fold: dict[int, int] = {}  # BatchNorm index -> Convolution index
@@ -125,50 +118,41 @@ def fold_batchnorm(symbol: mx.sym.Symbol, arg_params: dict[str, mx.nd.NDArray],
         if node['op'] != 'BatchNorm':
             continue
         src = node['inputs'][0][0]
-        if nodes[src]['op'] == 'Convolution' and uses[src] == 1:
+        if graph.op(src) == 'Convolution' and len(graph.consumers.get(src, [])) == 1:
             fold[i] = src
     conv_of = {conv: bn for bn, conv in fold.items()}
     dropped = {entry[0] for bn in fold for entry in nodes[bn]['inputs'][1:]}
-    new_nodes: list[dict[str, Any]] = []
-    index: dict[int, int] = {}
     for i, node in enumerate(nodes):
         if i in fold:
-            index[i] = index[fold[i]]
+            graph.index[i] = graph.index[fold[i]]
             continue
         if i in dropped and node['op'] == 'null':
             continue
-        original = node
-        node = dict(node, inputs=[[index[e[0]], e[1], e[2]] for e in node['inputs']])
-        if i in conv_of:
-            bn = nodes[conv_of[i]]
-            attrs = bn.get('attrs', {})
-            eps = float(attrs.get('eps', 1e-3))
-            fix_gamma = attrs.get('fix_gamma', 'True') == 'True'
-            gamma, beta = (nodes[e[0]]['name'] for e in bn['inputs'][1:3])
-            mean, var = (nodes[e[0]]['name'] for e in bn['inputs'][3:5])
-            running_var = aux.pop(var)
-            scale = (mx.nd.ones_like(running_var) if fix_gamma else args.pop(gamma)) / \
-                mx.nd.sqrt(running_var + eps)
-            if fix_gamma:
-                args.pop(gamma, None)
-            shift = args.pop(beta) - aux.pop(mean) * scale
-            conv_attrs = dict(node.get('attrs', {}))
-            weight_name = nodes[original['inputs'][1][0]]['name']
-            args[weight_name] = args[weight_name] * scale.reshape((-1, 1, 1, 1))
-            if conv_attrs.get('no_bias', 'False') in ('True', '1', 'true'):
-                bias_name = f"{node['name']}_bias"
-                new_nodes.append({'op': 'null', 'name': bias_name, 'inputs': []})
-                node['inputs'] = node['inputs'][:2] + [[len(new_nodes) - 1, 0, 0]]
-                args[bias_name] = shift
-                conv_attrs['no_bias'] = 'False'
-            else:
-                bias_name = nodes[original['inputs'][2][0]]['name']
-                args[bias_name] = args[bias_name] * scale + shift
-            node['attrs'] = conv_attrs
-        index[i] = len(new_nodes)
-        new_nodes.append(node)
-    graph = {'nodes': new_nodes,
-             'arg_nodes': [i for i, n in enumerate(new_nodes) if n['op'] == 'null'],
-             'heads': [[index[e[0]], e[1], e[2]] for e in graph['heads']],
-             'attrs': graph.get('attrs', {})}
-    return mx.sym.load_json(json.dumps(graph)), args, aux
+        if i not in conv_of:
+            graph.keep(i)
+            continue
+        inputs = [graph.remap(e) for e in node['inputs']]
+        bn = conv_of[i]
+        attrs = graph.attrs(bn)
+        eps = float(attrs.get('eps', 1e-3))
+        fix_gamma = attrs.get('fix_gamma', 'True') == 'True'
+        gamma, beta, mean, var = (nodes[e[0]]['name'] for e in nodes[bn]['inputs'][1:5])
+        running_var = aux.pop(var)
+        scale = (mx.nd.ones_like(running_var) if fix_gamma else args.pop(gamma)) / \
+            mx.nd.sqrt(running_var + eps)
+        if fix_gamma:
+            args.pop(gamma, None)
+        shift = args.pop(beta) - aux.pop(mean) * scale
+        conv_attrs = dict(graph.attrs(i))
+        weight_name = nodes[node['inputs'][1][0]]['name']
+        args[weight_name] = args[weight_name] * scale.reshape((-1, 1, 1, 1))
+        if conv_attrs.get('no_bias', 'False') in ('True', '1', 'true'):
+            bias_name = f"{node['name']}_bias"
+            inputs = inputs[:2] + [graph.variable(bias_name)]
+            args[bias_name] = shift
+            conv_attrs['no_bias'] = 'False'
+        else:
+            bias_name = nodes[node['inputs'][2][0]]['name']
+            args[bias_name] = args[bias_name] * scale + shift
+        graph.index[i] = graph.add(dict(node, inputs=inputs, attrs=conv_attrs))
+    return graph.to_symbol(), args, aux

@@ -11,7 +11,6 @@ ordinary ``PREFIX-symbol.json``/``PREFIX-0000.params`` pair, loadable with
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
@@ -22,10 +21,12 @@ import mxnet as mx
 import numpy as np
 from mxnet.gluon import nn
 
-from .deploy import eval_transform, export_paths, load_exported, read_meta, write_meta
-from .errors import InputError
-from .errors import mxnet_reason as _mxnet_reason
+from ..errors import InputError, mxnet_reason
+from .export import load_exported
+from .graph import Graph
 from .inference import fold_batchnorm
+from .meta import export_paths, read_meta, write_meta
+from .preprocess import eval_transform
 
 __all__ = ['CALIB_MODES', 'calibration_batches', 'grouped_convolutions', 'quantize_export',
            'quantize_network', 'split_grouped_convolutions', 'sum_splits_per_branch']
@@ -94,7 +95,7 @@ def quantize_network(net: nn.HybridBlock, calib_data: Sequence[mx.nd.NDArray],
 
 def grouped_convolutions(symbol: mx.sym.Symbol) -> list[str]:
     """Names of the Convolution nodes of ``symbol`` with ``num_group > 1``."""
-    return [node['name'] for node in json.loads(symbol.tojson())['nodes']
+    return [node['name'] for node in Graph(symbol).nodes
             if node['op'] == 'Convolution' and int(node.get('attrs', {}).get('num_group', 1)) > 1]
 
 
@@ -131,24 +132,14 @@ def split_grouped_convolutions(symbol: mx.sym.Symbol, arg_params: dict[str, mx.n
     Returns:
         ``(symbol, arg_params, aux_params)``, new objects; the inputs are not modified.
     """
-    graph = json.loads(symbol.tojson())
-    nodes = graph['nodes']
-    consumers: dict[int, list[int]] = {}
-    for i, node in enumerate(nodes):
-        for entry in node['inputs']:
-            consumers.setdefault(entry[0], []).append(i)
-    for entry in graph['heads']:
-        consumers.setdefault(entry[0], []).append(-1)
-
-    def attrs_of(i: int) -> dict[str, str]:
-        return nodes[i].get('attrs', {})
+    graph = Graph(symbol)
+    nodes, consumers, attrs_of = graph.nodes, graph.consumers, graph.attrs
 
     def sole_relu(i: int) -> int | None:
         users = consumers.get(i, [])
-        if len(users) == 1 and users[0] >= 0:
-            user = nodes[users[0]]
-            if user['op'] == 'Activation' and attrs_of(users[0]).get('act_type') == 'relu':
-                return users[0]
+        if (len(users) == 1 and users[0] >= 0 and graph.op(users[0]) == 'Activation'
+                and attrs_of(users[0]).get('act_type') == 'relu'):
+            return users[0]
         return None
 
     grouped = {i: int(attrs_of(i)['num_group']) for i, node in enumerate(nodes)
@@ -160,13 +151,13 @@ def split_grouped_convolutions(symbol: mx.sym.Symbol, arg_params: dict[str, mx.n
         for i, groups in grouped.items():
             source = nodes[i]['inputs'][0][0]
             relu = None
-            if nodes[source]['op'] == 'Activation' and attrs_of(source).get('act_type') == 'relu':
+            if graph.op(source) == 'Activation' and attrs_of(source).get('act_type') == 'relu':
                 relu, source = source, nodes[source]['inputs'][0][0]
                 if consumers.get(relu) != [i]:
                     continue
             elif consumers.get(source) != [i]:
                 continue
-            if (nodes[source]['op'] == 'Convolution' and source not in grouped
+            if (graph.op(source) == 'Convolution' and source not in grouped
                     and source not in producers
                     and consumers.get(source) == [relu if relu is not None else i]
                     and int(attrs_of(source)['num_filter']) % groups == 0):
@@ -175,13 +166,7 @@ def split_grouped_convolutions(symbol: mx.sym.Symbol, arg_params: dict[str, mx.n
     skipped = set(relu_after.values()) | {r for _, r in producers.values() if r is not None}
     weights = {e[0] for i in rewritten for e in nodes[i]['inputs'][1:]}
     args = dict(arg_params)
-    new_nodes: list[dict[str, Any]] = []
-    index: dict[int, int] = {}
     branches: dict[int, list[list[int]]] = {}  # split conv -> its per-block outputs
-
-    def add(node: dict[str, Any]) -> int:
-        new_nodes.append(node)
-        return len(new_nodes) - 1
 
     def split_conv(i: int, groups: int, data: list[list[int]], relu: int | None
                    ) -> list[list[int]]:
@@ -202,19 +187,17 @@ def split_grouped_convolutions(symbol: mx.sym.Symbol, arg_params: dict[str, mx.n
             inputs = [data[g]]
             args[f'{name}_g{g}_weight'] = mx.nd.array(weight[g * per:(g + 1) * per],
                                                       dtype=weight.dtype)
-            inputs.append([add({'op': 'null', 'name': f'{name}_g{g}_weight', 'inputs': []}),
-                           0, 0])
+            inputs.append(graph.variable(f'{name}_g{g}_weight'))
             if bias is not None:
                 args[f'{name}_g{g}_bias'] = mx.nd.array(bias[g * per:(g + 1) * per],
                                                         dtype=bias.dtype)
-                inputs.append([add({'op': 'null', 'name': f'{name}_g{g}_bias', 'inputs': []}),
-                               0, 0])
-            out = add({'op': 'Convolution', 'name': f'{name}_g{g}',
-                       'attrs': dict(attrs, num_group='1', num_filter=str(per)),
-                       'inputs': inputs})
+                inputs.append(graph.variable(f'{name}_g{g}_bias'))
+            out = graph.add({'op': 'Convolution', 'name': f'{name}_g{g}',
+                             'attrs': dict(attrs, num_group='1', num_filter=str(per)),
+                             'inputs': inputs})
             if relu is not None:
-                out = add({'op': 'Activation', 'name': f"{nodes[relu]['name']}_g{g}",
-                           'attrs': dict(attrs_of(relu)), 'inputs': [[out, 0, 0]]})
+                out = graph.add({'op': 'Activation', 'name': f"{nodes[relu]['name']}_g{g}",
+                                 'attrs': dict(attrs_of(relu)), 'inputs': [[out, 0, 0]]})
             outputs.append([out, 0, 0])
         return outputs
 
@@ -224,40 +207,35 @@ def split_grouped_convolutions(symbol: mx.sym.Symbol, arg_params: dict[str, mx.n
             continue
         if i in producers:
             groups, relu = producers[i]
-            data = node['inputs'][0]
-            branches[i] = split_conv(i, groups, [[index[data[0]], data[1], data[2]]] * groups,
+            branches[i] = split_conv(i, groups, [graph.remap(node['inputs'][0])] * groups,
                                      relu)
             continue
         if i not in grouped:
-            index[i] = add(dict(node, inputs=[[index[e[0]], e[1], e[2]]
-                                               for e in node['inputs']]))
+            graph.keep(i)
             continue
         groups = grouped[i]
         data = node['inputs'][0]
         source = data[0]
-        if source in skipped and nodes[source]['op'] == 'Activation':
+        if source in skipped and graph.op(source) == 'Activation':
             source = nodes[source]['inputs'][0][0]
         if source in branches and len(branches[source]) == groups:
             blocks = branches[source]  # a split producer, or a grouped conv of as many groups
         else:
-            split = add({'op': 'SliceChannel', 'name': f"{node['name']}_split",
-                         'attrs': {'num_outputs': str(groups), 'axis': '1',
-                                   'squeeze_axis': 'False'},
-                         'inputs': [[index[data[0]], data[1], data[2]]]})
+            split = graph.add({'op': 'SliceChannel', 'name': f"{node['name']}_split",
+                               'attrs': {'num_outputs': str(groups), 'axis': '1',
+                                         'squeeze_axis': 'False'},
+                               'inputs': [graph.remap(data)]})
             blocks = [[split, g, 0] for g in range(groups)]
         relu = relu_after.get(i)
         outputs = split_conv(i, groups, blocks, relu)
         branches[i] = outputs
         concat_name = nodes[relu]['name'] if relu is not None else f"{node['name']}_concat"
-        index[i] = add({'op': 'Concat', 'name': concat_name,
-                        'attrs': {'num_args': str(groups), 'dim': '1'}, 'inputs': outputs})
+        graph.index[i] = graph.add({'op': 'Concat', 'name': concat_name,
+                                    'attrs': {'num_args': str(groups), 'dim': '1'},
+                                    'inputs': outputs})
         if relu is not None:
-            index[relu] = index[i]
-    graph = {'nodes': new_nodes,
-             'arg_nodes': [i for i, n in enumerate(new_nodes) if n['op'] == 'null'],
-             'heads': [[index[e[0]], e[1], e[2]] for e in graph['heads']],
-             'attrs': graph.get('attrs', {})}
-    return mx.sym.load_json(json.dumps(graph)), args, dict(aux_params)
+            graph.index[relu] = graph.index[i]
+    return graph.to_symbol(), args, dict(aux_params)
 
 
 def sum_splits_per_branch(symbol: mx.sym.Symbol) -> mx.sym.Symbol:
@@ -272,21 +250,11 @@ def sum_splits_per_branch(symbol: mx.sym.Symbol) -> mx.sym.Symbol:
     broadcasting INT8 multiply). Products and sums happen in the same order: the result is
     bitwise equal. Graphs without the pattern are returned unchanged.
     """
-    graph = json.loads(symbol.tojson())
-    nodes = graph['nodes']
-
-    def op(i: int) -> str:
-        return nodes[i]['op']
+    graph = Graph(symbol)
+    nodes, op = graph.nodes, graph.op
 
     def attr(i: int, key: str) -> str | None:
-        return nodes[i].get('attrs', {}).get(key)
-
-    new_nodes: list[dict[str, Any]] = []
-    index: dict[int, int] = {}
-
-    def add(node: dict[str, Any]) -> int:
-        new_nodes.append(node)
-        return len(new_nodes) - 1
+        return graph.attrs(i).get(key)
 
     for i, node in enumerate(nodes):
         pattern = None
@@ -306,26 +274,20 @@ def sum_splits_per_branch(symbol: mx.sym.Symbol) -> mx.sym.Symbol:
                     if attr(x5, 'shape') == f'(0, -4, {radix}, -1, -2)' and radix > 1:
                         pattern = (concat, nodes[a5]['inputs'][0], radix)
         if pattern is None:
-            index[i] = add(dict(node, inputs=[[index[e[0]], e[1], e[2]]
-                                               for e in node['inputs']]))
+            graph.keep(i)
             continue
         concat, atten, radix = pattern
         name = node['name']
-        parts = add({'op': 'SliceChannel', 'name': f'{name}_atten_split',
-                     'attrs': {'num_outputs': str(radix), 'axis': '1'},
-                     'inputs': [[index[atten[0]], atten[1], atten[2]]]})
+        parts = graph.add({'op': 'SliceChannel', 'name': f'{name}_atten_split',
+                           'attrs': {'num_outputs': str(radix), 'axis': '1'},
+                           'inputs': [graph.remap(atten)]})
         products = []
         for r, branch in enumerate(nodes[concat]['inputs']):
-            products.append([add({'op': 'broadcast_mul', 'name': f'{name}_mul{r}',
-                                  'inputs': [[index[branch[0]], branch[1], branch[2]],
-                                             [parts, r, 0]]}), 0, 0])
-        index[i] = add({'op': 'add_n', 'name': f'{name}_sum',
-                        'attrs': {'num_args': str(radix)}, 'inputs': products})
-    graph = {'nodes': new_nodes,
-             'arg_nodes': [i for i, n in enumerate(new_nodes) if n['op'] == 'null'],
-             'heads': [[index[e[0]], e[1], e[2]] for e in graph['heads']],
-             'attrs': graph.get('attrs', {})}
-    return mx.sym.load_json(json.dumps(graph))
+            products.append([graph.add({'op': 'broadcast_mul', 'name': f'{name}_mul{r}',
+                                        'inputs': [graph.remap(branch), [parts, r, 0]]}), 0, 0])
+        graph.index[i] = graph.add({'op': 'add_n', 'name': f'{name}_sum',
+                                    'attrs': {'num_args': str(radix)}, 'inputs': products})
+    return graph.to_symbol()
 
 
 def fold_network(net: nn.HybridBlock, sample: mx.nd.NDArray, split_grouped: bool = False,
@@ -333,7 +295,7 @@ def fold_network(net: nn.HybridBlock, sample: mx.nd.NDArray, split_grouped: bool
                  ) -> mx.gluon.SymbolBlock:
     """``net`` as a ``SymbolBlock`` with its BatchNorms folded into the convolutions.
 
-    See :func:`gluon_resnest.inference.fold_batchnorm`. With ``split_grouped`` the grouped
+    See :func:`gluon_resnest.deploy.fold_batchnorm`. With ``split_grouped`` the grouped
     convolutions are then rewritten as ungrouped ones (:func:`split_grouped_convolutions`),
     and with ``sum_per_branch`` the Split-Attention sum too (:func:`sum_splits_per_branch`).
     """
@@ -385,7 +347,7 @@ def calibration_batches(rec_path: str, batch_size: int, num_examples: int, input
     idx_path = os.path.splitext(rec_path)[0] + '.idx'
     batches: list[mx.nd.NDArray] = []
     if os.path.isfile(idx_path):
-        from .data import ValLoader
+        from ..data import ValLoader
 
         loader = ValLoader(rec_path, batch_size, eval_crop=input_size, num_workers=num_workers,
                            mean=tuple(mean) if mean is not None else (0.0, 0.0, 0.0),
@@ -406,7 +368,7 @@ def calibration_batches(rec_path: str, batch_size: int, num_examples: int, input
 def _read_sequential(rec_path: str, batch_size: int, wanted: int, input_size: int,
                      mean: Sequence[float] | None, std: Sequence[float] | None
                      ) -> Iterable[mx.nd.NDArray]:
-    from .data.transforms import ImageDecodeError, decode_image
+    from ..data.transforms import ImageDecodeError, decode_image
 
     record = mx.recordio.MXRecordIO(rec_path, 'r')
     images: list[mx.nd.NDArray] = []
@@ -416,7 +378,7 @@ def _read_sequential(rec_path: str, batch_size: int, wanted: int, input_size: in
             try:
                 item = record.read()
             except mx.base.MXNetError as err:
-                raise InputError(f'not a readable RecordIO file ({_mxnet_reason(err)})',
+                raise InputError(f'not a readable RecordIO file ({mxnet_reason(err)})',
                                  rec_path) from None
             if item is None:
                 break

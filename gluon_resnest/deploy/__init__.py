@@ -1,0 +1,73 @@
+"""Deployment: export and reload, ONNX, fast CPU inference, INT8 quantization, PyTorch weights.
+
+Modules:
+
+* :mod:`~gluon_resnest.deploy.meta`: the files of an export and its meta data;
+* :mod:`~gluon_resnest.deploy.preprocess`: the paper's evaluation transform, image decoding;
+* :mod:`~gluon_resnest.deploy.export`: export to symbol/params, load an export or a model;
+* :mod:`~gluon_resnest.deploy.onnx_export`: ONNX conversion and its check;
+* :mod:`~gluon_resnest.deploy.graph`: the JSON-graph rewriting every graph pass uses;
+* :mod:`~gluon_resnest.deploy.inference`: oneDNN fusion, BatchNorm folding;
+* :mod:`~gluon_resnest.deploy.quantization`: INT8 post-training quantization;
+* :mod:`~gluon_resnest.deploy.torch_checkpoint`: PyTorch checkpoints read without PyTorch.
+
+Every public name of these modules is also importable from ``gluon_resnest.deploy``.
+"""
+from ..params import save_params
+from .export import (
+    MODEL_SPEC,
+    build_network,
+    export_network,
+    load_exported,
+    load_network,
+    read_export,
+    read_model_spec,
+)
+from .graph import Graph
+from .inference import fold_batchnorm, optimize_for_inference, subgraph_backend_available
+from .meta import META_DEFAULTS, check_export, export_paths, read_meta, write_meta
+from .onnx_export import MXNET_ONNX_OPSET, export_onnx, onnx_compatible_symbol, verify_onnx
+from .preprocess import (
+    CROP_RATIO,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    Normalize,
+    eval_transform,
+    load_class_names,
+    load_image,
+    resize_size,
+)
+from .quantization import (
+    CALIB_MODES,
+    calibration_batches,
+    fold_network,
+    grouped_convolutions,
+    quantize_export,
+    quantize_network,
+    split_grouped_convolutions,
+    sum_splits_per_branch,
+    top1_agreement,
+)
+from .torch_checkpoint import (
+    TIMM_MODEL_NAMES,
+    OpaqueObject,
+    convert_checkpoint,
+    convert_state_dict,
+    extract_state_dict,
+    load_safetensors,
+    load_torch_file,
+    load_torch_state_dict,
+    torch_to_gluon_name,
+)
+
+__all__ = ['CALIB_MODES', 'CROP_RATIO', 'Graph', 'IMAGENET_MEAN', 'IMAGENET_STD', 'META_DEFAULTS',
+           'MODEL_SPEC', 'MXNET_ONNX_OPSET', 'Normalize', 'OpaqueObject', 'TIMM_MODEL_NAMES',
+           'build_network', 'calibration_batches', 'check_export', 'convert_checkpoint',
+           'convert_state_dict', 'eval_transform', 'export_network', 'export_onnx', 'export_paths',
+           'extract_state_dict', 'fold_batchnorm', 'fold_network', 'grouped_convolutions',
+           'load_class_names', 'load_exported', 'load_image', 'load_network', 'load_safetensors',
+           'load_torch_file', 'load_torch_state_dict', 'onnx_compatible_symbol',
+           'optimize_for_inference', 'quantize_export', 'quantize_network', 'read_export',
+           'read_meta', 'read_model_spec', 'resize_size', 'save_params',
+           'split_grouped_convolutions', 'subgraph_backend_available', 'sum_splits_per_branch',
+           'top1_agreement', 'torch_to_gluon_name', 'verify_onnx', 'write_meta']

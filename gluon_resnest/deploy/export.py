@@ -1,0 +1,245 @@
+"""Export a network to MXNet's symbol/params format with its meta file, and load it back.
+
+See :mod:`gluon_resnest.deploy.meta` for the files of an export.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import warnings
+from typing import Any, Sequence
+
+import mxnet as mx
+from mxnet.gluon import nn
+
+from ..errors import InputError, mxnet_reason
+from ..layers import DropBlock, set_drop_prob
+from ..params import first_context, load_param_file
+from .meta import META_DEFAULTS, check_export, export_paths, read_meta, write_meta
+from .preprocess import IMAGENET_MEAN, IMAGENET_STD, Normalize
+
+__all__ = ['MODEL_SPEC', 'build_network', 'export_network', 'load_exported', 'load_network',
+           'read_export', 'read_model_spec']
+
+logger = logging.getLogger(__name__)
+
+#: File beside a parameter file that says how to rebuild its network.
+MODEL_SPEC = 'model.json'
+
+
+class _Preprocessed(nn.HybridBlock):
+    """A network with :class:`Normalize` in front of it."""
+
+    def __init__(self, net: nn.HybridBlock, mean: Sequence[float], std: Sequence[float]) -> None:
+        super().__init__(prefix='')
+        with self.name_scope():
+            self.normalize = Normalize(mean, std, prefix='preprocess_')
+        self.net = net
+
+    def hybrid_forward(self, F, x):  # noqa: N803 - MXNet's convention
+        return self.net(self.normalize(x))
+
+
+def export_network(net: nn.HybridBlock, prefix: str, input_size: int = 224, epoch: int = 0,
+                   preprocess: bool = False, classes: int | Sequence[str] | None = None,
+                   mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
+                   model_name: str | None = None,
+                   model_kwargs: dict[str, Any] | None = None) -> tuple[str, str]:
+    """Export an initialised network to ``PREFIX-symbol.json``/``PREFIX-%04d.params`` + meta.
+
+    Side effects on ``net``: it is hybridized, and every :class:`~gluon_resnest.layers.DropBlock`
+    with a non-zero probability is set to 0 (through :func:`gluon_resnest.layers.set_drop_prob`;
+    this touches DropBlock only, and matters only for further training of ``net``) so that the
+    exported graph holds no random ops.
+
+    Args:
+        net: Initialised network.
+        prefix: Output prefix; its folder is created.
+        input_size: Square input size traced and recorded in the meta file.
+        epoch: Number in the params file name.
+        preprocess: Put ``(x - mean) / std`` in the graph, so the export takes 0-255 RGB.
+        classes: Number of classes or their names (written to ``PREFIX.classes``, one per
+            line); by default the width of the network's output.
+        mean: Per-channel mean on the 0-255 scale.
+        std: Per-channel standard deviation on the 0-255 scale.
+        model_name: Recorded in the meta file; defaults to ``net.model_name`` when present.
+        model_kwargs: Architecture arguments the network was built with, recorded in the meta
+            file so the model can be rebuilt from it.
+
+    Returns:
+        ``(symbol_file, params_file)``.
+    """
+    if not os.path.basename(prefix) or os.path.isdir(prefix):
+        raise InputError('the export prefix is a folder; give a file name prefix such as '
+                         'FOLDER/model', prefix)
+    if any(isinstance(b, DropBlock) and b.drop_prob > 0 for b in _blocks(net)):
+        set_drop_prob(net, 0.0)
+        logger.info('DropBlock probabilities set to 0 for the export')
+    in_channels = getattr(net, 'in_channels', 3)
+    block = _Preprocessed(net, mean, std) if preprocess else net
+    if preprocess:
+        block.normalize.initialize(ctx=first_context(net))
+    block.hybridize()
+    data = mx.nd.zeros((1, in_channels, input_size, input_size), ctx=first_context(net))
+    try:
+        out = block(data)
+    except RuntimeError as err:
+        if 'initialize' in str(err) or 'has not been initialized' in str(err):
+            raise ValueError('export_network needs an initialised network: call '
+                             'net.initialize() or load parameters first') from None
+        raise
+    folder = os.path.dirname(os.path.abspath(prefix))
+    os.makedirs(folder, exist_ok=True)
+    block.export(prefix, epoch=epoch)
+    symbol_file, params_file, _ = export_paths(prefix, epoch)
+    outputs = out if isinstance(out, (list, tuple)) else [out]
+    names_file = None
+    if classes is not None and not isinstance(classes, int):
+        names = [str(c) for c in classes]
+        names_file = f'{os.path.basename(prefix)}.classes'
+        with open(f'{prefix}.classes', 'w', encoding='utf-8') as handle:
+            handle.write('\n'.join(names) + '\n')
+        classes = len(names)
+    if classes is None and len(outputs) == 1 and outputs[0].ndim == 2:
+        classes = int(outputs[0].shape[1])
+    write_meta(prefix, model=model_name or getattr(net, 'model_name', None),
+               input_size=int(input_size), in_channels=int(in_channels),
+               mean=[float(m) for m in mean], std=[float(s) for s in std],
+               preprocess=bool(preprocess), classes=classes, class_names=names_file,
+               epoch=int(epoch), model_kwargs=dict(model_kwargs or {}))
+    logger.info('exported %s and %s', symbol_file, params_file)
+    return symbol_file, params_file
+
+
+def _blocks(net: nn.Block) -> list[nn.Block]:
+    found: list[nn.Block] = []
+    net.apply(found.append)
+    return found
+
+
+def read_export(symbol_file: str,
+                 params_file: str) -> tuple[mx.sym.Symbol, dict[str, mx.nd.NDArray]]:
+    """Symbol and saved arrays of an export, with a ValueError naming a file MXNet rejects."""
+    try:
+        symbol = mx.sym.load(symbol_file)
+    except (mx.base.MXNetError, UnicodeDecodeError) as err:
+        raise ValueError(f'{symbol_file!r} is not an MXNet symbol file: '
+                         f'{mxnet_reason(err)}') from None
+    return symbol, load_param_file(params_file)
+
+
+def load_exported(prefix: str, epoch: int = 0,
+                  ctx: Any = None) -> tuple[mx.gluon.SymbolBlock, dict[str, Any]]:
+    """Load an export as a ``SymbolBlock`` together with its meta data.
+
+    Args:
+        prefix: Prefix given to :func:`export_network` (or to ``HybridBlock.export``).
+        epoch: Number in the params file name.
+        ctx: Context (or list of contexts); default CPU.
+
+    Returns:
+        ``(net, meta)``; ``meta`` as :func:`read_meta` returns it.
+    """
+    symbol_file, params_file = check_export(prefix, epoch)
+    meta = read_meta(prefix)
+    symbol, saved = read_export(symbol_file, params_file)
+    stored = {k.split(':', 1)[-1] for k in saved}
+    inputs = [a for a in symbol.list_arguments() if a not in stored]
+    meta['input_names'] = inputs
+    with warnings.catch_warnings():
+        # SymbolBlock.imports warns that the input's type is unknown; it is float32.
+        warnings.filterwarnings('ignore', message='Cannot decide type')
+        try:
+            net = mx.gluon.SymbolBlock.imports(symbol_file, inputs, params_file,
+                                               ctx=ctx or mx.cpu())
+        except (AssertionError, mx.base.MXNetError) as err:
+            # Gluon reports parameters that do not fit the graph with an assertion.
+            reason = mxnet_reason(err).split(', which contains')[0]
+            raise InputError(f'parameters do not fit the symbol {symbol_file}: {reason}',
+                             params_file) from None
+    return net, meta
+
+
+def build_network(model: str, params: str | None = None, classes: int | None = None,
+                  ctx: Any = None, **kwargs: Any) -> nn.HybridBlock:
+    """A registered model with parameters from ``params`` (or freshly initialised without).
+
+    A ``model.json`` beside ``params`` (every training checkpoint has one) supplies the
+    architecture arguments the network was trained with (e.g. a recipe's ``stem_width``) and
+    its class count; ``kwargs`` and ``classes`` override them.
+
+    Args:
+        model: Registered model name.
+        params: ``save_parameters`` file; None initialises the network (random weights).
+        classes: Classifier outputs; by default read from the file's ``fc.weight`` (1000
+            without a file).
+        ctx: Context; default CPU.
+        **kwargs: Architecture overrides for :func:`gluon_resnest.get_model`.
+    """
+    from ..model_zoo import get_model
+
+    ctx = ctx or mx.cpu()
+    if params is not None:
+        if not os.path.isfile(params):
+            raise FileNotFoundError(f'no parameter file at {params!r}')
+        spec = read_model_spec(params)
+        if spec:
+            if str(spec.get('model', model)).lower() != model.lower():
+                raise InputError(f'these parameters belong to a {spec["model"]}, not a '
+                                 f'{model}', params)
+            kwargs = {**spec.get('model_kwargs', {}), **kwargs}
+            classes = classes or spec.get('classes')
+        if classes is None:
+            fc = load_param_file(params).get('fc.weight')
+            classes = int(fc.shape[0]) if fc is not None else 1000
+    try:
+        net = get_model(model, classes=classes or 1000, **kwargs)
+    except (TypeError, mx.base.MXNetError) as err:
+        reason = mxnet_reason(err) if isinstance(err, mx.base.MXNetError) else err
+        raise InputError(f'{model} cannot be built with {kwargs}: {reason}') from None
+    if params is None:
+        net.initialize(ctx=ctx)
+    else:
+        net.load_parameters(params, ctx=ctx)
+    return net
+
+
+def read_model_spec(params: str) -> dict[str, Any] | None:
+    """The ``model.json`` beside a parameter file (model, classes, model_kwargs), or None."""
+    path = os.path.join(os.path.dirname(os.path.abspath(params)), MODEL_SPEC)
+    if not os.path.isfile(path):
+        return None
+    try:
+        with open(path, encoding='utf-8') as handle:
+            spec = json.load(handle)
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise InputError(f'not a JSON model description: {err}', path) from None
+    if not isinstance(spec, dict) or not isinstance(spec.get('model_kwargs', {}), dict):
+        raise InputError('not a model description (model, classes, model_kwargs)', path)
+    return spec
+
+
+def load_network(prefix: str | None = None, model: str | None = None,
+                 params: str | None = None, epoch: int = 0,
+                 ctx: Any = None) -> tuple[nn.HybridBlock, dict[str, Any]]:
+    """The network a tool runs, with its meta data: an export, or a model and its parameters.
+
+    Args:
+        prefix: An export's prefix (read with :func:`load_exported`).
+        model: Otherwise a registered model name, built by :func:`build_network` from ``params``
+            and hybridized; its meta is :data:`META_DEFAULTS` (224 input, ImageNet mean/std,
+            normalisation outside the graph).
+        params: ``save_parameters`` file for ``model``.
+        epoch: Number in the export's params file name.
+        ctx: Context (or list of contexts); default CPU.
+    """
+    if (prefix is None) == (model is None):
+        raise ValueError('give either an export prefix or a model name')
+    if prefix is not None:
+        return load_exported(prefix, epoch, ctx=ctx)
+    net = build_network(model, params, ctx=ctx)
+    net.hybridize(static_alloc=True, static_shape=True)
+    return net, dict(META_DEFAULTS, model=model, classes=getattr(net, 'classes', None))
+
+

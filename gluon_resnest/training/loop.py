@@ -1,0 +1,435 @@
+"""The training loop as named steps, run by :func:`train_model` on every Horovod worker.
+
+1. :func:`start_workers`: the data loaders (their decoding workers forked before
+   ``hvd.init()``), then Horovod;
+2. :func:`build_model_and_trainer`: the network, its evaluation twin, the distributed trainer;
+3. :func:`resume` from the newest checkpoint when asked;
+4. per epoch :func:`train_epoch`, :func:`validate` when due, :func:`save_epoch` (rank 0);
+5. :func:`finish`: export (rank 0) and a last barrier.
+"""
+from __future__ import annotations
+
+import faulthandler
+import json
+import logging
+import math
+import random
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import horovod.mxnet as hvd
+import mxnet as mx
+import numpy as np
+from mxnet import autograd, gluon
+
+from ..data import TrainLoader, ValLoader, allreduce_sum, mixup, smooth_one_hot
+from ..data.records import unpack_image_record
+from ..data.transforms import decode_image
+from ..errors import InputError, mxnet_reason
+from ..evaluation import evaluate
+from ..layers import HorovodSyncBatchNorm, set_drop_prob
+from ..model_zoo import get_model
+from ..params import copy_parameters, params_digest
+from .checkpoint import latest_checkpoint, load_checkpoint, resume_checkpoint, save_checkpoint
+from .metrics import append_metrics, plot_curves, read_metrics, truncate_metrics
+from .options import (
+    EXIT_DIVERGED,
+    RunOptions,
+    TrainingError,
+    check_data,
+    configure_logging,
+    launch_from_env,
+    resolve_config,
+)
+from .rundir import RunLock, claim_run_dir
+from .schedule import dropblock_prob, learning_rate
+
+__all__ = ['Run', 'build_loaders', 'build_model_and_trainer', 'finish', 'resume', 'save_epoch',
+           'seed_everything', 'start_workers', 'train_epoch', 'train_model', 'validate']
+
+logger = logging.getLogger('gluon_resnest.train')
+
+
+@dataclass
+class Run:
+    """What one worker holds during training; the steps below fill and use it."""
+
+    options: RunOptions
+    config: dict[str, Any]
+    rank: int
+    size: int
+    train_rec: Path
+    train_loader: TrainLoader
+    val_loader: ValLoader
+    ctx: Any = None
+    lock: RunLock | None = None
+    identity: dict[str, Any] | None = None
+    net: gluon.HybridBlock | None = None
+    eval_net: gluon.HybridBlock | None = None
+    trainer: gluon.Trainer | None = None
+    loss_fn: gluon.loss.Loss | None = None
+    start_epoch: int = 0
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.options.run_dir)
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.run_dir / 'checkpoints'
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.run_dir / 'metrics.jsonl'
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's, numpy's and MXNet's generators."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    mx.random.seed(seed % 2**31)
+
+
+def build_loaders(config: dict[str, Any], train_rec: Path, val_rec: Path, rank: int, size: int,
+                  mp_context: str | None = None) -> tuple[TrainLoader, ValLoader]:
+    """This rank's training and validation loaders, their workers started."""
+    batch = config['per_worker_batch_size']
+    mean, std = tuple(config['mean']), tuple(config['std'])
+    train_loader = TrainLoader(
+        str(train_rec), batch, input_size=config['train_crop'], rank=rank, world_size=size,
+        seed=config['seed'], num_workers=config['num_workers'],
+        crop_scale=tuple(config['crop_scale']), crop_ratio=tuple(config['crop_ratio']),
+        hflip=config['hflip'], color_jitter=config['color_jitter'],
+        pca_noise=config['pca_noise'], auto_augment=config['auto_augment'], mean=mean,
+        std=std, mp_context=mp_context, num_classes=config['classes'])
+    val_loader = ValLoader(str(val_rec), batch, eval_crop=config['eval_crop'], rank=rank,
+                           world_size=size, num_workers=config['num_workers'], mean=mean,
+                           std=std, mp_context=mp_context, num_classes=config['classes'])
+    train_loader.start()
+    val_loader.start()
+    return train_loader, val_loader
+
+
+def start_workers(options: RunOptions) -> Run:
+    """Check the inputs, start the data loaders, then Horovod.
+
+    The decoding workers are forked before ``hvd.init()``: forking a process in which
+    Horovod's background thread runs (and talks to MXNet's engine) can crash it, so the loaders
+    are built and started first, with the rank and size the launcher put in the environment.
+    """
+    rank, size = launch_from_env()
+    configure_logging(rank)
+    config = resolve_config(options, size)
+    train_rec, val_rec = check_data(config, options.data_dir)
+    if not options.run_dir:
+        raise TrainingError('--run-dir is required to train')
+    _check_model(config)
+    # Everything that can be checked before the first epoch is: labels against the class
+    # count, a readable validation set, a writable run directory that no other run uses.
+    train_loader, val_loader = build_loaders(config, train_rec, val_rec, rank, size)
+    _check_decodable(val_loader)
+    lock = identity = None
+    if rank == 0:
+        lock, identity = claim_run_dir(options.run_dir, config, options.resume,
+                                       options.overwrite)
+
+    hvd.init()
+    if (hvd.rank(), hvd.size()) != (rank, size):
+        # A launcher whose environment we do not read: rebuild the loaders for the real rank,
+        # with workers started by a fork server (a clean process, safe with Horovod running).
+        logger.warning('the launcher environment says rank %d of %d, Horovod says rank %d of '
+                       '%d: restarting the data workers for the latter', rank, size, hvd.rank(),
+                       hvd.size())
+        train_loader.close()
+        val_loader.close()
+        rank, size = hvd.rank(), hvd.size()
+        configure_logging(rank)
+        config = resolve_config(options, size)
+        train_loader, val_loader = build_loaders(config, train_rec, val_rec, rank, size,
+                                                 mp_context='forkserver')
+    run = Run(options, config, rank, size, train_rec, train_loader, val_loader, lock=lock,
+              identity=identity)
+    if rank == 0:
+        run.run_dir.mkdir(parents=True, exist_ok=True)
+        (run.run_dir / 'config.json').write_text(json.dumps(config, indent=2) + '\n')
+        logger.info('resolved configuration:\n%s', json.dumps(config, indent=2))
+        logger.info('data: %s (%d records, %d per worker), %s (%d records); %d decoding '
+                    'workers per rank', train_rec, train_loader.num_records,
+                    train_loader.num_samples, val_rec, val_loader.num_records,
+                    config['num_workers'])
+    return run
+
+
+def _check_model(config: dict[str, Any]) -> None:
+    """Build the network once (no weights) to refuse bad ``model_kwargs`` before any work."""
+    try:
+        get_model(config['model'], classes=config['classes'], **config['model_kwargs'])
+    except (TypeError, ValueError, mx.base.MXNetError) as err:
+        reason = mxnet_reason(err) if isinstance(err, mx.base.MXNetError) else err
+        raise InputError(f'model_kwargs {config["model_kwargs"]} do not fit '
+                         f'{config["model"]}: {reason}') from None
+
+
+def _check_decodable(loader: ValLoader, sample: int = 8) -> None:
+    """Refuse a validation file none of whose first images decodes (found up front)."""
+    records = loader.records
+    reasons = []
+    for pos in range(min(sample, len(records))):
+        try:
+            decode_image(unpack_image_record(records.read(pos))[1])
+            return
+        except ValueError as err:
+            reasons.append(str(getattr(err, 'reason', err)))
+    raise InputError(f'none of its first {len(reasons)} images can be decoded '
+                     f'({reasons[0]})', records.rec_path)
+
+
+def model_spec(config: dict[str, Any]) -> dict[str, Any]:
+    """What rebuilds the trained network (written into every checkpoint as model.json)."""
+    return {'model': config['model'], 'classes': config['classes'],
+            'model_kwargs': dict(config['model_kwargs'])}
+
+
+def build_model_and_trainer(run: Run) -> None:
+    """The network (weights broadcast from rank 0), its evaluation twin and the trainer."""
+    config = run.config
+    gpus = mx.context.num_gpus()
+    run.ctx = mx.gpu(hvd.local_rank()) if gpus > 0 else mx.cpu()
+    if config['amp'] and gpus == 0:
+        raise TrainingError('amp (float16) needs a GPU; none is visible')
+    if config['amp']:
+        from mxnet.contrib import amp
+        amp.init()
+
+    seed_everything(config['seed'])
+
+    def build(**kwargs: Any) -> gluon.HybridBlock:
+        return get_model(config['model'], classes=config['classes'],
+                         last_gamma=config['last_gamma'], final_drop=config['final_drop'],
+                         **config['model_kwargs'], **kwargs)
+
+    # Synchronised BatchNorm takes batch statistics over all workers (training only; the
+    # evaluation copy below uses plain BatchNorm, whose parameters have the same names).
+    sync = {'norm_layer': HorovodSyncBatchNorm} if config['sync_bn'] else {}
+    run.net = build(dropblock_prob=config['dropblock_prob'], **sync)
+    run.net.initialize(mx.init.Xavier(), ctx=run.ctx)
+    # Validation and export run on a second instance that receives a copy of the weights:
+    # oneDNN reorders weights in place for inference, and training on from reordered arrays
+    # changes the last bits of later updates, so that ranks drift apart and a resumed run
+    # would not repeat an uninterrupted one.
+    run.eval_net = build()
+    run.eval_net.initialize(ctx=run.ctx)
+    run.eval_net.hybridize(static_alloc=True, static_shape=True)
+    params = run.net.collect_params()
+    # Weight decay on convolution and FC weights only (paper §4.2): not on BN and biases.
+    for name, param in params.items():
+        if not name.endswith('weight'):
+            param.wd_mult = 0.0
+    hvd.broadcast_parameters(params, root_rank=0)
+
+    run.trainer = hvd.DistributedTrainer(params, config['optimizer'], {
+        'learning_rate': 0.0, 'momentum': config['momentum'], 'wd': config['weight_decay']})
+    if config['amp']:
+        amp.init_trainer(run.trainer)
+    run.loss_fn = gluon.loss.SoftmaxCrossEntropyLoss(sparse_label=False)
+    run.net.hybridize(static_alloc=True, static_shape=True)
+
+
+def resume(run: Run) -> None:
+    """Load the newest complete checkpoint (chosen by rank 0) when resuming; reset the metrics."""
+    if run.options.resume:
+        # Rank 0 picks the newest checkpoint of this run that loads (falling back past damaged
+        # ones, and saying so); the others load the one it picked.
+        loaded = None
+        if run.rank == 0:
+            loaded = resume_checkpoint(run.checkpoint_dir, run.net, run.trainer, ctx=run.ctx,
+                                       run_id=run.identity['run_id'])
+        found = hvd.broadcast_object(str(loaded[0]) if loaded else '', root_rank=0)
+        if found:
+            meta = loaded[1] if loaded else load_checkpoint(found, run.net, run.trainer,
+                                                            ctx=run.ctx)
+            run.start_epoch = meta['epoch'] + 1
+            logger.info('resumed from %s; continuing at epoch %d', found, run.start_epoch + 1)
+        else:
+            logger.info('no checkpoint in %s; starting from scratch', run.checkpoint_dir)
+    if run.rank == 0:
+        if run.start_epoch:
+            truncate_metrics(run.metrics_path, run.start_epoch)
+        else:
+            run.metrics_path.unlink(missing_ok=True)
+
+
+def _write_worker_file(run: Run, suffix: str, text: str) -> None:
+    folder = run.run_dir / 'workers'
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f'rank-{run.rank}.{suffix}').write_text(text + '\n')
+
+
+def train_epoch(run: Run, epoch: int) -> dict[str, Any]:
+    """One pass over this rank's shard; the epoch's record (loss and speed over all ranks).
+
+    Raises:
+        TrainingError: The loss stopped being finite (exit code 3).
+    """
+    config, net, trainer = run.config, run.net, run.trainer
+    epochs = config['epochs']
+    # Every epoch starts from seeds derived from (seed, epoch, rank), so a resumed run draws
+    # the same random numbers as an uninterrupted one.
+    seed_everything(config['seed'] * 100003 + epoch * 1009 + run.rank)
+    run.train_loader.set_epoch(epoch)
+    if config['dropblock_prob'] > 0:
+        set_drop_prob(net, dropblock_prob(epoch, epochs, config['dropblock_prob']))
+    # At least 1: the loader refuses a shard that cannot fill one batch (a ValueError).
+    steps = len(run.train_loader)
+    loss_sum, seen, tic = 0.0, 0, time.time()
+    bar = _progress(steps, f'epoch {epoch + 1}/{epochs}', run.rank)
+    for step, (data, label) in enumerate(run.train_loader):
+        lr = learning_rate(epoch * steps + step, steps, config['lr'], epochs,
+                           config['warmup_epochs'])
+        trainer.set_learning_rate(lr)
+        value = _train_step(run, data, label)
+        if not math.isfinite(value):
+            last = latest_checkpoint(run.checkpoint_dir,
+                                     run.identity['run_id'] if run.identity else None)
+            raise TrainingError(
+                f'the training loss became {value} at epoch {epoch + 1}, step {step + 1} '
+                f'(lr {lr:.4g}); stopping. The last good checkpoint is '
+                f'{str(last) if last else "none (no epoch finished)"}; lower the learning '
+                f'rate and --resume from it.', EXIT_DIVERGED)
+        loss_sum += value * data.shape[0]
+        seen += data.shape[0]
+        if bar is not None:
+            bar.set_postfix(loss=f'{value:.3f}', lr=f'{lr:.3g}')
+            bar.update()
+    if bar is not None:
+        bar.close()
+    elapsed = time.time() - tic
+    _sync_norm_statistics(net)
+    totals = allreduce_sum(np.array([loss_sum, seen]))
+    return {'epoch': epoch, 'train_loss': totals[0] / totals[1], 'lr': lr,
+            'img_per_sec': totals[1] / elapsed, 'val_top1': None, 'val_top5': None,
+            'dropblock_prob': dropblock_prob(epoch, epochs, config['dropblock_prob'])}
+
+
+def _train_step(run: Run, data: mx.nd.NDArray, label: mx.nd.NDArray) -> float:
+    """Forward, backward and update on one batch; the batch's mean loss."""
+    config = run.config
+    data = data.as_in_context(run.ctx)
+    target = smooth_one_hot(label, config['classes'],
+                            config['label_smoothing']).as_in_context(run.ctx)
+    if config['mixup_alpha'] > 0:
+        data, target = mixup(data, target, config['mixup_alpha'], np.random)
+    with autograd.record():
+        loss = run.loss_fn(run.net(data), target)
+        if config['amp']:
+            from mxnet.contrib import amp
+
+            with amp.scale_loss(loss, run.trainer) as scaled:
+                autograd.backward(scaled)
+        else:
+            loss.backward()
+    run.trainer.step(data.shape[0])
+    return float(loss.mean().asscalar())
+
+
+def validate(run: Run) -> dict[str, float]:
+    """Top-1 and top-5 on the validation set, over all ranks, of a copy of the weights."""
+    copy_parameters(run.net, run.eval_net)
+    result = evaluate(run.eval_net, run.val_loader, ctx=run.ctx, allreduce=allreduce_sum,
+                      progress=run.rank == 0, total=len(run.val_loader))
+    return {'val_top1': result['top1'], 'val_top5': result['top5']}
+
+
+def save_epoch(run: Run, epoch: int, record: dict[str, Any]) -> None:
+    """Rank 0: append the record to the metrics, redraw the curves, write a checkpoint."""
+    append_metrics(run.metrics_path, record)
+    plot_curves(read_metrics(run.metrics_path), run.run_dir / 'curves.png')
+    save_checkpoint(run.checkpoint_dir, epoch, run.net, run.trainer,
+                    extra={'record': record, 'run_id': run.identity['run_id']},
+                    keep=run.options.keep_checkpoints, model_spec=model_spec(run.config))
+    logger.info('epoch %d: %s', epoch + 1, json.dumps(record))
+
+
+def finish(run: Run) -> None:
+    """Report skipped records, export the network (rank 0) and wait for every rank."""
+    if run.train_loader.skipped:
+        logger.warning('%d corrupt training records were skipped: %s',
+                       len(run.train_loader.skipped), run.train_loader.skipped[:10])
+    if run.options.debug_workers:
+        _write_worker_file(run, 'params.sha256', params_digest(run.net))
+    if run.rank == 0 and run.options.export:
+        from ..deploy import export_network
+
+        export_dir = run.run_dir / 'export'
+        export_dir.mkdir(parents=True, exist_ok=True)
+        copy_parameters(run.net, run.eval_net)
+        config = run.config
+        files = export_network(run.eval_net, str(export_dir / 'model'),
+                               input_size=config['eval_crop'], classes=config['classes'],
+                               mean=tuple(config['mean']), std=tuple(config['std']),
+                               model_name=config['model'],
+                               model_kwargs=config['model_kwargs'])
+        classes_file = run.train_rec.with_suffix('.classes')
+        if classes_file.is_file():
+            shutil.copy(classes_file, export_dir / 'model.classes')
+        logger.info('exported %s', ', '.join(str(f) for f in files))
+    hvd.allreduce(mx.nd.zeros(1), name='done').wait_to_read()  # every rank finishes together
+
+
+def train_model(options: RunOptions) -> int:
+    """Train as ``options`` say on this worker (one of ``horovodrun``'s); returns 0.
+
+    Raises:
+        TrainingError: Bad input (exit code 2) or a diverged loss (exit code 3).
+        ValueError: A recipe value or data file the loaders refuse.
+    """
+    # A crash in native code then also prints the Python stack of every thread.
+    faulthandler.enable(all_threads=True)
+    run = start_workers(options)
+    try:
+        _train(run)
+    finally:
+        if run.lock is not None:
+            run.lock.release()
+    return 0
+
+
+def _train(run: Run) -> None:
+    options = run.options
+    build_model_and_trainer(run)
+    resume(run)
+    epochs = run.config['epochs']
+    if options.debug_workers:
+        _write_worker_file(run, 'shard.json', json.dumps({
+            'rank': run.rank, 'world_size': run.size, 'epoch': run.start_epoch,
+            'num_records': run.train_loader.num_records,
+            'indices': run.train_loader.indices(run.start_epoch)}))
+    for epoch in range(run.start_epoch, epochs):
+        record = train_epoch(run, epoch)
+        if (epoch + 1) % run.config['val_interval'] == 0 or epoch + 1 == epochs:
+            record.update(validate(run))
+        if run.rank == 0:
+            save_epoch(run, epoch, record)
+    finish(run)
+
+
+def _sync_norm_statistics(net: gluon.Block) -> None:
+    """Average BatchNorm running statistics over workers so every rank holds the same model."""
+    if hvd.size() == 1:
+        return
+    for name, param in sorted(net.collect_params().items()):
+        if name.endswith(('running_mean', 'running_var')):
+            param.set_data(hvd.allreduce(param.data(), average=True, name=name))
+
+
+def _progress(total: int, desc: str, rank: int) -> Any:
+    """A tqdm bar on rank 0, None elsewhere."""
+    if rank != 0:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True, file=sys.stderr)

@@ -80,6 +80,21 @@ def bad(tmp_path_factory) -> dict[str, Path]:
             labels20 / 'images' / f'k{label:02d}' / 'x.png')
     pack_folder(str(labels20 / 'images'), str(root / 'data20' / 'val'), progress=False)
     pack_folder(str(labels20 / 'images'), str(root / 'data20' / 'train'), progress=False)
+    # Training data whose validation file is noise; a run directory that holds a run.
+    (root / 'data_noise').mkdir()
+    for suffix in ('rec', 'idx'):
+        (root / 'data_noise' / f'train.{suffix}').write_bytes(
+            (root / 'data' / f'train.{suffix}').read_bytes())
+        (root / 'data_noise' / f'val.{suffix}').write_bytes((root / f'noise.{suffix}')
+                                                           .read_bytes())
+    (root / 'data_junk').mkdir()
+    for suffix in ('rec', 'idx'):
+        (root / 'data_junk' / f'train.{suffix}').write_bytes(
+            (root / 'data' / f'train.{suffix}').read_bytes())
+        (root / 'data_junk' / f'val.{suffix}').write_bytes((root / f'junk.{suffix}').read_bytes())
+    (root / 'used_run').mkdir()
+    (root / 'used_run' / 'run.json').write_text('{"run_id": "0123"}')
+    (root / 'used_run' / 'config.json').write_text('{"model": "resnetd50"}')
     return {'root': root}
 
 
@@ -196,9 +211,30 @@ CASES += _numbers('make_digits', '--size', ['--out', '{out}'], ('0', '-1', 'x'))
 CASES += _numbers('make_digits', '--val-fraction', ['--out', '{out}'], ('0', '1', '2', 'x'))
 CASES += _numbers('demo', '--workers', [], ('0', '-1', 'x'))
 
-FAST_TOOLS = {'pack_rec', 'predict', 'evaluate', 'export', 'export_onnx', 'quantize',
-              'convert_torch', 'complexity', 'benchmark', 'bench_data', 'make_digits', 'demo'}
-
+# The trainer: everything below fails before Horovod starts or any file is written.
+TRAIN = ['--recipe', 'digits', '--global-batch-size', '4', '--data-dir', '{root}/data',
+         '--run-dir', '{out}']
+CASES += [('train', ['--recipe', _at(f), '--data-dir', '{root}/data', '--run-dir', '{out}'],
+           f) for f in ('missing', 'random.yaml', 'list.yaml')]
+CASES += [('train', ['--recipe', 'digits', '--data-dir', _at(f), '--run-dir', '{out}'],
+           _at(f)) for f in ('missing', 'random', 'folder')]
+CASES += [('train', ['--recipe', 'digits', '--global-batch-size', '4', '--data-dir',
+                     f'{{root}}/data_{f}', '--run-dir', '{out}'], f'data_{f}/val.rec')
+          for f in ('noise', 'junk')]
+CASES += [('train', [*TRAIN, '--classes', '2'], 'data/train.rec')]
+CASES += [('train', [*TRAIN[:-1], _at(f)], _at(f)) for f in ('random', 'used_run')]
+CASES += [('train', [*TRAIN[:-1], '{used_run}', '--resume'], 'used_run/config.json')]
+CASES += [('train', [*TRAIN, '--resume', '--overwrite'], '--overwrite')]
+CASES += [('train', [*TRAIN, option, value], option[2:].replace('-', '_'))
+          for option in ('--train-crop', '--eval-crop') for value in SIZES]
+CASES += [('train', [*TRAIN, option, value], option[2:].replace('-', '_'))
+          for option in ('--epochs', '--global-batch-size', '--classes')
+          for value in ('0', '-1', 'x')]
+CASES += [('train', [*TRAIN, '--num-workers', '-1'], 'num_workers')]
+CASES += _numbers('train', '--keep-checkpoints', TRAIN, ('0', '-1', 'x'))
+CASES += _numbers('train', '--per-worker-batch-size', TRAIN, ('0', '-1', 'x'))
+CASES += [('train', [*TRAIN, '--model-kwargs', value], 'model_kwargs')
+          for value in ('{"stem_width": "x"}', '[1]', '{"no_such_arg": 1}', '{')]
 
 def _fill(text: str, root: Path, out: Path) -> str:
     def sub(match):
@@ -243,6 +279,14 @@ def check_contract(tool: str, stderr: str, code: int, expect: str, argv: list[st
     assert expect in errors[0], f'{expect!r} not named in {errors[0]!r}'
 
 
+def _main_of(tool: str):
+    if tool == 'train':
+        from gluon_resnest.training.cli import main
+
+        return main
+    return load_tool(tool).main
+
+
 def _case_id(case) -> str:
     tool, argv, _ = case
     return f'{tool}:' + ' '.join(a.replace('{', '').replace('}', '').replace('/', '.')
@@ -260,9 +304,8 @@ def _prepare(case, root: Path, tmp_path: Path):
 def test_bad_input_in_process(case, bad, tmp_path, capsys):
     tool, args, expect = _prepare(case, bad['root'], tmp_path)
     before = _snapshot(bad['root']) | _snapshot(tmp_path)
-    module = load_tool(tool)
     try:
-        code = module.main(args)
+        code = _main_of(tool)(args)
     except SystemExit as exit_:  # argparse
         code = exit_.code
     err = capsys.readouterr().err
@@ -275,7 +318,8 @@ def test_bad_input_in_process(case, bad, tmp_path, capsys):
 def test_bad_input_as_subprocess(case, bad, tmp_path):
     tool, args, expect = _prepare(case, bad['root'], tmp_path)
     before = _snapshot(bad['root']) | _snapshot(tmp_path)
-    proc = subprocess.run([sys.executable, str(ROOT / 'tools' / f'{tool}.py'), *args],
+    script = ROOT / ('recipes/train.py' if tool == 'train' else f'tools/{tool}.py')
+    proc = subprocess.run([sys.executable, str(script), *args],
                           capture_output=True, text=True, cwd=ROOT, timeout=300)
     check_contract(tool, proc.stderr, proc.returncode, expect, args)
     assert _snapshot(bad['root']) | _snapshot(tmp_path) == before, 'something was left behind'

@@ -56,6 +56,7 @@ def test_lock_refuses_a_second_owner_and_takes_over_a_dead_ones(tmp_path: Path):
 def test_run_files_identity_and_overwrite(tmp_path: Path):
     run = tmp_path / 'run'
     check_writable(run)
+    (run / 'checkpoints').mkdir()
     assert used_by_a_run(run) == []  # an empty checkpoints/ folder is no run
     write_identity(run, {'run_id': 'abc'})
     (run / 'metrics.jsonl').write_text('{}\n')
@@ -165,7 +166,7 @@ def test_claim_run_dir_one_run_per_directory(tmp_path: Path):
         claim_run_dir(run, config, resume=True, overwrite=False)
     lock.release()
     (run / 'config.json').write_text(json.dumps(config))
-    (run / 'checkpoints' / 'epoch-0000').mkdir()
+    (run / 'checkpoints' / 'epoch-0000').mkdir(parents=True)
     # A new run without --resume would mix with the recorded one.
     with pytest.raises(InputError, match=r'holds another run \(run.json, config.json, '
                                          r'checkpoints\).*--overwrite'):
@@ -186,7 +187,7 @@ def test_claim_run_dir_one_run_per_directory(tmp_path: Path):
     lock, new = claim_run_dir(run, config, resume=False, overwrite=True)
     lock.release()
     assert new['run_id'] != first['run_id']
-    assert sorted(p.name for p in run.iterdir()) == ['checkpoints', 'mine.txt', 'run.json']
+    assert sorted(p.name for p in run.iterdir()) == ['mine.txt', 'run.json']
 
 
 def test_tools_rebuild_a_model_trained_with_model_kwargs(tmp_path: Path, capsys):

@@ -131,11 +131,16 @@ def start_workers(options: RunOptions) -> Run:
     # Everything that can be checked before the first epoch is: labels against the class
     # count, a readable validation set, a writable run directory that no other run uses.
     train_loader, val_loader = build_loaders(config, train_rec, val_rec, rank, size)
-    _check_decodable(val_loader)
     lock = identity = None
-    if rank == 0:
-        lock, identity = claim_run_dir(options.run_dir, config, options.resume,
-                                       options.overwrite)
+    try:
+        _check_decodable(val_loader)
+        if rank == 0:
+            lock, identity = claim_run_dir(options.run_dir, config, options.resume,
+                                           options.overwrite)
+    except BaseException:
+        train_loader.close()
+        val_loader.close()
+        raise
 
     hvd.init()
     if (hvd.rank(), hvd.size()) != (rank, size):
@@ -388,7 +393,10 @@ def train_model(options: RunOptions) -> int:
         ValueError: A recipe value or data file the loaders refuse.
     """
     # A crash in native code then also prints the Python stack of every thread.
-    faulthandler.enable(all_threads=True)
+    try:
+        faulthandler.enable(all_threads=True)
+    except ValueError:  # stderr has no file descriptor (captured, e.g. by a test runner)
+        logger.debug('no faulthandler: stderr is not a file')
     run = start_workers(options)
     try:
         _train(run)
@@ -421,9 +429,24 @@ def _sync_norm_statistics(net: gluon.Block) -> None:
     """Average BatchNorm running statistics over workers so every rank holds the same model."""
     if hvd.size() == 1:
         return
-    for name, param in sorted(net.collect_params().items()):
-        if name.endswith(('running_mean', 'running_var')):
-            param.set_data(hvd.allreduce(param.data(), average=True, name=name))
+    # Wait for every pending operation first: the updates of the running statistics by the
+    # last training steps are not all ordered before later reads of those arrays (under load,
+    # reading them returned statistics of some earlier step, a different set of layers in
+    # every run). Horovod then reduces a plain copy of each statistic, under a name of its own
+    # (broadcast_parameters used the parameter names).
+    mx.nd.waitall()
+    stats = [(name, param) for name, param in
+             sorted(net._collect_params_with_prefix().items())  # noqa: SLF001
+             if name.endswith(('running_mean', 'running_var'))]
+    reduced = []
+    for name, param in stats:
+        live = param.data()
+        copy = mx.nd.array(live.asnumpy(), ctx=live.context, dtype=live.dtype)
+        reduced.append(hvd.allreduce(copy, average=True,
+                                     name=f'gluon_resnest.norm_statistics.{name}'))
+    for (_, param), value in zip(stats, reduced):
+        param.set_data(value)
+    mx.nd.waitall()
 
 
 def _progress(total: int, desc: str, rank: int) -> Any:

@@ -83,7 +83,11 @@ def load_recipe(name_or_path: str) -> Recipe:
         hint = f' Did you mean: {", ".join(close)}?' if close else ''
         raise ValueError(f'unknown recipe {name_or_path!r}.{hint} '
                          f'Known recipes: {", ".join(recipe_names())}.')
-    values = yaml.safe_load(path.read_text()) or {}
+    try:
+        values = yaml.safe_load(path.read_text(encoding='utf-8')) or {}
+    except (UnicodeDecodeError, yaml.YAMLError) as err:
+        reason = str(err).splitlines()[0]
+        raise ValueError(f'{path}: not a YAML recipe ({reason})') from None
     if not isinstance(values, dict):
         raise ValueError(f'{path}: a recipe is a mapping of field: value')
     return make_recipe(values, source=str(path))
@@ -108,7 +112,10 @@ def coerce(key: str, value: Any, default: Any, source: str = 'recipe') -> Any:
     """Convert ``value`` (from YAML or a command line string) to the type of ``default``."""
     try:
         if isinstance(value, str) and not isinstance(default, str):
-            value = yaml.safe_load(value)
+            try:
+                value = yaml.safe_load(value)
+            except yaml.YAMLError as err:
+                raise TypeError(f'not YAML: {str(err).splitlines()[0]}') from None
         if key == 'lr':
             return None if value is None else float(value)
         if isinstance(default, bool):

@@ -111,12 +111,13 @@ def _describe_owner(path: Path) -> str:
 
 
 def check_writable(run_dir: str | os.PathLike) -> None:
-    """Create the run directory and its ``checkpoints/`` and prove both writable now.
+    """Create the run directory and prove it, and its ``checkpoints/`` if present, writable.
 
     Raises:
         InputError: naming the folder that cannot be created or written.
     """
-    for folder in (Path(run_dir), Path(run_dir) / 'checkpoints'):
+    checkpoints = Path(run_dir) / 'checkpoints'
+    for folder in (Path(run_dir), *([checkpoints] if checkpoints.exists() else [])):
         try:
             folder.mkdir(parents=True, exist_ok=True)
             probe = folder / f'.write-test-{os.getpid()}'

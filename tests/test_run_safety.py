@@ -74,8 +74,9 @@ def test_resume_refuses_changed_settings_before_writing(tmp_path: Path):
     (run / 'config.json').write_text(json.dumps(config))
     before = (run / 'config.json').read_text()
     assert check_resume(run, dict(config, epochs=20, num_workers=4)) is None  # allowed
-    with pytest.raises(InputError, match=r"lr: 0.1 -> 0.2"):
-        check_resume(run, dict(config, lr=0.2))
+    assert check_resume(run, dict(config, lr=0.01)) is None  # the remedy for a diverged run
+    with pytest.raises(InputError, match=r"model: 'resnest14' -> 'resnest26'"):
+        check_resume(run, dict(config, model='resnest26'))
     assert (run / 'config.json').read_text() == before
 
 
@@ -179,7 +180,7 @@ def test_claim_run_dir_one_run_per_directory(tmp_path: Path):
     lock.release()
     assert again == first
     with pytest.raises(InputError, match='other settings'):
-        claim_run_dir(run, dict(config, lr=1.0), resume=True, overwrite=False)
+        claim_run_dir(run, dict(config, model='resnetd50'), resume=True, overwrite=False)
     assert json.loads((run / 'config.json').read_text()) == config
     assert not (run / 'run.lock').exists()
     # --overwrite starts a new run with a new identity, deleting the old run's files only.

@@ -156,6 +156,12 @@ def start_workers(options: RunOptions) -> Run:
         config = resolve_config(options, size)
         train_loader, val_loader = build_loaders(config, train_rec, val_rec, rank, size,
                                                  mp_context='forkserver')
+        if rank == 0 and lock is None:
+            lock, identity = claim_run_dir(options.run_dir, config, options.resume,
+                                           options.overwrite)
+        elif rank != 0 and lock is not None:
+            lock.release()
+            lock = identity = None
     run = Run(options, config, rank, size, train_rec, train_loader, val_loader, lock=lock,
               identity=identity)
     if rank == 0:

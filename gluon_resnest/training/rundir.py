@@ -37,8 +37,10 @@ IDENTITY = 'run.json'
 #: What a training run writes into its directory (``--overwrite`` deletes exactly these).
 RUN_FILES = (IDENTITY, 'config.json', 'metrics.jsonl', 'curves.png', 'checkpoints', 'export',
              'workers')
-#: Settings a resumed run may change: they do not alter the weights it computes.
-RESUMABLE_CHANGES = frozenset({'epochs', 'num_workers', 'val_interval', 'recipe'})
+#: Settings a resumed run may change: the schedule's length and learning rate (lowering it is
+#: the remedy for a diverged run), how often it validates, how it decodes.
+RESUMABLE_CHANGES = frozenset({'epochs', 'lr', 'base_lr', 'num_workers', 'val_interval',
+                               'recipe'})
 
 
 class RunLock:

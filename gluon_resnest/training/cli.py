@@ -5,10 +5,13 @@
         --data-dir /data/imagenet-rec --run-dir runs/resnest50
 
 The data directory holds the recipe's ``train_rec`` and ``val_rec`` (``.rec`` + ``.idx``, as
-written by ``tools/pack_rec.py``). Rank 0 writes into the run directory: ``config.json``,
-``metrics.jsonl`` (one object per epoch), ``curves.png``, ``checkpoints/epoch-NNNN/`` (atomic)
-and, at the end, ``export/`` (symbol/params). ``--resume`` continues from the newest complete
-checkpoint; the run directory must then be visible to every worker.
+written by ``tools/pack_rec.py``). Rank 0 writes into the run directory: ``run.json`` (the
+run's identity), ``config.json``, ``metrics.jsonl`` (one object per epoch), ``curves.png``,
+``checkpoints/epoch-NNNN/`` (atomic) and, at the end, ``export/`` (symbol/params); it holds
+``run.lock`` while it trains. A directory that holds another run is refused unless ``--resume``
+(continue that run, same settings) or ``--overwrite`` (start over) is given. ``--resume``
+continues from the newest checkpoint that loads; the run directory must then be visible to
+every worker. See docs/errors-and-safety.md.
 """
 from __future__ import annotations
 

@@ -8,6 +8,7 @@ from typing import Any, Callable, Iterable, Sequence
 import mxnet as mx
 import numpy as np
 
+from .errors import InputError
 from .progress import progress as progress_report
 
 __all__ = ['evaluate', 'topk_correct']
@@ -24,6 +25,16 @@ def topk_correct(logits: np.ndarray, labels: np.ndarray, ks: Sequence[int] = (1,
     order = np.argsort(-logits, axis=1, kind='stable')
     hits = order == labels[:, None]
     return [int(hits[:, :k].any(axis=1).sum()) for k in ks]
+
+
+def _check_labels(labels: np.ndarray, classes: int, loader: Any) -> None:
+    """Refuse labels that are not class indices of the network (they would count as misses)."""
+    labels = np.asarray(labels, dtype=np.float64).reshape(-1)
+    bad = ~((labels >= 0) & (labels < classes) & (labels == np.round(labels)))
+    if bad.any():
+        source = getattr(loader, 'rec_path', None)
+        raise InputError(f'label {labels[bad][0]:g} is not a class index 0..{classes - 1} of '
+                         f'the {classes}-class network', source)
 
 
 def _unpack(batch: Any) -> tuple[Any, Any, int]:
@@ -73,6 +84,7 @@ def evaluate(net: Callable, loader: Iterable, ctx: Any = None,
             parts = mx.gluon.utils.split_and_load(data, contexts, even_split=False)
             outputs = [net(part) for part in parts]
         logits = np.concatenate([o.astype('float32').asnumpy() for o in outputs], axis=0)[:keep]
+        _check_labels(label[:keep], logits.shape[1], loader)
         top1, top5 = topk_correct(logits, label[:keep], (1, 5))
         correct1 += top1
         correct5 += top5
@@ -84,7 +96,7 @@ def evaluate(net: Callable, loader: Iterable, ctx: Any = None,
         totals = np.asarray(allreduce(totals), dtype=np.float64)
     correct1, correct5, count = (float(v) for v in totals)
     if count == 0:
-        raise ValueError('the loader yielded no images')
+        raise InputError('no image could be read', getattr(loader, 'rec_path', None))
     rate = local / seconds if seconds > 0 else float('inf')
     if local:
         rate *= count / local

@@ -11,7 +11,13 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def load_tool(name: str) -> ModuleType:
-    """Import ``tools/<name>.py`` as a module (its ``main(argv)`` can then be called)."""
+    """Import ``tools/<name>.py`` as a module (its ``main(argv)`` can then be called).
+
+    The tools folder goes on ``sys.path`` as it does when a tool runs as a script (the
+    benchmark imports its harness from there).
+    """
+    if str(ROOT / 'tools') not in sys.path:
+        sys.path.append(str(ROOT / 'tools'))
     spec = importlib.util.spec_from_file_location(f'tools_{name}', ROOT / 'tools' / f'{name}.py')
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

@@ -26,35 +26,44 @@ import mxnet as mx
 
 from gluon_resnest.constants import IMAGENET_MEAN, IMAGENET_STD
 from gluon_resnest.data import TrainLoader
+from gluon_resnest.data.loader import check_records
 from gluon_resnest.data.pack import pack_folder
 from gluon_resnest.data.records import RecordFile, idx_path_for
 from gluon_resnest.data.synthetic import write_synthetic_folder
+from gluon_resnest.errors import (
+    InputError,
+    ToolParser,
+    image_size,
+    int_in,
+    missing,
+    mxnet_reason,
+    run_tool,
+)
 
+PROG = 'bench_data'
 logger = logging.getLogger('bench_data')
 
 MEAN, STD = IMAGENET_MEAN, IMAGENET_STD
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = ToolParser(PROG, description=__doc__.split('\n')[0])
     src = parser.add_mutually_exclusive_group(required=True)
     src.add_argument('--rec', help='RecordIO file (its .idx beside it)')
-    src.add_argument('--synthetic', type=int, metavar='N',
+    src.add_argument('--synthetic', type=int_in(1, 10**7), metavar='N',
                      help='benchmark N synthetic 500x375 JPEGs packed in a temporary folder')
-    parser.add_argument('--input-size', type=int, default=224, help='training crop size')
-    parser.add_argument('--batch-size', type=int, default=128, help='images per batch')
-    parser.add_argument('--workers', type=int, default=2,
+    parser.add_argument('--input-size', type=image_size, default=224, help='training crop size')
+    parser.add_argument('--batch-size', type=int_in(1, 65536), default=128, help='images per batch')
+    parser.add_argument('--workers', type=int_in(1, 1024), default=2,
                         help='our worker processes = ImageRecordIter preprocess threads')
     parser.add_argument('--auto-augment', action='store_true',
                         help='also time our pipeline with the AutoAugment ImageNet policy')
-    parser.add_argument('--batches', type=int, default=12, help='timed batches per pipeline')
-    parser.add_argument('--warmup', type=int, default=2, help='untimed batches first')
-    parser.add_argument('--repeats', type=int, default=1,
+    parser.add_argument('--batches', type=int_in(1, 10**6), default=12,
+                        help='timed batches per pipeline')
+    parser.add_argument('--warmup', type=int_in(0, 10**6), default=2, help='untimed batches first')
+    parser.add_argument('--repeats', type=int_in(1, 1000), default=1,
                         help='measure every pipeline this many times (interleaved), keep the best')
     args = parser.parse_args(argv)
-    if min(args.input_size, args.batch_size, args.workers, args.batches, args.repeats) < 1:
-        parser.error('--input-size, --batch-size, --workers, --batches, --repeats must be >= 1')
     return args
 
 
@@ -104,7 +113,9 @@ def loader_batches(loader: TrainLoader) -> Iterator:
 
 def run(rec: str, args: argparse.Namespace) -> Dict[str, float]:
     """Measure every pipeline; returns name -> images/second."""
-    n = len(RecordFile(rec))
+    records = RecordFile(rec)
+    check_records(records)
+    n = len(records)
     need = (args.warmup + args.batches) * args.batch_size
     if n < need:
         logger.warning('%s has %d records, fewer than the %d one timed run reads: epochs will '
@@ -117,8 +128,12 @@ def run(rec: str, args: argparse.Namespace) -> Dict[str, float]:
             auto_augment=True)
     results: Dict[str, List[float]] = {}
     for r in range(args.repeats):
-        speed = time_batches(record_iter_batches(rec, args), args.warmup, args.batches,
-                             args.batch_size)
+        try:
+            speed = time_batches(record_iter_batches(rec, args), args.warmup, args.batches,
+                                 args.batch_size)
+        except mx.base.MXNetError as err:
+            raise InputError(f'mx.io.ImageRecordIter cannot read it: {mxnet_reason(err)}',
+                             rec) from None
         results.setdefault('mx.io.ImageRecordIter', []).append(speed)
         logger.info('repeat %d: ImageRecordIter %.1f img/s', r, speed)
         for name, loader in loaders.items():
@@ -131,7 +146,7 @@ def run(rec: str, args: argparse.Namespace) -> Dict[str, float]:
     return {name: max(values) for name, values in results.items()}
 
 
-def main(argv=None) -> int:
+def _main(argv=None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format='%(levelname)s %(name)s: %(message)s')
     tmp = None
@@ -147,9 +162,9 @@ def main(argv=None) -> int:
             rec = os.path.join(tmp, 'bench.rec')
         else:
             rec = args.rec
-            if not os.path.isfile(rec) or not os.path.isfile(idx_path_for(rec)):
-                logger.error('need %s and %s', rec, idx_path_for(rec))
-                return 2
+            for path in (rec, idx_path_for(rec)):
+                if not os.path.isfile(path):
+                    raise missing('no such file (the .rec needs its .idx beside it)', path)
         speeds = run(rec, args)
     finally:
         if tmp is not None:
@@ -162,6 +177,11 @@ def main(argv=None) -> int:
     for name, speed in speeds.items():
         print(f'| {name} | {speed:.1f} | {speed / base:.2f}x |')
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the tool; bad input ends with one line on stderr and status 2."""
+    return run_tool(PROG, _main, argv)
 
 
 if __name__ == '__main__':

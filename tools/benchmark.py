@@ -11,7 +11,6 @@ column of the table states each row's setting.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
@@ -19,31 +18,32 @@ import sys
 
 from bench_harness import BenchConfig, format_table, run_benchmark
 
+from gluon_resnest.errors import ToolParser, image_size, int_in, run_tool
 from gluon_resnest.registry import list_models
 
+PROG = 'benchmark'
 COMPARABLE = ('gluoncv', 'torch', 'onnxruntime', 'openvino')
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+def _main(argv: list[str] | None = None) -> int:
+    parser = ToolParser(PROG, description=__doc__.splitlines()[0])
     parser.add_argument('--model', default='resnest50', help='registered model name')
-    parser.add_argument('--batch-size', type=int, default=16)
-    parser.add_argument('--input-size', type=int, default=224)
+    parser.add_argument('--batch-size', type=int_in(1, 65536), default=16)
+    parser.add_argument('--input-size', type=image_size, default=224)
     parser.add_argument('--mode', choices=('infer', 'train'), default='infer')
     parser.add_argument('--dtype', choices=('float32', 'int8', 'bfloat16'), default='float32',
                         help='our dtype (inference); int8/bfloat16 rows add our float32 row')
     parser.add_argument('--compare', default='',
                         help='comma-separated: gluoncv, torch, onnxruntime, openvino (timed '
                              'in the same run)')
-    parser.add_argument('--repetitions', type=int, default=5,
+    parser.add_argument('--repetitions', type=int_in(1, 1000), default=5,
                         help='alternating rounds; each times --iters batches per framework')
-    parser.add_argument('--iters', type=int, default=2, help='timed batches per round')
-    parser.add_argument('--latency-iters', type=int, default=5,
+    parser.add_argument('--iters', type=int_in(1, 10**6), default=2, help='timed batches per round')
+    parser.add_argument('--latency-iters', type=int_in(0, 10**6), default=5,
                         help='batch-1 runs per latency round (0: skip)')
-    parser.add_argument('--threads', type=int, default=os.cpu_count() or 1,
+    parser.add_argument('--threads', type=int_in(1, 1024), default=os.cpu_count() or 1,
                         help='OMP threads of every worker')
-    parser.add_argument('--classes', type=int, default=1000)
+    parser.add_argument('--classes', type=int_in(1, 10**6), default=1000)
     parser.add_argument('--int8-variant', action='append', default=[], metavar='JSON',
                         help='with --dtype int8: one INT8 row per use, a JSON object of '
                              'gluon_resnest.deploy.quantize_network keyword arguments, '
@@ -62,9 +62,6 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f'{", ".join(onnx_peers)} time inference only (--mode infer)')
     if args.dtype != 'float32' and args.mode == 'train':
         parser.error('--dtype int8/bfloat16 is for --mode infer')
-    for name in ('batch_size', 'input_size', 'repetitions', 'iters', 'threads'):
-        if getattr(args, name) < 1:
-            parser.error(f'--{name.replace("_", "-")} must be >= 1')
     variants = []
     for text in args.int8_variant:
         try:
@@ -95,6 +92,11 @@ def main(argv: list[str] | None = None) -> int:
         for name, ratio in report.get('int8_speedup', {}).items():
             print(f'{name} / ours-float32: {ratio:.2f}x')
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the tool; bad input ends with one line on stderr and status 2."""
+    return run_tool(PROG, _main, argv)
 
 
 if __name__ == '__main__':

@@ -8,7 +8,6 @@ a walk-through of the tools.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import shlex
 import shutil
@@ -17,6 +16,9 @@ import sys
 import time
 from pathlib import Path
 
+from gluon_resnest.errors import ToolParser, int_in, run_tool
+
+PROG = 'demo'
 ROOT = Path(__file__).resolve().parents[1]
 EXPECTED_TOP1 = 0.97
 
@@ -29,14 +31,15 @@ def run(cmd: list[str], **kwargs) -> subprocess.CompletedProcess:
     return result
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument('--workers', type=int, default=2, help='Horovod processes (CPU, Gloo)')
+def _main(argv: list[str] | None = None) -> int:
+    parser = ToolParser(PROG, description=__doc__.split('\n\n')[0])
+    parser.add_argument('--workers', type=int_in(1, 64), default=2,
+                        help='Horovod processes (CPU, Gloo)')
     parser.add_argument('--data-dir', default='data/digits', help='where the packed data goes')
     parser.add_argument('--run-dir', default='runs/demo', help='training run directory')
     parser.add_argument('--recipe', default='digits', help='training recipe')
-    parser.add_argument('--images', type=int, default=5, help='validation images to predict')
+    parser.add_argument('--images', type=int_in(0, 10**4), default=5,
+                        help='validation images to predict')
     args = parser.parse_args(argv)
     py = sys.executable
     data_dir, run_dir = ROOT / args.data_dir, ROOT / args.run_dir
@@ -71,6 +74,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f'below the expected {100 * EXPECTED_TOP1:.0f}%', file=sys.stderr)
         return 1
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the demo; bad input ends with one line on stderr and status 2."""
+    return run_tool(PROG, _main, argv)
 
 
 if __name__ == '__main__':

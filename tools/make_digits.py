@@ -9,30 +9,36 @@ The split is stratified and seeded: 1437 train / 360 val images, the same on eve
 """
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
 
 from gluon_resnest.data.synthetic import write_digits_folder
+from gluon_resnest.errors import ToolParser, float_in, int_in, run_tool
 
+PROG = 'make_digits'
 logger = logging.getLogger('make_digits')
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+def _main(argv=None) -> int:
+    parser = ToolParser(PROG, description=__doc__.split('\n')[0])
     parser.add_argument('--out', required=True, help='output folder (gets train/ and val/)')
-    parser.add_argument('--size', type=int, default=32, help='image side in pixels')
-    parser.add_argument('--val-fraction', type=float, default=0.2, help='share of validation')
-    parser.add_argument('--seed', type=int, default=0, help='seed of the split')
+    parser.add_argument('--size', type=int_in(8, 2048), default=32, help='image side in pixels')
+    parser.add_argument('--val-fraction', type=float_in(0.0, 1.0), default=0.2,
+                        help='share of validation')
+    parser.add_argument('--seed', type=int_in(0, 2**32 - 1), default=0, help='seed of the split')
     args = parser.parse_args(argv)
-    if args.size < 8 or not 0 < args.val_fraction < 1:
-        parser.error('--size must be >= 8 and --val-fraction in (0, 1)')
+    if not 0 < args.val_fraction < 1:
+        parser.error(f'--val-fraction must be in (0, 1), got {args.val_fraction}')
     logging.basicConfig(level=logging.INFO, format='%(levelname)s %(name)s: %(message)s')
     counts = write_digits_folder(args.out, args.size, args.val_fraction, args.seed)
     logger.info('wrote %d train and %d val images under %s', counts['train'], counts['val'],
                 args.out)
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the tool; bad input ends with one line on stderr and status 2."""
+    return run_tool(PROG, _main, argv)
 
 
 if __name__ == '__main__':

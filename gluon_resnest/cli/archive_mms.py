@@ -10,7 +10,6 @@ name in ``/predictions/NAME`` is the archive's file name without ``.mar`` (or ``
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import re
@@ -21,6 +20,9 @@ import tempfile
 
 from gluon_resnest.deploy import check_export, export_paths, load_class_names, read_meta
 from gluon_resnest.deploy.serving import ARCHIVE_PREFIX, HANDLER
+from gluon_resnest.errors import ToolParser, int_in, run_tool
+
+PROG = 'archive_mms'
 
 #: Model names MMS accepts.
 NAME_PATTERN = re.compile(r'^[A-Za-z0-9][A-Za-z0-9_\-.]*$')
@@ -53,12 +55,11 @@ def stage_export(prefix: str, epoch: int, classes: str | None, folder: str) -> d
     return meta
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+def _main(argv: list[str] | None = None) -> int:
+    parser = ToolParser(PROG, description=__doc__.split('\n\n')[0])
     parser.add_argument('--prefix', required=True,
                         help='prefix of an export (tools/export.py or tools/quantize.py)')
-    parser.add_argument('--epoch', type=int, default=0, help='epoch of the export')
+    parser.add_argument('--epoch', type=int_in(0, 9999), default=0, help='epoch of the export')
     parser.add_argument('--classes', help='file with one class name per line '
                                           '(default: the export\'s own, when it has one)')
     parser.add_argument('--output', required=True, help='archive to write, NAME.mar')
@@ -69,39 +70,40 @@ def main(argv: list[str] | None = None) -> int:
     output = os.path.abspath(args.output)
     stem, ext = os.path.splitext(os.path.basename(output))
     name = args.name or stem
+    if ext != '.mar':
+        raise ValueError(f'the archive name must end in .mar ({args.output})')
+    if not NAME_PATTERN.match(name):
+        raise ValueError(f'model name {name!r} may only hold letters, digits, _, - and . '
+                         f'and must start with a letter or digit')
+    if os.path.exists(output) and not args.force:
+        raise ValueError(f'archive exists, use --force to overwrite it ({args.output})')
+    check_export(args.prefix, args.epoch)  # a bad export is named before anything else
     try:
-        if ext != '.mar':
-            raise ValueError(f'the archive name must end in .mar ({args.output})')
-        if not NAME_PATTERN.match(name):
-            raise ValueError(f'model name {name!r} may only hold letters, digits, _, - and . '
-                             f'and must start with a letter or digit')
-        if os.path.exists(output) and not args.force:
-            raise ValueError(f'archive exists, use --force to overwrite it ({args.output})')
-        try:
-            import model_archiver  # noqa: F401
-        except ImportError:
-            raise ValueError('model-archiver is not installed in this Python (make serve-env)'
-                             ) from None
-        os.makedirs(os.path.dirname(output), exist_ok=True)
-        with tempfile.TemporaryDirectory(prefix='mar-') as tmp:
-            stage = os.path.join(tmp, 'model')
-            os.makedirs(stage)
-            meta = stage_export(args.prefix, args.epoch, args.classes, stage)
-            packed = os.path.join(tmp, f'{name}.mar')
-            # model-archiver names its output after the model; it is moved into place whole,
-            # so a failed run never leaves half an archive.
-            result = subprocess.run(
-                [sys.executable, '-m', 'model_archiver.model_packaging', '--model-name', name,
-                 '--model-path', stage, '--handler', HANDLER, '--export-path', tmp],
-                capture_output=True, text=True)
-            if result.returncode != 0 or not os.path.isfile(packed):
-                raise RuntimeError(f'model-archiver failed:\n{result.stderr.strip()}')
-            shutil.move(packed, output)
-    except (FileNotFoundError, ValueError) as err:
-        print(f'archive_mms: error: {err}', file=sys.stderr)
-        return 2
+        import model_archiver  # noqa: F401
+    except ImportError:
+        raise ValueError('model-archiver is not installed in this Python (make serve-env)'
+                         ) from None
+    os.makedirs(os.path.dirname(output), exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix='mar-') as tmp:
+        stage = os.path.join(tmp, 'model')
+        os.makedirs(stage)
+        meta = stage_export(args.prefix, args.epoch, args.classes, stage)
+        packed = os.path.join(tmp, f'{name}.mar')
+        # model-archiver names its output after the model; it is moved into place whole,
+        # so a failed run never leaves half an archive.
+        result = subprocess.run(
+            [sys.executable, '-m', 'model_archiver.model_packaging', '--model-name', name,
+             '--model-path', stage, '--handler', HANDLER, '--export-path', tmp],
+            capture_output=True, text=True)
+        if result.returncode != 0 or not os.path.isfile(packed):
+            raise RuntimeError(f'model-archiver failed:\n{result.stderr.strip()}')
+        shutil.move(packed, output)
     kind = 'INT8' if meta.get('quantized') else 'FP32'
     print(f'wrote {args.output} ({kind} {meta.get("model") or "export"}, '
           f'{meta["input_size"]}x{meta["input_size"]} input, model name {name!r})')
     return 0
 
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the tool; bad input ends with one line on stderr and status 2."""
+    return run_tool(PROG, _main, argv)

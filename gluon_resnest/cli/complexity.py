@@ -9,26 +9,26 @@ figures come out (ResNeSt-50 5.39, ResNeSt-50-fast 4.34, ResNet-D-50 4.34 GFLOPs
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 
 from gluon_resnest import list_models
 from gluon_resnest.complexity import PAPER_GFLOPS, model_complexity
+from gluon_resnest.errors import ToolParser, int_in, run_tool
+
+PROG = 'complexity'
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+def _main(argv: list[str] | None = None) -> int:
+    parser = ToolParser(PROG, description=__doc__.split('\n\n')[0])
     parser.add_argument('--model', nargs='+', default=None,
                         help='model names (default: all registered models)')
-    parser.add_argument('--input-size', type=int, default=224, help='square input size')
-    parser.add_argument('--classes', type=int, default=1000, help='classifier outputs')
+    parser.add_argument('--input-size', type=int_in(32, 65536), default=224,
+                        help='square input size')
+    parser.add_argument('--classes', type=int_in(1, 10**6), default=1000, help='classifier outputs')
     parser.add_argument('--json', action='store_true',
                         help='one JSON object per line: model, params, gflops, ...')
     args = parser.parse_args(argv)
-    if args.input_size < 32:
-        parser.error(f'--input-size must be at least 32, got {args.input_size}')
     try:
         rows = [model_complexity(name.lower(), args.input_size, args.classes)
                 for name in (args.model or list_models())]
@@ -54,3 +54,7 @@ def main(argv: list[str] | None = None) -> int:
         print(line)
     return 0
 
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the tool; bad input ends with one line on stderr and status 2."""
+    return run_tool(PROG, _main, argv)

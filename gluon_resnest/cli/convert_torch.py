@@ -10,23 +10,24 @@ entry, e.g. timm's ``state_dict_ema``). ``--model`` also accepts timm's names (`
 """
 from __future__ import annotations
 
-import argparse
 import sys
 
 from gluon_resnest import list_models
 from gluon_resnest.deploy.torch_checkpoint import TIMM_MODEL_NAMES, convert_checkpoint
+from gluon_resnest.errors import ToolParser, int_in, run_tool
+
+PROG = 'convert_torch'
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+def _main(argv: list[str] | None = None) -> int:
+    parser = ToolParser(PROG, description=__doc__.split('\n\n')[0])
     parser.add_argument('--model', required=True,
                         help=f'one of: {", ".join(list_models())} (or timm\'s: '
                              f'{", ".join(TIMM_MODEL_NAMES)})')
     parser.add_argument('--input', required=True,
                         help='PyTorch checkpoint (.pth/.pt/.safetensors)')
     parser.add_argument('--output', required=True, help='.params file to write')
-    parser.add_argument('--classes', type=int,
+    parser.add_argument('--classes', type=int_in(1, 10**6),
                         help='classifier outputs (default: from the checkpoint\'s fc.weight)')
     parser.add_argument('--key', help='checkpoint entry holding the weights (default: the '
                                       'checkpoint itself, or its state_dict/model entry)')
@@ -39,3 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f'{args.output}: {net.model_name} with {net.classes} classes, from {args.input}')
     return 0
 
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the tool; bad input ends with one line on stderr and status 2."""
+    return run_tool(PROG, _main, argv)

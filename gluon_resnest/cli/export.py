@@ -9,30 +9,36 @@ files load with ``mx.gluon.SymbolBlock.imports`` and ``mx.mod.Module``; ``tools/
 """
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
 
 from gluon_resnest import list_models, model_info
-from gluon_resnest.deploy import build_network, export_network, load_class_names
+from gluon_resnest.deploy import (
+    build_network,
+    export_network,
+    load_class_names,
+    read_model_spec,
+)
+from gluon_resnest.errors import ToolParser, image_size, int_in, run_tool
 
+PROG = 'export'
 logger = logging.getLogger('export')
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+def _main(argv: list[str] | None = None) -> int:
+    parser = ToolParser(PROG, description=__doc__.split('\n\n')[0])
     parser.add_argument('--model', required=True, help=f'one of: {", ".join(list_models())}')
     parser.add_argument('--params', help='save_parameters file; without it the network is '
                                          'freshly initialised (random weights)')
-    parser.add_argument('--classes', type=int,
+    parser.add_argument('--classes', type=int_in(1, 10**6),
                         help='classifier outputs (default: from --params, else 1000)')
     parser.add_argument('--class-names', help='file with one class name per line, copied to '
                                               'PREFIX.classes')
-    parser.add_argument('--input-size', type=int,
+    parser.add_argument('--input-size', type=image_size,
                         help='square input size (default: the model\'s evaluation crop)')
     parser.add_argument('--prefix', required=True, help='output prefix')
-    parser.add_argument('--epoch', type=int, default=0, help='number in PREFIX-%%04d.params')
+    parser.add_argument('--epoch', type=int_in(0, 9999), default=0,
+                        help='number in PREFIX-%%04d.params')
     parser.add_argument('--preprocess', action='store_true',
                         help='embed mean/std normalisation: the export takes 0-255 RGB input')
     args = parser.parse_args(argv)
@@ -49,7 +55,9 @@ def main(argv: list[str] | None = None) -> int:
         size = args.input_size or model_info(args.model)['eval_crop']
         files = export_network(net, args.prefix, input_size=size, epoch=args.epoch,
                                preprocess=args.preprocess, classes=names,
-                               model_name=args.model.lower())
+                               model_name=args.model.lower(),
+                               model_kwargs=(read_model_spec(args.params) or {}).get(
+                                   'model_kwargs') if args.params else None)
     except (FileNotFoundError, ValueError) as err:
         print(f'export: error: {err}', file=sys.stderr)
         return 2
@@ -57,3 +65,7 @@ def main(argv: list[str] | None = None) -> int:
         print(path)
     return 0
 
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the tool; bad input ends with one line on stderr and status 2."""
+    return run_tool(PROG, _main, argv)

@@ -8,20 +8,22 @@ input and compared with MXNet.
 """
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
 
 from gluon_resnest.deploy import export_onnx, verify_onnx
+from gluon_resnest.errors import ToolParser, image_size, int_in, run_tool
+
+PROG = 'export_onnx'
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+def _main(argv: list[str] | None = None) -> int:
+    parser = ToolParser(PROG, description=__doc__.split('\n\n')[0])
     parser.add_argument('--prefix', required=True, help='prefix of the MXNet export')
-    parser.add_argument('--epoch', type=int, default=0, help='number in PREFIX-%%04d.params')
+    parser.add_argument('--epoch', type=int_in(0, 9999), default=0,
+                        help='number in PREFIX-%%04d.params')
     parser.add_argument('--output', required=True, help='ONNX file to write')
-    parser.add_argument('--input-size', type=int,
+    parser.add_argument('--input-size', type=image_size,
                         help='square input size (default: the export\'s, from PREFIX-meta.json)')
     parser.add_argument('--verify', action='store_true',
                         help='compare onnxruntime with MXNet on a random batch of 2')
@@ -41,3 +43,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     return 0
 
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the tool; bad input ends with one line on stderr and status 2."""
+    return run_tool(PROG, _main, argv)

@@ -14,7 +14,6 @@ entries the model server's handler (:mod:`gluon_resnest.deploy.serving`) answers
 """
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
@@ -25,18 +24,20 @@ import mxnet as mx
 from gluon_resnest.cli import add_network_arguments, check_network_arguments
 from gluon_resnest.deploy import eval_transform, load_class_names, load_image, load_network
 from gluon_resnest.deploy.serving import ranked
+from gluon_resnest.errors import ToolParser, image_size, int_in, run_tool
+
+PROG = 'predict'
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+def _main(argv: list[str] | None = None) -> int:
+    parser = ToolParser(PROG, description=__doc__.split('\n\n')[0])
     add_network_arguments(parser, 'prefix of an export (tools/export.py)')
     parser.add_argument('--classes', help='file with one class name per line '
                                           '(default: PREFIX.classes when it exists)')
-    parser.add_argument('--input-size', type=int,
+    parser.add_argument('--input-size', type=image_size,
                         help='center crop (default: the export\'s input size, or the '
                              'model\'s evaluation crop)')
-    parser.add_argument('--top-k', type=int, default=5, help='classes shown per image')
+    parser.add_argument('--top-k', type=int_in(1, 10**6), default=5, help='classes shown per image')
     parser.add_argument('--json', action='store_true',
                         help='print one JSON object {image: [{index, class, probability}]}')
     parser.add_argument('images', nargs='+', help='image files')
@@ -86,3 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     return 0
 
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the tool; bad input ends with one line on stderr and status 2."""
+    return run_tool(PROG, _main, argv)

@@ -10,34 +10,34 @@ The output loads like any export: ``mx.gluon.SymbolBlock.imports('OUT-symbol.jso
 """
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
 
 from gluon_resnest.deploy.quantization import CALIB_MODES, quantize_export
+from gluon_resnest.errors import ToolParser, int_in, run_tool
+
+PROG = 'quantize'
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+def _main(argv: list[str] | None = None) -> int:
+    parser = ToolParser(PROG, description=__doc__.splitlines()[0])
     parser.add_argument('--prefix', required=True, help='FP32 export prefix (PREFIX-symbol.json)')
-    parser.add_argument('--epoch', type=int, default=0, help='number of the params file')
+    parser.add_argument('--epoch', type=int_in(0, 9999), default=0,
+                        help='number of the params file')
     parser.add_argument('--calib-rec', required=True, help='RecordIO file of calibration images')
     parser.add_argument('--output', required=True, help='prefix of the INT8 export')
     parser.add_argument('--calib-mode', choices=CALIB_MODES, default='naive')
-    parser.add_argument('--num-calib-examples', type=int, default=256)
-    parser.add_argument('--batch-size', type=int, default=32)
+    parser.add_argument('--num-calib-examples', type=int_in(1, 10**7), default=256)
+    parser.add_argument('--batch-size', type=int_in(1, 65536), default=32)
     parser.add_argument('--quantized-dtype', choices=('auto', 'int8', 'uint8'), default='auto')
     parser.add_argument('--exclude', default='',
                         help='comma-separated substrings of layer names kept in FP32')
     parser.add_argument('--no-split-grouped', dest='split_grouped', action='store_false',
                         help='keep grouped convolutions grouped (and FP32) instead of '
                              'rewriting them as ungrouped INT8 convolutions')
-    parser.add_argument('--num-workers', type=int, default=2, help='decoding processes')
+    parser.add_argument('--num-workers', type=int_in(0, 1024), default=2, help='decoding processes')
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format='%(levelname)s %(message)s')
-    if args.batch_size < 1 or args.num_calib_examples < 1:
-        parser.error('--batch-size and --num-calib-examples must be >= 1')
     exclude = [e.strip() for e in args.exclude.split(',') if e.strip()]
     try:
         symbol_file, params_file = quantize_export(
@@ -52,3 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f'wrote {symbol_file} and {params_file}')
     return 0
 
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the tool; bad input ends with one line on stderr and status 2."""
+    return run_tool(PROG, _main, argv)

@@ -9,42 +9,38 @@ temporary folder (``--workdir`` keeps them), removed when the server stops.
 """
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import signal
 import sys
 
 from gluon_resnest.deploy.serving import ModelServer
+from gluon_resnest.errors import ToolParser, int_in, missing, run_tool
+
+PROG = 'serve_mms'
 
 
 def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+def _main(argv: list[str] | None = None) -> int:
+    parser = ToolParser(PROG, description=__doc__.split('\n\n')[0])
     parser.add_argument('archive', help='NAME.mar written by tools/archive_mms.py')
     parser.add_argument('--host', default='127.0.0.1', help='address to listen on')
-    parser.add_argument('--port', type=int, default=8080, help='inference port')
-    parser.add_argument('--management-port', type=int, help='management port (default: '
-                                                            'PORT + 1)')
-    parser.add_argument('--batch-size', type=int, default=8,
+    parser.add_argument('--port', type=int_in(1, 65535), default=8080, help='inference port')
+    parser.add_argument('--management-port', type=int_in(1, 65535),
+                        help='management port (default: PORT + 1)')
+    parser.add_argument('--batch-size', type=int_in(1, 65536), default=8,
                         help='most requests in one forward pass')
-    parser.add_argument('--max-batch-delay', type=int, default=20,
+    parser.add_argument('--max-batch-delay', type=int_in(0, 3600000), default=20,
                         help='milliseconds to wait for a batch to fill')
-    parser.add_argument('--workers', type=int, default=1, help='worker processes')
+    parser.add_argument('--workers', type=int_in(1, 1024), default=1, help='worker processes')
     parser.add_argument('--workdir', help='keep MMS\'s logs and files in this folder')
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format='%(message)s')
     if not os.path.isfile(args.archive):
-        print(f'serve_mms: error: no archive at {args.archive!r}', file=sys.stderr)
-        return 2
-    if args.batch_size < 1 or args.workers < 1 or args.max_batch_delay < 0:
-        print('serve_mms: error: --batch-size and --workers must be >= 1, --max-batch-delay '
-              '>= 0', file=sys.stderr)
-        return 2
+        raise missing('no archive', args.archive)
     try:
         server = ModelServer(os.path.dirname(os.path.abspath(args.archive)), port=args.port,
                              management_port=args.management_port, host=args.host,
@@ -74,3 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         server.stop()
 
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the tool; bad input ends with one line on stderr and status 2."""
+    return run_tool(PROG, _main, argv)

@@ -28,11 +28,12 @@ import mxnet as mx
 import numpy as np
 
 from ..constants import IMAGENET_MEAN, IMAGENET_STD
-from .records import CorruptRecordError, RecordFile, unpack_image_record
+from ..errors import InputError
+from .records import CorruptRecordError, RecordFile, check_labels, unpack_image_record
 from .sharding import eval_shard, shard_indices
 from .transforms import ImageDecodeError, TrainTransform, ValTransform, decode_image
 
-__all__ = ['TrainLoader', 'ValLoader']
+__all__ = ['TrainLoader', 'ValLoader', 'check_records']
 
 logger = logging.getLogger(__name__)
 
@@ -125,6 +126,27 @@ def _worker_loop(job: _BatchJob, task_q, result_q, slot_paths: List[str],
             result_q.put(('error', gen, batch_id, slot, traceback.format_exc()))
 
 
+_SLOT_PREFIX = 'gluon_resnest_'
+
+
+def _remove_stale_slots(shm: str) -> None:
+    """Delete slot files of loaders whose process died before unlinking them (kill -9)."""
+    for name in os.listdir(shm):
+        pid = name[len(_SLOT_PREFIX):].split('_', 1)[0]
+        if not (name.startswith(_SLOT_PREFIX) and pid.isdigit()):
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            try:
+                os.unlink(os.path.join(shm, name))
+                logger.info('removed %s, left by a data loader that was killed', name)
+            except OSError:
+                pass
+        except PermissionError:  # another user's live process
+            pass
+
+
 def _shm_dir(nbytes_total: int) -> str | None:
     path = '/dev/shm'
     if not os.path.isdir(path) or not os.access(path, os.W_OK):
@@ -179,20 +201,23 @@ class _WorkerPool:
         nbytes = int(np.prod(self.shape)) * 4
         shm = _shm_dir(nbytes * self.num_slots)
         paths, buffers = [], []
-        if shm is not None:
-            tag = f'gluon_resnest_{os.getpid()}_{uuid.uuid4().hex[:8]}'
-            for slot in range(self.num_slots):
-                fd, path = tempfile.mkstemp(prefix=f'{tag}_{slot}_', dir=shm)
-                os.ftruncate(fd, nbytes)
-                os.close(fd)
-                paths.append(path)
-                buf, view = _open_slot(path, nbytes)
-                buffers.append(buf)
-                self._views.append(view.reshape(self.shape))
-        self.transport = 'shared memory' if paths else 'queue'
-        self._task_q = ctx.Queue()
-        self._result_q = ctx.Queue()
         try:
+            if shm is not None:
+                _remove_stale_slots(shm)
+                tag = f'{_SLOT_PREFIX}{os.getpid()}_{uuid.uuid4().hex[:8]}'
+                for slot in range(self.num_slots):
+                    fd, path = tempfile.mkstemp(prefix=f'{tag}_{slot}_', dir=shm)
+                    paths.append(path)
+                    try:
+                        os.ftruncate(fd, nbytes)
+                    finally:
+                        os.close(fd)
+                    buf, view = _open_slot(path, nbytes)
+                    buffers.append(buf)
+                    self._views.append(view.reshape(self.shape))
+            self.transport = 'shared memory' if paths else 'queue'
+            self._task_q = ctx.Queue()
+            self._result_q = ctx.Queue()
             for wid in range(self.num_workers):
                 p = ctx.Process(target=_worker_loop, daemon=True, name=f'gluon_resnest-data-{wid}',
                                 args=(self.job, self._task_q, self._result_q, paths, self.shape,
@@ -287,15 +312,41 @@ class _WorkerPool:
                 self._free.append(entry[0])
 
 
+def check_records(records: RecordFile, sample: int = 64) -> None:
+    """Refuse a file with unreadable record headers or whose first images do not decode.
+
+    Every record's header is read and the first ``sample`` images are decoded, so that a
+    damaged file is found before a run spends time on it (``mx.io.ImageRecordIter`` even
+    aborts the process on such records).
+
+    Raises:
+        InputError: naming the file and the first bad record.
+    """
+    _, readable = records.labels()
+    if not readable.all():
+        pos = int(np.flatnonzero(~readable)[0])
+        raise InputError(f'record {int(records.keys[pos])} (and {int((~readable).sum()) - 1} '
+                         f'more) cannot be read: not a RecordIO file of images, or its .idx '
+                         f'belongs to another file', records.rec_path)
+    for pos in range(min(sample, len(records))):
+        try:
+            decode_image(unpack_image_record(records.read(pos))[1])
+        except ValueError as err:
+            raise InputError(f'record {int(records.keys[pos])} cannot be decoded '
+                             f'({getattr(err, "reason", err)})', records.rec_path) from None
+
+
 class _LoaderBase:
     def __init__(self, rec_path: str, batch_size: int, num_workers: int, ctx: mx.Context | None,
-                 idx_path: str | None):
+                 idx_path: str | None, num_classes: int | None = None):
         if batch_size <= 0:
             raise ValueError(f'batch_size must be positive, got {batch_size}')
         if num_workers < 0:
             raise ValueError(f'num_workers must be >= 0, got {num_workers}')
         self.records = RecordFile(rec_path, idx_path)
         self.rec_path = self.records.rec_path
+        if num_classes is not None:
+            check_labels(self.records, int(num_classes))
         self.batch_size = int(batch_size)
         self.num_workers = int(num_workers)
         self.ctx = ctx if ctx is not None else mx.cpu()
@@ -372,6 +423,9 @@ class TrainLoader(_LoaderBase):
         mp_context: start method of the workers; default ``'fork'`` where available (instant,
             like Gluon's DataLoader; the workers use only numpy/OpenCV, never MXNet), else
             ``'spawn'`` (which needs the ``if __name__ == '__main__':`` guard in the script).
+        num_classes: if given, every label must be a class index below it (checked up front
+            by reading every record's header; see
+            :func:`~gluon_resnest.data.records.check_labels`).
 
     Yields:
         ``(data, label)``: float32 (B, 3, S, S) normalised images and float32 (B,) labels.
@@ -385,8 +439,8 @@ class TrainLoader(_LoaderBase):
                  mean: Sequence[float] = IMAGENET_MEAN,
                  std: Sequence[float] = IMAGENET_STD, idx_path: str | None = None,
                  ctx: mx.Context | None = None, prefetch: int | None = None,
-                 mp_context: str | None = None):
-        super().__init__(rec_path, batch_size, num_workers, ctx, idx_path)
+                 mp_context: str | None = None, num_classes: int | None = None):
+        super().__init__(rec_path, batch_size, num_workers, ctx, idx_path, num_classes)
         self.num_records = len(self.records)
         self.rank, self.world_size, self.seed = int(rank), int(world_size), int(seed)
         shard_indices(self.num_records, self.rank, self.world_size)  # validates rank/world_size
@@ -459,6 +513,9 @@ class ValLoader(_LoaderBase):
         mp_context: start method of the workers; default ``'fork'`` where available (instant,
             like Gluon's DataLoader; the workers use only numpy/OpenCV, never MXNet), else
             ``'spawn'`` (which needs the ``if __name__ == '__main__':`` guard in the script).
+        num_classes: if given, every label must be a class index below it (checked up front
+            by reading every record's header; see
+            :func:`~gluon_resnest.data.records.check_labels`).
     """
 
     def __init__(self, rec_path: str, batch_size: int, eval_crop: int = 224, rank: int = 0,
@@ -466,8 +523,9 @@ class ValLoader(_LoaderBase):
                  mean: Sequence[float] = IMAGENET_MEAN,
                  std: Sequence[float] = IMAGENET_STD, crop_ratio: float = 0.875,
                  idx_path: str | None = None, ctx: mx.Context | None = None,
-                 prefetch: int | None = None, mp_context: str | None = None):
-        super().__init__(rec_path, batch_size, num_workers, ctx, idx_path)
+                 prefetch: int | None = None, mp_context: str | None = None,
+                 num_classes: int | None = None):
+        super().__init__(rec_path, batch_size, num_workers, ctx, idx_path, num_classes)
         self.num_records = len(self.records)
         self.rank, self.world_size = int(rank), int(world_size)
         self.shard = eval_shard(self.num_records, self.rank, self.world_size)

@@ -14,6 +14,7 @@ Images are encoded in parallel, written in list order: the same input gives the 
 """
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import os
@@ -24,12 +25,17 @@ from typing import List, Sequence, Tuple
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
+from ..errors import InputError, missing
 from .records import check_encoded_image, pack_image_record
 
-__all__ = ['IMAGE_EXTENSIONS', 'ListEntry', 'PackResult', 'encode_image', 'pack_entries',
-           'pack_folder', 'read_lst', 'scan_folder', 'to_rgb', 'write_lst']
+__all__ = ['IMAGE_EXTENSIONS', 'MAX_KEY', 'ListEntry', 'PackResult', 'ScanResult', 'check_entries',
+           'encode_image', 'pack_entries', 'pack_folder', 'read_image', 'read_lst',
+           'scan_folder', 'to_rgb', 'write_lst']
 
 logger = logging.getLogger(__name__)
+
+#: Largest record key: ``mx.recordio`` stores it as a signed 64-bit number in the ``.idx``.
+MAX_KEY = 2**63 - 1
 
 IMAGE_EXTENSIONS = frozenset({'.jpg', '.jpeg', '.jpe', '.jfif', '.png', '.bmp', '.gif', '.tif',
                               '.tiff', '.webp', '.ppm', '.pgm', '.pbm', '.pnm'})
@@ -63,42 +69,108 @@ class PackResult:
         return text
 
 
-def scan_folder(root: str) -> Tuple[List[str], List[ListEntry], int]:
+def _walk_images(folder: Path, root: Path, ancestors: frozenset,
+                 result: ScanResult) -> List[Tuple[str, str]]:
+    """``(path relative to root, real path)`` of the image files below ``folder``.
+
+    Symbolic links are followed, except into a folder that is its own ancestor (a loop); a
+    folder or file that cannot be read is reported in ``result.skipped``.
+    """
+    try:
+        stat = folder.stat()
+        children = sorted(os.scandir(folder), key=lambda e: e.name)
+    except OSError as err:
+        result.skipped.append((_rel(folder, root), f'cannot read folder: {err.strerror}'))
+        return []
+    ident = (stat.st_dev, stat.st_ino)
+    if ident in ancestors:
+        result.skipped.append((_rel(folder, root), 'symbolic link loop: not followed'))
+        return []
+    ancestors = ancestors | {ident}
+    files: List[Tuple[str, str]] = []
+    for child in children:
+        if child.name.startswith('.'):
+            continue
+        path = Path(child.path)
+        try:
+            is_dir = child.is_dir()  # follows symbolic links
+        except OSError as err:
+            result.skipped.append((_rel(path, root), f'cannot stat: {err.strerror}'))
+            continue
+        if is_dir:
+            files.extend(_walk_images(path, root, ancestors, result))
+        elif os.path.splitext(child.name)[1].lower() not in IMAGE_EXTENSIONS:
+            result.ignored += 1
+        else:
+            try:
+                files.append((_rel(path, root), os.path.realpath(path, strict=True)))
+            except OSError as err:  # a dangling link, or a loop of file links
+                result.skipped.append((_rel(path, root),
+                                       f'cannot resolve: {err.strerror or err}'))
+    return files
+
+
+def _rel(path: Path, root: Path) -> str:
+    return Path(os.path.relpath(path, root)).as_posix()
+
+
+@dataclass
+class ScanResult:
+    """What :func:`scan_folder` found."""
+
+    classes: List[str]
+    entries: List[ListEntry]
+    ignored: int = 0  # files without an image extension
+    skipped: List[Tuple[str, str]] = field(default_factory=list)  # (path, reason)
+
+    def __iter__(self):  # (classes, entries, ignored), as older callers unpack it
+        return iter((self.classes, self.entries, self.ignored))
+
+
+def scan_folder(root: str) -> ScanResult:
     """Classes (sorted sub-folder names) and images of an ImageNet-style folder.
 
     Every file with an image extension at any depth below a class folder is an image of that
     class; the order (label, then relative path) is deterministic. Hidden entries are ignored.
+    Symbolic links are followed, but every folder is walked once (no loops) and every file is
+    listed once, under the first class and path that reach it; the others, and folders that
+    cannot be read, are reported in ``skipped``.
 
     Returns:
-        (class names, entries keyed 0..n-1, number of non-image files ignored).
+        A :class:`ScanResult` (it unpacks as ``classes, entries, ignored``).
 
     Raises:
         FileNotFoundError: ``root`` is not a directory.
-        ValueError: it holds no class folders.
+        InputError: it cannot be listed, or it holds no class folders.
     """
     root_path = Path(root)
     if not root_path.is_dir():
-        raise FileNotFoundError(f'image root is not a directory: {root}')
-    classes = sorted(p.name for p in root_path.iterdir()
-                     if p.is_dir() and not p.name.startswith('.'))
+        raise missing('image root is not a directory', root)
+    try:
+        classes = sorted(p.name for p in root_path.iterdir()
+                         if p.is_dir() and not p.name.startswith('.'))
+    except OSError as err:
+        raise InputError(f'cannot list the image root: {err.strerror}', root) from None
     if not classes:
-        raise ValueError(f'{root} has no class sub-folders (expected ROOT/<class>/<image>)')
-    entries: List[ListEntry] = []
-    ignored = 0
-    for label, name in enumerate(classes):
-        files = []
-        for dirpath, dirnames, filenames in os.walk(root_path / name, followlinks=True):
-            dirnames[:] = sorted(d for d in dirnames if not d.startswith('.'))
-            for fname in filenames:
-                if fname.startswith('.'):
-                    continue
-                if os.path.splitext(fname)[1].lower() in IMAGE_EXTENSIONS:
-                    files.append(os.path.relpath(os.path.join(dirpath, fname), root_path))
-                else:
-                    ignored += 1
-        for rel in sorted(Path(f).as_posix() for f in files):
-            entries.append(ListEntry(len(entries), (float(label),), rel))
-    return classes, entries, ignored
+        raise InputError('no class sub-folders (expected ROOT/<class>/<image>)', root)
+    result = ScanResult(classes, [])
+    found = [(label, rel, real) for label, name in enumerate(classes)
+             for rel, real in sorted(_walk_images(root_path / name, root_path, frozenset(),
+                                                  result))]
+    # A file reached by several paths is packed once: under its own path when one of them
+    # has no symbolic link in it, else under the first in (label, path) order.
+    real_root = os.path.realpath(root_path)
+    owner: dict = {}
+    for label, rel, real in found:
+        direct = real == os.path.join(real_root, *rel.split('/'))
+        if real not in owner or (direct and not owner[real][2]):
+            owner[real] = (label, rel, direct)
+    for label, rel, real in found:
+        if owner[real][:2] != (label, rel):
+            result.skipped.append((rel, f'same file as {owner[real][1]}'))
+        else:
+            result.entries.append(ListEntry(len(result.entries), (float(label),), rel))
+    return result
 
 
 def read_lst(lst_path: str) -> List[ListEntry]:
@@ -106,26 +178,63 @@ def read_lst(lst_path: str) -> List[ListEntry]:
 
     Raises:
         FileNotFoundError: no such file.
-        ValueError: a malformed line (its number is in the message).
+        InputError: a malformed line (its number is in the message).
     """
     if not os.path.isfile(lst_path):
-        raise FileNotFoundError(f'no such list file: {lst_path}')
+        raise missing('no such list file', lst_path)
     entries = []
-    with open(lst_path) as f:
-        for line_no, line in enumerate(f, 1):
-            line = line.rstrip('\n')
-            if not line.strip():
-                continue
-            parts = line.split('\t')
-            try:
-                if len(parts) < 3:
-                    raise ValueError('fewer than 3 tab-separated fields')
-                entries.append(ListEntry(int(parts[0]), tuple(float(v) for v in parts[1:-1]),
-                                         parts[-1]))
-            except ValueError as err:
-                raise ValueError(f'{lst_path}:{line_no}: expected "key<TAB>label<TAB>path": '
-                                 f'{err}') from None
+    try:
+        with open(lst_path, encoding='utf-8') as f:
+            lines = f.read().splitlines()
+    except UnicodeDecodeError:
+        raise InputError('not a text list file (expected key<TAB>label<TAB>path lines)',
+                         lst_path) from None
+    for line_no, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        parts = line.split('\t')
+        try:
+            if len(parts) < 3:
+                raise ValueError('fewer than 3 tab-separated fields')
+            entries.append(ListEntry(int(parts[0]), tuple(float(v) for v in parts[1:-1]),
+                                     parts[-1]))
+        except ValueError as err:
+            raise InputError(f'line {line_no}: expected "key<TAB>label<TAB>path": {err}',
+                             lst_path) from None
     return entries
+
+
+def check_entries(entries: Sequence[ListEntry], num_classes: int | None = None,
+                  source: str | None = None) -> None:
+    """Refuse keys and labels that would make a broken or ambiguous RecordIO file.
+
+    Keys must be unique integers in ``[0, MAX_KEY]``; the first label of every entry (the
+    class) a whole number in ``[0, num_classes)`` (``num_classes`` None: any count); further
+    labels must be finite.
+
+    Raises:
+        InputError: the first offending entry, with its position, naming ``source``.
+    """
+    seen: dict = {}
+    for pos, e in enumerate(entries, 1):
+        where = f'entry {pos} ({e.path})'
+        if not 0 <= e.key <= MAX_KEY:
+            raise InputError(f'{where}: key {e.key} is outside 0..{MAX_KEY}', source)
+        if e.key in seen:
+            raise InputError(f'{where}: key {e.key} is used twice (first by entry '
+                             f'{seen[e.key]})', source)
+        seen[e.key] = pos
+        if not e.labels:
+            raise InputError(f'{where}: no label', source)
+        if not all(np.isfinite(e.labels)):
+            raise InputError(f'{where}: label {e.labels} is not a finite number', source)
+        label = e.labels[0]
+        if label < 0 or label != int(label):
+            raise InputError(f'{where}: label {label:g} is not a class index 0, 1, 2, ...',
+                             source)
+        if num_classes is not None and label >= num_classes:
+            raise InputError(f'{where}: label {label:g} is outside 0..{num_classes - 1} '
+                             f'({num_classes} classes)', source)
 
 
 def write_lst(path: str, entries: Sequence[ListEntry]) -> None:
@@ -209,6 +318,31 @@ def encode_image(path: str, resize: int = 0, quality: int = 95) -> Tuple[bytes, 
     return out.getvalue(), False
 
 
+def read_image(path: str, quality: int = 95) -> np.ndarray:
+    """The pixels a network is trained on for the image file ``path``: HWC uint8 RGB.
+
+    The file goes through what packing and the loaders do to it (:func:`encode_image` at the
+    packer's default quality, then :func:`~gluon_resnest.data.transforms.decode_image`), so an
+    image predicted from a file is exactly the image the network would see in a packed data
+    set: transparency composited on white, EXIF orientation applied, every mode and format the
+    packer accepts.
+
+    Raises:
+        FileNotFoundError: no such file.
+        InputError: an unreadable or undecodable file (the reason names it).
+    """
+    from .transforms import decode_image
+
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f'no image file at {path!r}')
+    try:
+        data, _ = encode_image(path, 0, quality)
+        return decode_image(data)
+    except (OSError, ValueError) as err:
+        reason = getattr(err, 'strerror', None) or str(err) or type(err).__name__
+        raise InputError(f'cannot read {path!r} as an image: {reason}') from None
+
+
 def _encode_job(args: Tuple[str, int, int]) -> Tuple[bytes | None, bool, str | None]:
     path, resize, quality = args
     try:
@@ -218,10 +352,42 @@ def _encode_job(args: Tuple[str, int, int]) -> Tuple[bytes | None, bool, str | N
         return None, False, str(err) or type(err).__name__
 
 
+def _remove_stale_temporaries(prefix: str) -> None:
+    """Delete ``prefix.{rec,idx}.tmpPID`` files whose writer process no longer exists."""
+    folder = os.path.dirname(os.path.abspath(prefix))
+    base = os.path.basename(prefix)
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return
+    for name in names:
+        for suffix in ('.rec.tmp', '.idx.tmp'):
+            pid = name[len(base + suffix):] if name.startswith(base + suffix) else ''
+            if pid.isdigit() and not _process_exists(int(pid)):
+                logger.info('removing %s, left by an interrupted run', name)
+                with contextlib.suppress(OSError):
+                    os.unlink(os.path.join(folder, name))
+
+
+def _process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
 def pack_entries(entries: Sequence[ListEntry], root: str, prefix: str, resize: int = 0,
                  quality: int = 95, workers: int = 1, classes: Sequence[str] | None = None,
-                 progress: bool = True, renumber: bool = False) -> PackResult:
+                 progress: bool = True, renumber: bool = False,
+                 num_classes: int | None = None, source: str | None = None) -> PackResult:
     """Encode ``entries`` (paths relative to ``root``) and write the ``prefix.*`` files.
+
+    The ``.rec`` and ``.idx`` are written under temporary names and renamed when complete: an
+    error or an interruption leaves no partial output (and temporaries left by a killed run
+    are removed by the next one).
 
     Args:
         entries: images to pack, in output order.
@@ -233,25 +399,39 @@ def pack_entries(entries: Sequence[ListEntry], root: str, prefix: str, resize: i
         classes: class names in label order for ``prefix.classes`` (default: the label values).
         progress: show a tqdm progress bar.
         renumber: give the packed records keys 0..n-1 instead of the entries' keys.
+        num_classes: labels must lie in ``[0, num_classes)`` (default: ``len(classes)`` when
+            given, else any class index).
+        source: file the entries came from, named in errors.
 
     Returns:
         A :class:`PackResult`; the files are written even if nothing could be packed.
+
+    Raises:
+        InputError: a bad key or label (see :func:`check_entries`), or an unwritable output.
     """
     import mxnet as mx
     from tqdm import tqdm
 
     if not 1 <= quality <= 100:
-        raise ValueError(f'quality must be in [1, 100], got {quality}')
+        raise InputError(f'quality must be in [1, 100], got {quality}')
+    if num_classes is None and classes is not None:
+        num_classes = len(classes)
+    check_entries([ListEntry(i, e.labels, e.path) for i, e in enumerate(entries)] if renumber
+                  else entries, num_classes, source)
     prefix = str(prefix)
     out_dir = os.path.dirname(os.path.abspath(prefix))
     os.makedirs(out_dir, exist_ok=True)
+    if os.path.isdir(prefix + '.rec'):
+        raise InputError('output is a directory', prefix + '.rec')
+    _remove_stale_temporaries(prefix)
     result = PackResult(rec_path=prefix + '.rec')
     tmp_rec, tmp_idx = f'{prefix}.rec.tmp{os.getpid()}', f'{prefix}.idx.tmp{os.getpid()}'
     jobs = [(os.path.join(root, e.path), int(resize), int(quality)) for e in entries]
     packed: List[ListEntry] = []
-    writer = mx.recordio.MXIndexedRecordIO(tmp_idx, tmp_rec, 'w')
     pool = None
+    writer = None
     try:
+        writer = mx.recordio.MXIndexedRecordIO(tmp_idx, tmp_rec, 'w')
         if workers > 1 and len(jobs) > 1:
             import multiprocessing as mp
             # The encoders use only PIL: fork starts them at once (spawn re-imports MXNet).
@@ -272,13 +452,18 @@ def pack_entries(entries: Sequence[ListEntry], root: str, prefix: str, resize: i
             packed.append(ListEntry(key, entry.labels, entry.path))
             result.passed_through += unchanged
         bar.close()
+        writer.close()
+        os.replace(tmp_rec, prefix + '.rec')
+        os.replace(tmp_idx, prefix + '.idx')
     finally:
         if pool is not None:
             pool.terminate()
             pool.join()
-        writer.close()
-    os.replace(tmp_rec, prefix + '.rec')
-    os.replace(tmp_idx, prefix + '.idx')
+        if writer is not None:
+            writer.close()
+        for tmp in (tmp_rec, tmp_idx):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
     result.packed = len(packed)
     write_lst(prefix + '.lst', packed)
     if classes is None:
@@ -295,9 +480,18 @@ def pack_entries(entries: Sequence[ListEntry], root: str, prefix: str, resize: i
 
 def pack_folder(root: str, prefix: str, resize: int = 0, quality: int = 95, workers: int = 1,
                 progress: bool = True) -> PackResult:
-    """Pack an ImageNet-style folder (see :func:`scan_folder`); records get keys 0..n-1."""
-    classes, entries, ignored = scan_folder(root)
-    result = pack_entries(entries, root, prefix, resize, quality, workers, classes, progress,
-                          renumber=True)
-    result.ignored = ignored
+    """Pack an ImageNet-style folder (see :func:`scan_folder`); records get keys 0..n-1.
+
+    Folders and files the scan could not use are reported (and counted) with the images that
+    could not be encoded.
+    """
+    scan = scan_folder(root)
+    for path, reason in scan.skipped:
+        logger.warning('skipping %s: %s', path, reason)
+    result = pack_entries(scan.entries, root, prefix, resize, quality, workers, scan.classes,
+                          progress, renumber=True, source=root)
+    result.skipped[:0] = scan.skipped
+    result.ignored = scan.ignored
+    with open(prefix + '.skipped.txt', 'w') as f:
+        f.writelines(f'{path}\t{reason}\n' for path, reason in result.skipped)
     return result

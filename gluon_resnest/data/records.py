@@ -13,14 +13,19 @@ label, id, id2), ``flag`` extra float32 labels when ``flag > 0``, then the encod
 """
 from __future__ import annotations
 
+import logging
 import os
 import struct
 from typing import List, Tuple
 
 import numpy as np
 
-__all__ = ['CorruptRecordError', 'RecordFile', 'check_encoded_image', 'idx_path_for',
-           'unpack_image_record', 'pack_image_record']
+from ..errors import InputError
+
+__all__ = ['CorruptRecordError', 'RecordFile', 'check_encoded_image', 'check_labels',
+           'idx_path_for', 'unpack_image_record', 'pack_image_record']
+
+logger = logging.getLogger(__name__)
 
 _MAGIC = 0xCED7230A
 _MAGIC_BYTES = struct.pack('<I', _MAGIC)
@@ -167,6 +172,72 @@ class RecordFile:
             if cflag in (0, 3):
                 break
         return parts[0] if len(parts) == 1 else _MAGIC_BYTES.join(parts)
+
+
+    def labels(self) -> Tuple[np.ndarray, np.ndarray]:
+        """The (first) label of every record, in position order, reading only their headers.
+
+        Returns:
+            ``(labels, readable)``: float64 labels, and a boolean mask of the records whose
+            header could be read (the others hold NaN; reading them raises
+            :class:`CorruptRecordError`).
+        """
+        labels = np.full(len(self), np.nan)
+        readable = np.zeros(len(self), bool)
+        fd = self._descriptor()
+        head_size = 8 + _IR_SIZE + 4
+        for pos in range(len(self)):
+            start = int(self.offsets[pos])
+            head = os.pread(fd, head_size, start) if 0 <= start < self.file_size else b''
+            try:
+                if len(head) < 8 + _IR_SIZE:
+                    raise ValueError('short')
+                magic, lrec = struct.unpack_from('<II', head)
+                if magic != _MAGIC:
+                    raise ValueError('magic')
+                if lrec >> 29 != 0:  # a multi-part record: read it whole
+                    labels[pos] = unpack_image_record(self.read(pos))[0]
+                else:
+                    labels[pos] = unpack_image_record(head[8:8 + (lrec & _LEN_MASK)])[0]
+                readable[pos] = True
+            except (ValueError, struct.error):
+                continue
+        return labels, readable
+
+
+def check_labels(records: RecordFile, num_classes: int) -> np.ndarray:
+    """Make sure every record's label is a class index of a ``num_classes``-way classifier.
+
+    Records whose header cannot be read are left to the loaders (which skip them), but a file
+    in which no record can be read is refused. A ``.classes`` file beside the ``.rec`` (written
+    by ``tools/pack_rec.py``) naming another number of classes is logged as a warning.
+
+    Returns:
+        The labels (as :meth:`RecordFile.labels`).
+
+    Raises:
+        InputError: naming the file, the first offending record and its label.
+    """
+    labels, readable = records.labels()
+    if not readable.any():
+        raise InputError(f'none of its {len(records)} records can be read: not a RecordIO file '
+                         f'of images, or its .idx belongs to another file', records.rec_path)
+    with np.errstate(invalid='ignore'):
+        bad = readable & ~((labels >= 0) & (labels < num_classes) & (labels == np.round(labels)))
+    if bad.any():
+        pos = int(np.flatnonzero(bad)[0])
+        raise InputError(
+            f'record {int(records.keys[pos])} has label {labels[pos]:g}, not a class index '
+            f'0..{num_classes - 1} of the {num_classes}-class model '
+            f'({int(bad.sum())} such records)', records.rec_path)
+    names = os.path.splitext(records.rec_path)[0] + '.classes'
+    if os.path.isfile(names):
+        with open(names, encoding='utf-8', errors='replace') as f:
+            count = sum(1 for line in f if line.strip())
+        if count != num_classes:
+            logger.warning(
+                '%s names %d classes; the model has %d', names, count, num_classes)
+    return labels
 
 
 def unpack_image_record(data: bytes) -> Tuple[float, bytes]:

@@ -82,6 +82,7 @@ def allreduce_sum(values: Sequence[float]) -> np.ndarray:
     if size == 1:
         return array
     import mxnet as mx
+    # One name per length: Horovod keys its negotiation cache on the name.
     total = hvd.allreduce(mx.nd.array(array, dtype='float64'), average=False,
-                          name='gluon_resnest.allreduce_sum')
+                          name=f'gluon_resnest.allreduce_sum.{array.size}')
     return total.asnumpy()

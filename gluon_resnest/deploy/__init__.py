@@ -14,7 +14,15 @@ Modules:
 Every public name of these modules is also importable from ``gluon_resnest.deploy``.
 """
 from ..params import save_params
-from .export import build_network, export_network, load_exported, load_network, read_export
+from .export import (
+    MODEL_SPEC,
+    build_network,
+    export_network,
+    load_exported,
+    load_network,
+    read_export,
+    read_model_spec,
+)
 from .graph import Graph
 from .inference import fold_batchnorm, optimize_for_inference, subgraph_backend_available
 from .meta import META_DEFAULTS, check_export, export_paths, read_meta, write_meta
@@ -59,14 +67,15 @@ from .torch_checkpoint import (
 )
 
 __all__ = ['CALIB_MODES', 'CROP_RATIO', 'Graph', 'IMAGENET_MEAN', 'IMAGENET_STD', 'META_DEFAULTS',
-           'MXNET_ONNX_OPSET', 'Normalize', 'OpaqueObject', 'TIMM_MODEL_NAMES', 'build_network',
-           'calibration_batches', 'check_export', 'convert_checkpoint', 'convert_state_dict',
-           'eval_transform', 'export_network', 'export_onnx', 'export_paths',
+           'MODEL_SPEC', 'MXNET_ONNX_OPSET', 'Normalize', 'OpaqueObject', 'TIMM_MODEL_NAMES',
+           'build_network', 'calibration_batches', 'check_export', 'convert_checkpoint',
+           'convert_state_dict', 'eval_transform', 'export_network', 'export_onnx', 'export_paths',
            'extract_state_dict', 'fold_batchnorm', 'fold_network', 'grouped_convolutions',
            'initializers_as_constants',
            'load_class_names', 'load_exported', 'load_image', 'load_network',
            'load_safetensors', 'load_torch_file', 'load_torch_state_dict',
            'onnx_compatible_symbol', 'optimize_for_inference', 'quantize_export',
-           'quantize_network', 'read_export', 'read_meta', 'resize_size', 'save_params',
+           'quantize_network', 'read_export', 'read_meta', 'read_model_spec', 'resize_size',
+           'save_params',
            'split_grouped_convolutions', 'subgraph_backend_available', 'sum_splits_per_branch',
            'top1_agreement', 'torch_to_gluon_name', 'verify_onnx', 'write_meta']

@@ -4,6 +4,7 @@ See :mod:`gluon_resnest.deploy.meta` for the files of an export.
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import warnings
@@ -12,6 +13,7 @@ from typing import Any, Sequence
 import mxnet as mx
 from mxnet.gluon import nn
 
+from ..errors import InputError, mxnet_reason
 from ..layers import DropBlock, set_drop_prob
 from ..models.info import model_info
 from ..params import first_context, load_param_file
@@ -19,9 +21,13 @@ from .graph import strip_amp_casts
 from .meta import META_DEFAULTS, check_export, export_paths, read_meta, write_meta
 from .preprocess import IMAGENET_MEAN, IMAGENET_STD, Normalize
 
-__all__ = ['build_network', 'export_network', 'load_exported', 'load_network', 'read_export']
+__all__ = ['MODEL_SPEC', 'build_network', 'export_network', 'load_exported', 'load_network',
+           'read_export', 'read_model_spec']
 
 logger = logging.getLogger(__name__)
+
+#: File beside a parameter file that says how to rebuild its network.
+MODEL_SPEC = 'model.json'
 
 
 class _Preprocessed(nn.HybridBlock):
@@ -40,7 +46,8 @@ class _Preprocessed(nn.HybridBlock):
 def export_network(net: nn.HybridBlock, prefix: str, input_size: int = 224, epoch: int = 0,
                    preprocess: bool = False, classes: int | Sequence[str] | None = None,
                    mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
-                   model_name: str | None = None) -> tuple[str, str]:
+                   model_name: str | None = None,
+                   model_kwargs: dict[str, Any] | None = None) -> tuple[str, str]:
     """Export an initialised network to ``PREFIX-symbol.json``/``PREFIX-%04d.params`` + meta.
 
     Side effects on ``net``: it is hybridized, and every :class:`~gluon_resnest.layers.DropBlock`
@@ -59,10 +66,15 @@ def export_network(net: nn.HybridBlock, prefix: str, input_size: int = 224, epoc
         mean: Per-channel mean on the 0-255 scale.
         std: Per-channel standard deviation on the 0-255 scale.
         model_name: Recorded in the meta file; defaults to ``net.model_name`` when present.
+        model_kwargs: Architecture arguments the network was built with, recorded in the meta
+            file so the model can be rebuilt from it.
 
     Returns:
         ``(symbol_file, params_file)``.
     """
+    if not os.path.basename(prefix) or os.path.isdir(prefix):
+        raise InputError('the export prefix is a folder; give a file name prefix such as '
+                         'FOLDER/model', prefix)
     if any(isinstance(b, DropBlock) and b.drop_prob > 0 for b in _blocks(net)):
         set_drop_prob(net, 0.0)
         logger.info('DropBlock probabilities set to 0 for the export')
@@ -102,7 +114,7 @@ def export_network(net: nn.HybridBlock, prefix: str, input_size: int = 224, epoc
                input_size=int(input_size), in_channels=int(in_channels),
                mean=[float(m) for m in mean], std=[float(s) for s in std],
                preprocess=bool(preprocess), classes=classes, class_names=names_file,
-               epoch=int(epoch))
+               epoch=int(epoch), model_kwargs=dict(model_kwargs or {}))
     logger.info('exported %s and %s', symbol_file, params_file)
     return symbol_file, params_file
 
@@ -118,15 +130,10 @@ def read_export(symbol_file: str,
     """Symbol and saved arrays of an export, with a ValueError naming a file MXNet rejects."""
     try:
         symbol = mx.sym.load(symbol_file)
-    except mx.base.MXNetError as err:
+    except (mx.base.MXNetError, UnicodeDecodeError) as err:
         raise ValueError(f'{symbol_file!r} is not an MXNet symbol file: '
-                         f'{_first_line(err)}') from None
+                         f'{mxnet_reason(err)}') from None
     return symbol, load_param_file(params_file)
-
-
-def _first_line(err: Exception) -> str:
-    lines = [line for line in str(err).splitlines() if 'Check failed' in line or 'Error' in line]
-    return (lines[-1] if lines else str(err).splitlines()[0]).strip()
 
 
 def load_exported(prefix: str, epoch: int = 0,
@@ -150,14 +157,24 @@ def load_exported(prefix: str, epoch: int = 0,
     with warnings.catch_warnings():
         # SymbolBlock.imports warns that the input's type is unknown; it is float32.
         warnings.filterwarnings('ignore', message='Cannot decide type')
-        net = mx.gluon.SymbolBlock.imports(symbol_file, inputs, params_file,
-                                           ctx=ctx or mx.cpu())
+        try:
+            net = mx.gluon.SymbolBlock.imports(symbol_file, inputs, params_file,
+                                               ctx=ctx or mx.cpu())
+        except (AssertionError, mx.base.MXNetError) as err:
+            # Gluon reports parameters that do not fit the graph with an assertion.
+            reason = mxnet_reason(err).split(', which contains')[0]
+            raise InputError(f'parameters do not fit the symbol {symbol_file}: {reason}',
+                             params_file) from None
     return net, meta
 
 
 def build_network(model: str, params: str | None = None, classes: int | None = None,
                   ctx: Any = None, **kwargs: Any) -> nn.HybridBlock:
     """A registered model with parameters from ``params`` (or freshly initialised without).
+
+    A ``model.json`` beside ``params`` (every training checkpoint has one) supplies the
+    architecture arguments the network was trained with (e.g. a recipe's ``stem_width``) and
+    its class count; ``kwargs`` and ``classes`` override them.
 
     Args:
         model: Registered model name.
@@ -173,15 +190,41 @@ def build_network(model: str, params: str | None = None, classes: int | None = N
     if params is not None:
         if not os.path.isfile(params):
             raise FileNotFoundError(f'no parameter file at {params!r}')
+        spec = read_model_spec(params)
+        if spec:
+            if str(spec.get('model', model)).lower() != model.lower():
+                raise InputError(f'these parameters belong to a {spec["model"]}, not a '
+                                 f'{model}', params)
+            kwargs = {**spec.get('model_kwargs', {}), **kwargs}
+            classes = classes or spec.get('classes')
         if classes is None:
             fc = load_param_file(params).get('fc.weight')
             classes = int(fc.shape[0]) if fc is not None else 1000
-    net = get_model(model, classes=classes or 1000, **kwargs)
+    try:
+        net = get_model(model, classes=classes or 1000, **kwargs)
+    except (TypeError, mx.base.MXNetError) as err:
+        reason = mxnet_reason(err) if isinstance(err, mx.base.MXNetError) else err
+        raise InputError(f'{model} cannot be built with {kwargs}: {reason}') from None
     if params is None:
         net.initialize(ctx=ctx)
     else:
         net.load_parameters(params, ctx=ctx)
     return net
+
+
+def read_model_spec(params: str) -> dict[str, Any] | None:
+    """The ``model.json`` beside a parameter file (model, classes, model_kwargs), or None."""
+    path = os.path.join(os.path.dirname(os.path.abspath(params)), MODEL_SPEC)
+    if not os.path.isfile(path):
+        return None
+    try:
+        with open(path, encoding='utf-8') as handle:
+            spec = json.load(handle)
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise InputError(f'not a JSON model description: {err}', path) from None
+    if not isinstance(spec, dict) or not isinstance(spec.get('model_kwargs', {}), dict):
+        raise InputError('not a model description (model, classes, model_kwargs)', path)
+    return spec
 
 
 def load_network(prefix: str | None = None, model: str | None = None,
@@ -205,6 +248,7 @@ def load_network(prefix: str | None = None, model: str | None = None,
         return load_exported(prefix, epoch, ctx=ctx)
     net = build_network(model, params, ctx=ctx)
     net.hybridize(static_alloc=True, static_shape=True)
-    return net, dict(META_DEFAULTS, model=model, input_size=model_info(model)['eval_crop'])
+    return net, dict(META_DEFAULTS, model=model, input_size=model_info(model)['eval_crop'],
+                     classes=getattr(net, 'classes', None))
 
 

@@ -19,6 +19,7 @@ import os
 import re
 from typing import Any
 
+from ..errors import InputError
 from .preprocess import IMAGENET_MEAN, IMAGENET_STD
 
 __all__ = ['META_DEFAULTS', 'check_export', 'export_paths', 'read_meta', 'write_meta']
@@ -62,11 +63,14 @@ def read_meta(prefix: str) -> dict[str, Any]:
     meta = dict(META_DEFAULTS)
     path = export_paths(prefix)[2]
     if os.path.isfile(path):
-        with open(path, encoding='utf-8') as handle:
+        with open(path, 'rb') as handle:
             try:
-                meta.update(json.load(handle))
-            except json.JSONDecodeError as err:
+                loaded = json.loads(handle.read().decode('utf-8'))
+            except (UnicodeDecodeError, json.JSONDecodeError) as err:
                 raise ValueError(f'{path!r} is not valid JSON: {err}') from None
+        if not isinstance(loaded, dict):
+            raise InputError('not a JSON object of export settings', path)
+        meta.update(loaded)
     else:
         logger.warning('%s not found: assuming input size %d, ImageNet mean/std, no embedded '
                        'preprocessing', path, meta['input_size'])

@@ -10,6 +10,7 @@ import numpy as np
 from mxnet.gluon import nn
 
 from ..constants import IMAGENET_MEAN, IMAGENET_STD
+from ..errors import InputError
 
 __all__ = ['CROP_RATIO', 'IMAGENET_MEAN', 'IMAGENET_STD', 'Normalize', 'eval_transform',
            'load_class_names', 'load_image', 'resize_size']
@@ -44,17 +45,18 @@ def resize_size(crop: int) -> int:
 
 
 def load_image(path: str) -> np.ndarray:
-    """Decode an image file to an HWC uint8 RGB array; ValueError naming an unreadable file."""
-    from ..data import decode_image
+    """Decode an image file to an HWC uint8 RGB array, exactly as packing and training see it.
 
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f'no image file at {path!r}')
-    with open(path, 'rb') as handle:
-        raw = handle.read()
-    try:
-        return decode_image(raw)
-    except ValueError as err:
-        raise ValueError(f'cannot read {path!r} as an image: {err}') from None
+    See :func:`gluon_resnest.data.pack.read_image`: transparency composited on white, EXIF
+    orientation applied, every format the packer accepts (GIF, 16-bit and float TIFF, ...).
+
+    Raises:
+        FileNotFoundError: no such file.
+        InputError: an unreadable file (a ``ValueError`` naming it).
+    """
+    from ..data.pack import read_image
+
+    return read_image(path)
 
 
 def eval_transform(img: np.ndarray | mx.nd.NDArray, crop: int = 224,
@@ -91,7 +93,12 @@ def load_class_names(path: str) -> list[str]:
     """Class names, one per line (blank lines ignored)."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f'no classes file at {path!r}')
-    with open(path, encoding='utf-8') as handle:
-        return [line.strip() for line in handle if line.strip()]
+    if os.path.isdir(path):
+        raise InputError('the classes file is a folder', path)
+    try:
+        with open(path, encoding='utf-8') as handle:
+            return [line.strip() for line in handle if line.strip()]
+    except UnicodeDecodeError:
+        raise InputError('not a text file of class names', path) from None
 
 

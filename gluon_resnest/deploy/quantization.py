@@ -21,6 +21,7 @@ import mxnet as mx
 import numpy as np
 from mxnet.gluon import nn
 
+from ..errors import InputError, mxnet_reason
 from .export import load_exported
 from .graph import Graph
 from .inference import fold_batchnorm
@@ -367,18 +368,24 @@ def calibration_batches(rec_path: str, batch_size: int, num_examples: int, input
 def _read_sequential(rec_path: str, batch_size: int, wanted: int, input_size: int,
                      mean: Sequence[float] | None, std: Sequence[float] | None
                      ) -> Iterable[mx.nd.NDArray]:
+    from ..data.transforms import ImageDecodeError, decode_image
+
     record = mx.recordio.MXRecordIO(rec_path, 'r')
     images: list[mx.nd.NDArray] = []
     made = 0
     try:
         while made < wanted:
-            item = record.read()
+            try:
+                item = record.read()
+            except mx.base.MXNetError as err:
+                raise InputError(f'not a readable RecordIO file ({mxnet_reason(err)})',
+                                 rec_path) from None
             if item is None:
                 break
             _, raw = mx.recordio.unpack(item)
             try:
-                img = mx.image.imdecode(raw, flag=1, to_rgb=True)
-            except mx.base.MXNetError:
+                img = decode_image(raw)
+            except ImageDecodeError:
                 logger.warning('skipping an undecodable record in %s', rec_path)
                 continue
             images.append(eval_transform(img, input_size, mean, std if mean is not None

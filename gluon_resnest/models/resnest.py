@@ -13,6 +13,7 @@ from typing import Any, Callable, Sequence
 import mxnet as mx
 from mxnet.gluon import nn
 
+from ..errors import mxnet_reason
 from ..layers import DeepStem, DropBlock, Shortcut, SplitAttention
 from ..registry import register_model
 
@@ -280,7 +281,7 @@ def load_param_file(filename: str) -> dict[str, mx.nd.NDArray]:
         loaded = mx.nd.load(filename)
     except mx.base.MXNetError as err:
         raise ValueError(f'{filename!r} is not an MXNet parameter file: '
-                         f'{str(err).splitlines()[0]}') from None
+                         f'{mxnet_reason(err)}') from None
     if not isinstance(loaded, dict):
         raise ValueError(f'{filename!r} holds unnamed arrays, not named parameters')
     return loaded

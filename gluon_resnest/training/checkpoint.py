@@ -15,6 +15,8 @@ from typing import Any
 import mxnet as mx
 import numpy as np
 
+from ..errors import InputError, mxnet_reason
+
 logger = logging.getLogger(__name__)
 
 _NAME = re.compile(r'^epoch-(\d{4,})$')
@@ -22,16 +24,27 @@ PARAMS = 'model.params'
 STATES = 'trainer.states'
 RNG = 'rng.pkl'
 META = 'meta.json'  # written last: its presence marks a complete checkpoint
+MODEL = 'model.json'  # what rebuilds the network: model name, classes, model_kwargs
 
 
 def save_checkpoint(directory: str | os.PathLike, epoch: int, net: mx.gluon.Block,
                     trainer: mx.gluon.Trainer, extra: dict[str, Any] | None = None,
-                    keep: int = 2) -> Path:
+                    keep: int = 2, model_spec: dict[str, Any] | None = None) -> Path:
     """Write ``directory/epoch-NNNN`` atomically (temporary folder, then one rename).
 
     A crash at any point leaves either the previous checkpoints alone or the complete new one.
-    Only the ``keep`` newest checkpoints are kept.
+    Only the ``keep`` newest checkpoints of the same run (``extra['run_id']``, when given) are
+    kept; checkpoints of other runs are never deleted.
+
+    Args:
+        model_spec: how to rebuild the network (:data:`MODEL`: ``model``, ``classes``,
+            ``model_kwargs``, ...), so that tools can load ``model.params`` on their own.
+
+    Raises:
+        ValueError: ``keep`` < 1 (that would delete the checkpoint just written).
     """
+    if keep < 1:
+        raise ValueError(f'keep must be >= 1 (the newest checkpoint is always kept), got {keep}')
     root = Path(directory)
     root.mkdir(parents=True, exist_ok=True)
     final = root / f'epoch-{epoch:04d}'
@@ -41,6 +54,8 @@ def save_checkpoint(directory: str | os.PathLike, epoch: int, net: mx.gluon.Bloc
         trainer.save_states(str(tmp / STATES))
         with open(tmp / RNG, 'wb') as f:
             pickle.dump({'python': random.getstate(), 'numpy': np.random.get_state()}, f)
+        if model_spec is not None:
+            (tmp / MODEL).write_text(json.dumps(model_spec, indent=2) + '\n')
         meta = {'epoch': epoch, **(extra or {})}
         with open(tmp / META, 'w') as f:
             json.dump(meta, f)
@@ -52,37 +67,80 @@ def save_checkpoint(directory: str | os.PathLike, epoch: int, net: mx.gluon.Bloc
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    for old in list_checkpoints(root)[:-keep]:
+    for old in list_checkpoints(root, (extra or {}).get('run_id'))[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     for stale in root.glob('.epoch-*'):  # left by a run killed while saving
         shutil.rmtree(stale, ignore_errors=True)
     return final
 
 
-def list_checkpoints(directory: str | os.PathLike) -> list[Path]:
-    """Complete checkpoints in ``directory``, oldest first."""
+def list_checkpoints(directory: str | os.PathLike, run_id: str | None = None) -> list[Path]:
+    """Complete checkpoints in ``directory``, oldest first (of run ``run_id`` only, if given)."""
     root = Path(directory)
     if not root.is_dir():
         return []
     found = [p for p in root.iterdir() if _NAME.match(p.name) and (p / META).is_file()]
+    if run_id is not None:
+        found = [p for p in found if _run_of(p) in (run_id, None)]
     return sorted(found, key=lambda p: int(_NAME.match(p.name).group(1)))
 
 
-def latest_checkpoint(directory: str | os.PathLike) -> Path | None:
+def _run_of(path: Path) -> str | None:
+    try:
+        return json.loads((path / META).read_text()).get('run_id')
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def latest_checkpoint(directory: str | os.PathLike, run_id: str | None = None) -> Path | None:
     """The newest complete checkpoint, or None."""
-    found = list_checkpoints(directory)
+    found = list_checkpoints(directory, run_id)
     return found[-1] if found else None
+
+
+def resume_checkpoint(directory: str | os.PathLike, net: mx.gluon.Block,
+                      trainer: mx.gluon.Trainer, ctx: Any = None,
+                      run_id: str | None = None) -> tuple[Path, dict[str, Any]] | None:
+    """Load the newest checkpoint that is complete *and* loads; None when there is none.
+
+    A damaged newest checkpoint (a truncated file, a disk error) is reported and the one
+    before it is tried, and so on.
+
+    Raises:
+        InputError: checkpoints exist but none of them can be loaded.
+    """
+    candidates = list_checkpoints(directory, run_id)
+    failures = []
+    for path in reversed(candidates):
+        try:
+            meta = load_checkpoint(path, net, trainer, ctx=ctx)
+        except (OSError, ValueError, EOFError, KeyError, pickle.UnpicklingError,
+                mx.base.MXNetError) as err:
+            reason = mxnet_reason(err) if isinstance(err, mx.base.MXNetError) else str(err)
+            logger.warning('checkpoint %s cannot be loaded (%s)%s', path, reason,
+                           '; trying the one before it' if path != candidates[0] else '')
+            failures.append(path.name)
+            continue
+        if failures:
+            logger.warning('resuming from %s, the newest checkpoint that loads (skipped: %s)',
+                           path, ', '.join(failures))
+        return path, meta
+    if failures:
+        raise InputError(f'no checkpoint can be loaded (tried {", ".join(failures)}); start '
+                         f'again with --overwrite', directory)
+    return None
 
 
 def load_checkpoint(path: str | os.PathLike, net: mx.gluon.Block, trainer: mx.gluon.Trainer,
                     ctx: Any = None) -> dict[str, Any]:
     """Restore parameters, trainer state and RNG state; return the checkpoint's metadata."""
     path = Path(path)
+    with open(path / META) as f:
+        meta = json.load(f)
     net.load_parameters(str(path / PARAMS), ctx=ctx)
     trainer.load_states(str(path / STATES))
     with open(path / RNG, 'rb') as f:
         rng = pickle.load(f)
     random.setstate(rng['python'])
     np.random.set_state(rng['numpy'])
-    with open(path / META) as f:
-        return json.load(f)
+    return meta

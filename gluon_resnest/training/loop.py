@@ -27,13 +27,16 @@ import numpy as np
 from mxnet import autograd, gluon
 
 from ..data import TrainLoader, ValLoader, allreduce_sum, mixup, smooth_one_hot
+from ..data.records import unpack_image_record
+from ..data.transforms import decode_image
+from ..errors import InputError, mxnet_reason
 from ..evaluation import evaluate
 from ..layers import HorovodSyncBatchNorm, set_drop_prob
 from ..model_zoo import get_model
 from ..params import copy_parameters, params_digest
 from ..progress import progress
 from .amp import check_amp, init_amp, loss_scaler_state, restore_loss_scaler
-from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from .checkpoint import latest_checkpoint, load_checkpoint, resume_checkpoint, save_checkpoint
 from .metrics import append_metrics, plot_curves, read_metrics, truncate_metrics
 from .options import (
     EXIT_DIVERGED,
@@ -45,6 +48,7 @@ from .options import (
     resolve_config,
 )
 from .plan import worker_device
+from .rundir import RunLock, claim_run_dir, read_identity
 from .schedule import dropblock_prob, learning_rate
 
 __all__ = ['Run', 'build_loaders', 'build_model_and_trainer', 'finish', 'resume', 'save_epoch',
@@ -66,6 +70,8 @@ class Run:
     val_loader: ValLoader
     val_rec: Path | None = None
     ctx: Any = None
+    lock: RunLock | None = None
+    identity: dict[str, Any] | None = None
     net: gluon.HybridBlock | None = None
     eval_net: gluon.HybridBlock | None = None
     trainer: gluon.Trainer | None = None
@@ -103,10 +109,10 @@ def build_loaders(config: dict[str, Any], train_rec: Path, val_rec: Path, rank: 
         crop_scale=tuple(config['crop_scale']), crop_ratio=tuple(config['crop_ratio']),
         hflip=config['hflip'], color_jitter=config['color_jitter'],
         pca_noise=config['pca_noise'], auto_augment=config['auto_augment'], mean=mean,
-        std=std, mp_context=mp_context)
+        std=std, mp_context=mp_context, num_classes=config['classes'])
     val_loader = ValLoader(str(val_rec), batch, eval_crop=config['eval_crop'], rank=rank,
                            world_size=size, num_workers=config['num_workers'], mean=mean,
-                           std=std, mp_context=mp_context)
+                           std=std, mp_context=mp_context, num_classes=config['classes'])
     train_loader.start()
     val_loader.start()
     return train_loader, val_loader
@@ -131,8 +137,21 @@ def start_workers(options: RunOptions) -> Run:
     train_rec, val_rec = check_data(config, options.data_dir)
     if not options.run_dir:
         raise TrainingError('--run-dir is required to train')
+    _check_model(config)
+    # Everything that can be checked before the first epoch is: labels against the class
+    # count, a readable validation set, a writable run directory that no other run uses.
     train_loader, val_loader = build_loaders(config, train_rec, val_rec, rank, size,
                                              mp_context=mp_context)
+    lock = identity = None
+    try:
+        _check_decodable(val_loader)
+        if rank == 0:
+            lock, identity = claim_run_dir(options.run_dir, config, options.resume,
+                                           options.overwrite)
+    except BaseException:
+        train_loader.close()
+        val_loader.close()
+        raise
 
     if not options.elastic:
         hvd.init()
@@ -149,7 +168,14 @@ def start_workers(options: RunOptions) -> Run:
         config = resolve_config(options, size)
         train_loader, val_loader = build_loaders(config, train_rec, val_rec, rank, size,
                                                  mp_context='forkserver')
-    run = Run(options, config, rank, size, train_rec, train_loader, val_loader, val_rec)
+        if rank == 0 and lock is None:
+            lock, identity = claim_run_dir(options.run_dir, config, options.resume,
+                                           options.overwrite)
+        elif rank != 0 and lock is not None:
+            lock.release()
+            lock = identity = None
+    run = Run(options, config, rank, size, train_rec, train_loader, val_loader, val_rec,
+              lock=lock, identity=identity)
     if rank == 0:
         run.run_dir.mkdir(parents=True, exist_ok=True)
         (run.run_dir / 'config.json').write_text(json.dumps(config, indent=2) + '\n')
@@ -159,6 +185,36 @@ def start_workers(options: RunOptions) -> Run:
                     train_loader.num_samples, val_rec, val_loader.num_records,
                     config['num_workers'])
     return run
+
+
+def _check_model(config: dict[str, Any]) -> None:
+    """Build the network once (no weights) to refuse bad ``model_kwargs`` before any work."""
+    try:
+        get_model(config['model'], classes=config['classes'], **config['model_kwargs'])
+    except (TypeError, ValueError, mx.base.MXNetError) as err:
+        reason = mxnet_reason(err) if isinstance(err, mx.base.MXNetError) else err
+        raise InputError(f'model_kwargs {config["model_kwargs"]} do not fit '
+                         f'{config["model"]}: {reason}') from None
+
+
+def _check_decodable(loader: ValLoader, sample: int = 8) -> None:
+    """Refuse a validation file none of whose first images decodes (found up front)."""
+    records = loader.records
+    reasons = []
+    for pos in range(min(sample, len(records))):
+        try:
+            decode_image(unpack_image_record(records.read(pos))[1])
+            return
+        except ValueError as err:
+            reasons.append(str(getattr(err, 'reason', err)))
+    raise InputError(f'none of its first {len(reasons)} images can be decoded '
+                     f'({reasons[0]})', records.rec_path)
+
+
+def model_spec(config: dict[str, Any]) -> dict[str, Any]:
+    """What rebuilds the trained network (written into every checkpoint as model.json)."""
+    return {'model': config['model'], 'classes': config['classes'],
+            'model_kwargs': dict(config['model_kwargs'])}
 
 
 def build_model_and_trainer(run: Run) -> None:
@@ -221,15 +277,25 @@ def _make_trainer(run: Run) -> gluon.Trainer:
 def resume(run: Run) -> None:
     """Load the newest complete checkpoint (chosen by rank 0) when resuming; reset the metrics."""
     if run.options.resume:
-        latest = latest_checkpoint(run.checkpoint_dir)
-        # An elastic run must not start with a collective (a joining worker would wait on
-        # another one): every worker reads the shared folder, and the state sync that follows
-        # gives all of them rank 0's choice.
-        found = str(latest) if latest else ''
-        if not run.options.elastic:
-            found = hvd.broadcast_object(found, root_rank=0)
+        if run.options.elastic:
+            # An elastic run must not start with a collective (a joining worker would wait on
+            # another one): every worker reads the shared folder itself, and the state sync
+            # that follows gives all of them rank 0's weights.
+            identity = run.identity or read_identity(run.run_dir) or {}
+            loaded = resume_checkpoint(run.checkpoint_dir, run.net, run.trainer, ctx=run.ctx,
+                                       run_id=identity.get('run_id'))
+            found = str(loaded[0]) if loaded else ''
+        else:
+            # Rank 0 picks the newest checkpoint of this run that loads (falling back past
+            # damaged ones, and saying so); the others load the one it picked.
+            loaded = None
+            if run.rank == 0:
+                loaded = resume_checkpoint(run.checkpoint_dir, run.net, run.trainer,
+                                           ctx=run.ctx, run_id=run.identity['run_id'])
+            found = hvd.broadcast_object(str(loaded[0]) if loaded else '', root_rank=0)
         if found:
-            meta = load_checkpoint(found, run.net, run.trainer, ctx=run.ctx)
+            meta = loaded[1] if loaded else load_checkpoint(found, run.net, run.trainer,
+                                                            ctx=run.ctx)
             restore_loss_scaler(run.trainer, meta.get('amp_loss_scaler'))
             run.start_epoch = meta['epoch'] + 1
             logger.info('resumed from %s; continuing at epoch %d', found, run.start_epoch + 1)
@@ -322,12 +388,12 @@ def save_epoch(run: Run, epoch: int, record: dict[str, Any]) -> None:
     """Rank 0: append the record to the metrics, redraw the curves, write a checkpoint."""
     append_metrics(run.metrics_path, record)
     plot_curves(read_metrics(run.metrics_path), run.run_dir / 'curves.png')
-    extra = {'record': record}
+    extra = {'record': record, 'run_id': run.identity['run_id']}
     scaler = loss_scaler_state(run.trainer)
     if scaler is not None:
         extra['amp_loss_scaler'] = scaler
     save_checkpoint(run.checkpoint_dir, epoch, run.net, run.trainer, extra=extra,
-                    keep=run.options.keep_checkpoints)
+                    keep=run.options.keep_checkpoints, model_spec=model_spec(run.config))
     logger.info('epoch %d: %s', epoch + 1, json.dumps(record))
 
 
@@ -347,7 +413,9 @@ def finish(run: Run) -> None:
         config = run.config
         files = export_network(run.eval_net, str(export_dir / 'model'),
                                input_size=config['eval_crop'], classes=config['classes'],
-                               mean=tuple(config['mean']), std=tuple(config['std']))
+                               mean=tuple(config['mean']), std=tuple(config['std']),
+                               model_name=config['model'],
+                               model_kwargs=config['model_kwargs'])
         classes_file = run.train_rec.with_suffix('.classes')
         if classes_file.is_file():
             shutil.copy(classes_file, export_dir / 'model.classes')
@@ -363,14 +431,27 @@ def train_model(options: RunOptions) -> int:
         ValueError: A recipe value or data file the loaders refuse.
     """
     # A crash in native code then also prints the Python stack of every thread.
-    faulthandler.enable(all_threads=True)
+    try:
+        faulthandler.enable(all_threads=True)
+    except ValueError:  # stderr has no file descriptor (captured, e.g. by a test runner)
+        logger.debug('no faulthandler: stderr is not a file')
     run = start_workers(options)
+    try:
+        _train(run)
+    finally:
+        if run.lock is not None:
+            run.lock.release()
+    return 0
+
+
+def _train(run: Run) -> None:
+    options = run.options
     build_model_and_trainer(run)
     resume(run)
     if options.elastic:
         _train_elastic(run)
         finish(run)
-        return 0
+        return
     epochs = run.config['epochs']
     if options.debug_workers:
         _write_worker_file(run, 'shard.json', json.dumps({
@@ -387,7 +468,6 @@ def train_model(options: RunOptions) -> int:
         if run.rank == 0:
             save_epoch(run, epoch, record)
     finish(run)
-    return 0
 
 
 def _train_elastic(run: Run) -> None:
@@ -409,6 +489,10 @@ def _train_elastic(run: Run) -> None:
     def on_reset() -> None:
         run.rank, run.size = hvd.rank(), hvd.size()
         configure_logging(run.rank)
+        if run.rank == 0 and run.identity is None:
+            # Rank 0 is now a worker that did not claim the run directory: it writes the
+            # checkpoints from here on, under the run's recorded identity.
+            run.identity = read_identity(run.run_dir)
         run.config = resolve_config(options, run.size)
         run.train_loader.close()
         run.val_loader.close()
@@ -484,7 +568,8 @@ def _train_elastic(run: Run) -> None:
 
 def _check_finite(run: Run, value: float, epoch: int, step: int, lr: float) -> None:
     if not math.isfinite(value):
-        last = latest_checkpoint(run.checkpoint_dir)
+        last = latest_checkpoint(run.checkpoint_dir,
+                                 run.identity['run_id'] if run.identity else None)
         raise TrainingError(
             f'the training loss became {value} at epoch {epoch + 1}, step {step + 1} '
             f'(lr {lr:.4g}); stopping. The last good checkpoint is '
@@ -496,12 +581,24 @@ def _sync_norm_statistics(net: gluon.Block) -> None:
     """Average BatchNorm running statistics over workers so every rank holds the same model."""
     if hvd.size() == 1:
         return
-    # The engine does not order these reads after every in-place update of the statistics by
-    # the last training steps: without waiting, two identical runs average different values.
+    # Wait for every pending operation first: the updates of the running statistics by the
+    # last training steps are not all ordered before later reads of those arrays (under load,
+    # reading them returned statistics of some earlier step, a different set of layers in
+    # every run). Horovod then reduces a plain copy of each statistic, under a name of its own
+    # (broadcast_parameters used the parameter names).
     mx.nd.waitall()
-    for name, param in sorted(net.collect_params().items()):
-        if name.endswith(('running_mean', 'running_var')):
-            param.set_data(hvd.allreduce(param.data(), average=True, name=name))
+    stats = [(name, param) for name, param in
+             sorted(net._collect_params_with_prefix().items())  # noqa: SLF001
+             if name.endswith(('running_mean', 'running_var'))]
+    reduced = []
+    for name, param in stats:
+        live = param.data()
+        copy = mx.nd.array(live.asnumpy(), ctx=live.context, dtype=live.dtype)
+        reduced.append(hvd.allreduce(copy, average=True,
+                                     name=f'gluon_resnest.norm_statistics.{name}'))
+    for (_, param), value in zip(stats, reduced):
+        param.set_data(value)
+    mx.nd.waitall()
 
 
 def _progress(total: int, desc: str, run: Run) -> Any:

@@ -37,7 +37,9 @@ class RunOptions:
         per_worker_batch_size: When set, the global batch is this times the number of workers.
         data_dir: Folder with the recipe's ``train_rec`` and ``val_rec``.
         run_dir: Output folder.
-        resume: Continue from the newest complete checkpoint in ``run_dir``.
+        resume: Continue the run in ``run_dir`` from its newest loadable checkpoint.
+        overwrite: Start a new run in ``run_dir`` even if it holds another run's files
+            (deleting them).
         keep_checkpoints: How many of the newest checkpoints to keep.
         export: Export the network (symbol/params) at the end.
         debug_workers: Each rank writes ``workers/rank-N.shard.json`` (its shard of the first
@@ -56,6 +58,7 @@ class RunOptions:
     data_dir: str | None = None
     run_dir: str | None = None
     resume: bool = False
+    overwrite: bool = False
     keep_checkpoints: int = 2
     export: bool = True
     debug_workers: bool = False

@@ -94,7 +94,11 @@ def load_recipe(name_or_path: str) -> Recipe:
         hint = f' Did you mean: {", ".join(close)}?' if close else ''
         raise ValueError(f'unknown recipe {name_or_path!r}.{hint} '
                          f'Known recipes: {", ".join(recipe_names())}.')
-    values = yaml.safe_load(path.read_text()) or {}
+    try:
+        values = yaml.safe_load(path.read_text(encoding='utf-8')) or {}
+    except (UnicodeDecodeError, yaml.YAMLError) as err:
+        reason = str(err).splitlines()[0]
+        raise ValueError(f'{path}: not a YAML recipe ({reason})') from None
     if not isinstance(values, dict):
         raise ValueError(f'{path}: a recipe is a mapping of field: value')
     return make_recipe(values, source=str(path))
@@ -119,7 +123,10 @@ def coerce(key: str, value: Any, default: Any, source: str = 'recipe') -> Any:
     """Convert ``value`` (from YAML or a command line string) to the type of ``default``."""
     try:
         if isinstance(value, str) and not isinstance(default, str):
-            value = yaml.safe_load(value)
+            try:
+                value = yaml.safe_load(value)
+            except yaml.YAMLError as err:
+                raise TypeError(f'not YAML: {str(err).splitlines()[0]}') from None
         if key in _OPTIONAL:
             if value is None:
                 return None
@@ -155,9 +162,9 @@ def validate(recipe: Recipe, source: str = 'recipe') -> None:
 
     check(recipe.model in list_models(), f'unknown model {recipe.model!r}; '
                                          f'known: {", ".join(list_models())}')
-    check(recipe.classes >= 2, 'classes must be >= 2')
-    check(recipe.global_batch_size >= 1, 'global_batch_size must be positive')
-    check(recipe.epochs >= 1, 'epochs must be positive')
+    check(2 <= recipe.classes <= 10**6, 'classes must be in [2, 1000000]')
+    check(1 <= recipe.global_batch_size <= 2**20, 'global_batch_size must be in [1, 1048576]')
+    check(1 <= recipe.epochs <= 100000, 'epochs must be in [1, 100000]')
     check(0 <= recipe.warmup_epochs <= recipe.epochs, 'warmup_epochs must be in [0, epochs]')
     check(recipe.base_lr > 0 and (recipe.lr is None or recipe.lr > 0), 'lr must be positive')
     check(recipe.optimizer in OPTIMIZERS, f'optimizer must be one of {OPTIMIZERS}')
@@ -167,16 +174,16 @@ def validate(recipe: Recipe, source: str = 'recipe') -> None:
     check(recipe.mixup_alpha >= 0, 'mixup_alpha must be >= 0')
     check(0 <= recipe.dropblock_prob < 1, 'dropblock_prob must be in [0, 1)')
     check(0 <= recipe.final_drop < 1, 'final_drop must be in [0, 1)')
-    check(all(c is None or c >= 16 for c in (recipe.train_crop, recipe.eval_crop)),
-          'crops must be >= 16 pixels')
+    check(all(c is None or 16 <= c <= 2048 for c in (recipe.train_crop, recipe.eval_crop)),
+          'train_crop and eval_crop must be in [16, 2048] pixels')
     check(len(recipe.crop_scale) == 2 and 0 < recipe.crop_scale[0] <= recipe.crop_scale[1] <= 1,
           'crop_scale must be (low, high) with 0 < low <= high <= 1')
     check(len(recipe.crop_ratio) == 2 and 0 < recipe.crop_ratio[0] <= recipe.crop_ratio[1],
           'crop_ratio must be (low, high) with 0 < low <= high')
     check(len(recipe.mean) == 3 and len(recipe.std) == 3 and min(recipe.std) > 0,
           'mean and std need three values, std positive')
-    check(recipe.num_workers >= 0, 'num_workers must be >= 0')
-    check(recipe.val_interval >= 1, 'val_interval must be >= 1')
+    check(0 <= recipe.num_workers <= 1024, 'num_workers must be in [0, 1024]')
+    check(1 <= recipe.val_interval <= 100000, 'val_interval must be in [1, 100000]')
     check(recipe.amp_dtype in AMP_DTYPES, f'amp_dtype must be one of {AMP_DTYPES}')
 
 

@@ -12,8 +12,8 @@ HAS_GPU := $(shell nvidia-smi -L >/dev/null 2>&1 && echo yes)
 MXNET_EXTRA := $(if $(HAS_GPU),cu112,cpu)
 HOROVOD_ENV := HOROVOD_WITH_MXNET=1 HOROVOD_WITH_GLOO=1 HOROVOD_WITHOUT_MPI=1 \
 	HOROVOD_WITHOUT_TENSORFLOW=1 HOROVOD_WITHOUT_PYTORCH=1
-INSTALL_CHECK := import mxnet, gluoncv, horovod.mxnet as hvd; \
-	print('mxnet', mxnet.__version__, 'horovod', hvd.__version__)
+INSTALL_CHECK := import mxnet, gluoncv, horovod, horovod.mxnet as hvd; \
+	print('mxnet', mxnet.__version__, 'horovod', horovod.__version__)
 # Where the CUDA toolkit and NCCL are looked for last (after HOROVOD_*_HOME, PATH, *_HOME).
 CUDA_DEFAULT ?= /usr/local/cuda
 NCCL_DEFAULT ?= /usr

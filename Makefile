@@ -106,7 +106,7 @@ test: install torch-env
 
 # The multi-host tests (marked slow, so also part of test-slow) build network namespaces as
 # root; beds left by an interrupted run are removed before and after.
-test-slow: install torch-env serve-env
+test-slow: install torch-env serve-env ov-env
 	$(PY) tests/multihost.py cleanup
 	$(PY) -m pytest -m slow $(PYTEST_ARGS); rc=$$?; $(PY) tests/multihost.py cleanup; exit $$rc
 

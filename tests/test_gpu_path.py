@@ -156,8 +156,8 @@ def test_float16_amp_without_gpu_is_a_clear_error(digits, tmp_path):
     assert 'Traceback' not in result.stderr
 
 
-def _digest(run: Path) -> str:
-    return (run / 'workers' / 'rank-0.params.sha256').read_text()
+def _digest(run: Path, rank: int = 0) -> str:
+    return (run / 'workers' / f'rank-{rank}.params.sha256').read_text()
 
 
 def _check_fp32_export(run: Path) -> None:
@@ -170,18 +170,20 @@ def _check_fp32_export(run: Path) -> None:
     assert _ok(_run('-c', code)).stdout.split()[0] == 'float32'
 
 
-def test_bfloat16_amp_one_worker_resumes_exactly(digits, tmp_path):
+@pytest.mark.parametrize('workers', [1, pytest.param(2, marks=pytest.mark.slow)])
+def test_bfloat16_amp_resumes_exactly(workers, digits, tmp_path):
     """A run that lost its last epoch and resumes ends bit-identical to the uninterrupted one."""
     whole, resumed = tmp_path / 'whole', tmp_path / 'resumed'
     common = [*FAST, *BF16, '--epochs', '2', '--data-dir', str(digits), '--debug-workers']
-    _train(*common, '--run-dir', str(whole))
+    _train(*common, '--run-dir', str(whole), workers=workers)
     meta = json.loads((whole / 'checkpoints' / 'epoch-0001' / 'meta.json').read_text())
     assert meta['amp_loss_scaler']['loss_scale'] > 0
     assert meta['amp_loss_scaler']['unskipped'] == 20  # two epochs of 10 finite steps
     # As if the run had died during its second epoch: epoch 0's checkpoint is the newest.
     shutil.copytree(whole, resumed, ignore=shutil.ignore_patterns('epoch-0001', 'export'))
-    _train(*common, '--run-dir', str(resumed), '--resume')
-    assert _digest(resumed) == _digest(whole)
+    _train(*common, '--run-dir', str(resumed), '--resume', workers=workers)
+    for rank in range(workers):
+        assert _digest(resumed, rank) == _digest(whole, rank) == _digest(whole, 0)
     records = [json.loads(line) for line in (whole / 'metrics.jsonl').read_text().splitlines()]
     assert [r['epoch'] for r in records] == [0, 1]
     assert all(math.isfinite(r['train_loss']) for r in records)

@@ -112,7 +112,8 @@ def test_evaluate_and_predict_default_to_the_paper_crop_of_resnest269(tmp_path):
 
     probs = {crop: mx.nd.softmax(net(eval_transform(load_image(str(image)), crop))).asnumpy()[0]
              for crop in (416, 224)}
-    assert np.abs(probs[416] - probs[224]).max() > 1e-2  # the crops are told apart
+    # The crops are told apart: far more than the tolerance of the comparison below.
+    assert np.abs(probs[416] - probs[224]).max() > 10 * 2e-4
     result = run_tool('predict', '--model', 'resnest269', '--params', params, '--top-k', 4,
                       image)
     assert result.returncode == 0, result.stderr

@@ -230,3 +230,23 @@ def test_predict_json_matches_text(tmp_path, capsys):
         assert float(line[-1]) == pytest.approx(entry['probability'], abs=5e-5)
     probs = [entry['probability'] for entry in got[images[0]]]
     assert probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 1
+
+
+def test_handler_sees_the_pixels_predict_sees(tmp_path):
+    """A request body becomes the same network input as the same file given to predict."""
+    from gluon_resnest.deploy import eval_transform, load_image
+    from gluon_resnest.deploy.serving import ImageClassifier
+
+    net = get_model('resnest14', classes=len(NAMES), stem_width=16)
+    net.initialize(mx.init.Xavier(magnitude=2))
+    prefix = str(tmp_path / 'tiny')
+    export_network(net, prefix, input_size=SIZE, classes=NAMES)
+    classifier = ImageClassifier(prefix)
+    images = _images(tmp_path)
+    assert {path.rsplit('.', 1)[1] for path in images} == {'png', 'jpg'}
+    for path in images:
+        with open(path, 'rb') as handle:
+            served = classifier.transform(handle.read()).asnumpy()
+        predicted = eval_transform(load_image(path), SIZE, classifier.mean,
+                                   classifier.std).asnumpy()
+        np.testing.assert_array_equal(served, predicted, err_msg=path)

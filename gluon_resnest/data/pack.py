@@ -29,8 +29,8 @@ from ..errors import InputError, missing
 from .records import check_encoded_image, pack_image_record
 
 __all__ = ['IMAGE_EXTENSIONS', 'MAX_KEY', 'ListEntry', 'PackResult', 'ScanResult', 'check_entries',
-           'encode_image', 'pack_entries', 'pack_folder', 'read_image', 'read_lst',
-           'scan_folder', 'to_rgb', 'write_lst']
+           'encode_image', 'encode_image_bytes', 'image_pixels', 'pack_entries', 'pack_folder',
+           'read_image', 'read_lst', 'scan_folder', 'to_rgb', 'write_lst']
 
 logger = logging.getLogger(__name__)
 
@@ -285,6 +285,17 @@ def encode_image(path: str, resize: int = 0, quality: int = 95) -> Tuple[bytes, 
         raw = f.read()
     if not raw:
         raise ValueError('empty file')
+    return encode_image_bytes(raw, resize, quality)
+
+
+def encode_image_bytes(raw: bytes, resize: int = 0, quality: int = 95) -> Tuple[bytes, bool]:
+    """:func:`encode_image` of the contents of an image file.
+
+    Raises:
+        ValueError: empty, truncated or undecodable data (the message says which).
+    """
+    if not raw:
+        raise ValueError('empty data')
     # Importing gluoncv sets PIL's process-wide LOAD_TRUNCATED_IMAGES, which would let a
     # truncated file through as a half-grey image: refuse truncation whatever that flag says.
     lenient = ImageFile.LOAD_TRUNCATED_IMAGES
@@ -331,16 +342,31 @@ def read_image(path: str, quality: int = 95) -> np.ndarray:
         FileNotFoundError: no such file.
         InputError: an unreadable or undecodable file (the reason names it).
     """
-    from .transforms import decode_image
-
     if not os.path.isfile(path):
         raise FileNotFoundError(f'no image file at {path!r}')
     try:
-        data, _ = encode_image(path, 0, quality)
-        return decode_image(data)
-    except (OSError, ValueError) as err:
-        reason = getattr(err, 'strerror', None) or str(err) or type(err).__name__
-        raise InputError(f'cannot read {path!r} as an image: {reason}') from None
+        with open(path, 'rb') as handle:
+            raw = handle.read()
+    except OSError as err:
+        raise InputError(f'cannot read {path!r} as an image: {err.strerror}') from None
+    if not raw:
+        raise InputError(f'cannot read {path!r} as an image: empty file')
+    try:
+        return image_pixels(raw, quality)
+    except ValueError as err:
+        raise InputError(f'cannot read {path!r} as an image: {err}') from None
+
+
+def image_pixels(raw: bytes, quality: int = 95) -> np.ndarray:
+    """:func:`read_image` of the contents of an image file (an upload, a request body).
+
+    Raises:
+        ValueError: empty, truncated or undecodable data (the reason says which).
+    """
+    from .transforms import decode_image
+
+    data, _ = encode_image_bytes(raw, 0, quality)
+    return decode_image(data)
 
 
 def _encode_job(args: Tuple[str, int, int]) -> Tuple[bytes | None, bool, str | None]:

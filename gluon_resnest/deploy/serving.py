@@ -4,8 +4,9 @@ An archive written by ``tools/archive_mms.py`` holds an export (FP32 or INT8) un
 :data:`ARCHIVE_PREFIX` and names :func:`handle` as its handler, so the server runs this module
 in its Python workers; the server's Python needs ``gluon_resnest`` installed. Each request
 carries one encoded image (the raw request body, or one multipart file field). The handler
-decodes it with the same decoder as ``tools/predict.py`` (:func:`gluon_resnest.deploy.load_image`
-reads a file and calls :func:`gluon_resnest.data.decode_image`), applies the paper's evaluation
+turns it into pixels exactly as ``tools/predict.py`` does a file
+(:func:`gluon_resnest.data.pack.image_pixels`, the body of
+:func:`gluon_resnest.deploy.load_image`), applies the paper's evaluation
 transform (:func:`gluon_resnest.deploy.eval_transform`) with the crop and normalisation of the
 export's meta file, runs every image of an MMS batch through the network at once, and answers
 with the top-5 classes::
@@ -38,7 +39,7 @@ from typing import Any, Sequence
 import mxnet as mx
 import numpy as np
 
-from ..data import decode_image
+from ..data.pack import image_pixels
 from .export import load_exported
 from .inference import optimize_for_inference
 from .preprocess import eval_transform, load_class_names
@@ -94,7 +95,7 @@ class ImageClassifier:
 
     def transform(self, encoded: bytes) -> mx.nd.NDArray:
         """One encoded image as a ``(1, 3, crop, crop)`` batch; ValueError when unreadable."""
-        return eval_transform(decode_image(encoded), self.crop, self.mean, self.std)
+        return eval_transform(image_pixels(encoded), self.crop, self.mean, self.std)
 
     def classify(self, batch: Sequence[mx.nd.NDArray], k: int = TOP_K) -> list[list[dict]]:
         """Top-``k`` classes (:func:`ranked`) of each transformed image, in one forward pass."""

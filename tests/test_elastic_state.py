@@ -34,3 +34,14 @@ def test_lost_peer_errors_are_told_from_others():
     assert all(_horovod_failure(mx.base.MXNetError(text)) for text in lost)
     assert not _horovod_failure(mx.base.MXNetError('Check failed: shape mismatch'))
     assert not _horovod_failure(ValueError('Connection reset by peer'))
+
+
+def test_elastic_refuses_synchronised_batchnorm():
+    import pytest
+
+    from gluon_resnest.training.options import RunOptions, resolve_config
+
+    assert resolve_config(RunOptions(recipe='digits', elastic=True), 2)['sync_bn'] is False
+    with pytest.raises(ValueError, match='--elastic cannot be combined with sync_bn'):
+        resolve_config(RunOptions(recipe='digits', elastic=True, overrides={'sync_bn': True}), 2)
+    assert resolve_config(RunOptions(recipe='digits', overrides={'sync_bn': True}), 2)['sync_bn']

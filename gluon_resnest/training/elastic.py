@@ -19,13 +19,24 @@ the recipe's, the per-worker batch becomes ``global_batch_size / size`` (the glo
 be divisible by every world size the job may run at), so the learning rate and schedule do not
 change. Random numbers are drawn from seeds derived from ``(seed, epoch, batch, rank)``, so
 they need no saving.
+
+Every collective operation of an elastic run goes through :func:`fenced`: it starts when no
+other operation is pending, it is a single engine operation (the gradients are reduced as one
+group), and it is waited for before anything else is queued. A lost peer then fails exactly
+one operation, whose error MXNet's engine records from one thread, and which is read only
+once nothing else runs. MXNet 1.9's engine records errors of asynchronous operations in
+structures that are not safe to update from several threads at once; with several Horovod
+results failing together (finished with an error by Horovod's thread while the engine's
+threads fail the operations that depend on them), a survivor could corrupt its heap and die
+instead of rolling back.
 """
 from __future__ import annotations
 
 import functools
 import logging
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Sequence, TypeVar
 
+import cloudpickle
 import horovod.mxnet as hvd
 import mxnet as mx
 import numpy as np
@@ -33,14 +44,46 @@ from horovod.common.elastic import ObjectState, run_fn
 from horovod.common.exceptions import HorovodInternalError
 from mxnet import gluon
 
-__all__ = ['GluonState', 'run']
+__all__ = ['GluonState', 'broadcast_object', 'fenced', 'run']
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar('T')
 
 
 def _reset() -> None:
     hvd.shutdown()
     hvd.init()
+
+
+def fenced(push: Callable[[], T]) -> T:
+    """Run ``push`` (which queues one Horovod operation) alone, and wait for its result.
+
+    Everything queued before is finished first, and ``push``'s operation and whatever it
+    writes are finished before returning, so a failure surfaces here, as an ``MXNetError``,
+    with nothing else in flight (see the module docstring).
+    """
+    mx.nd.waitall()
+    result = push()
+    mx.nd.waitall()
+    return result
+
+
+def broadcast_object(obj: Any, root_rank: int = 0, name: str | None = None) -> Any:
+    """``hvd.broadcast_object`` with each of its two operations :func:`fenced`."""
+    name = name or type(obj).__name__
+    if hvd.rank() == root_rank:
+        payload = np.frombuffer(cloudpickle.dumps(obj), dtype=np.uint8)
+        size = mx.nd.array([payload.size], dtype='int64')
+    else:
+        payload, size = None, mx.nd.zeros((1,), dtype='int64')
+    fenced(lambda: hvd.broadcast_(size, root_rank, name=f'{name}.size'))
+    data = (mx.nd.array(payload, dtype='uint8') if payload is not None
+            else mx.nd.zeros((int(size.asscalar()),), dtype='uint8'))
+    fenced(lambda: hvd.broadcast_(data, root_rank, name=f'{name}.data'))
+    if hvd.rank() == root_rank:
+        return obj
+    return cloudpickle.loads(data.asnumpy().tobytes())
 
 
 # How a lost peer shows in the MXNetError raised where a result is read: Horovod's own message
@@ -99,7 +142,7 @@ class GluonState(ObjectState):
         self._params = net._collect_params_with_prefix()  # stable, prefix-free names
         self._saved_params = self._snapshot_params()
         self._saved_trainer = self._trainer_bytes()
-        super().__init__(bcast_object=hvd.broadcast_object, get_rank=hvd.rank, **values)
+        super().__init__(bcast_object=broadcast_object, get_rank=hvd.rank, **values)
 
     def save(self) -> None:
         """Copy the parameters, optimizer state and values to host memory."""
@@ -130,13 +173,23 @@ class GluonState(ObjectState):
 
     def _sync(self) -> None:
         if hvd.size() > 1:
-            names = sorted(self._params)
-            for name in names:
-                hvd.broadcast_(self._params[name].data(), root_rank=0,
-                               name=f'elastic.param.{name}')
+            # One broadcast per data type, of all parameters of that type laid end to end.
+            by_dtype: dict[Any, list[str]] = {}
+            for name in sorted(self._params):
+                by_dtype.setdefault(np.dtype(self._params[name].dtype), []).append(name)
+            for dtype, names in sorted(by_dtype.items(), key=lambda item: item[0].str):
+                arrays = [self._params[name].data() for name in names]
+                flat = mx.nd.concat(*[a.reshape((-1,)) for a in arrays], dim=0)
+                fenced(lambda flat=flat, dtype=dtype: hvd.broadcast_(
+                    flat, root_rank=0, name=f'elastic.params.{dtype.name}'))
+                offset = 0
+                for name, array in zip(names, arrays):
+                    self._params[name].set_data(
+                        flat[offset:offset + array.size].reshape(array.shape))
+                    offset += array.size
             mx.nd.waitall()
-            self._saved_trainer = hvd.broadcast_object(self._saved_trainer, root_rank=0,
-                                                       name='elastic.trainer')
+            self._saved_trainer = broadcast_object(self._saved_trainer, root_rank=0,
+                                                   name='elastic.trainer')
             self.load_trainer_state()
         self._saved_params = self._snapshot_params()
         super().sync()
@@ -161,6 +214,12 @@ class GluonState(ObjectState):
         Horovod operation and raises it, once, at the next read; until then writes to that
         array fail as well. Reading each array once clears them.
         """
+        # Everything finishes first: an error must not be cleared while another thread of
+        # the engine may still be reading it.
+        try:
+            mx.nd.waitall()
+        except mx.base.MXNetError:
+            pass
         params = list(self._params.values())
         for block in self._copies:
             params += list(block.collect_params().values())
@@ -173,7 +232,3 @@ class GluonState(ObjectState):
                     array.wait_to_read()
                 except mx.base.MXNetError:
                     pass
-        try:
-            mx.nd.waitall()
-        except mx.base.MXNetError:
-            pass

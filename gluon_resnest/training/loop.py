@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import faulthandler
+import functools
 import json
 import logging
 import math
@@ -19,7 +20,7 @@ import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import horovod.mxnet as hvd
 import mxnet as mx
@@ -265,8 +266,10 @@ def build_model_and_trainer(run: Run) -> None:
 def _make_trainer(run: Run) -> gluon.Trainer:
     # For the current world size: Horovod's trainer fixes its gradient scale at construction.
     config = run.config
+    # An elastic run reduces all gradients as one operation (see elastic.fenced).
     trainer = hvd.DistributedTrainer(run.net.collect_params(), config['optimizer'], {
-        'learning_rate': 0.0, 'momentum': config['momentum'], 'wd': config['weight_decay']})
+        'learning_rate': 0.0, 'momentum': config['momentum'], 'wd': config['weight_decay']},
+        num_groups=1 if run.options.elastic else 0)
     if config['amp']:
         from mxnet.contrib import amp
 
@@ -371,14 +374,30 @@ def _train_step(run: Run, data: mx.nd.NDArray, label: mx.nd.NDArray) -> float:
                 autograd.backward(scaled)
         else:
             loss.backward()
-    run.trainer.step(data.shape[0])
+    if run.options.elastic:
+        from .elastic import fenced
+
+        fenced(run.trainer.allreduce_grads)
+        run.trainer.update(data.shape[0])
+    else:
+        run.trainer.step(data.shape[0])
     return float(loss.mean().asscalar())
+
+
+def _sum_over_workers(run: Run, values: Sequence[float]) -> np.ndarray:
+    """:func:`allreduce_sum`, :func:`~.elastic.fenced` in an elastic run."""
+    if run.options.elastic:
+        from .elastic import fenced
+
+        return fenced(lambda: allreduce_sum(values))
+    return allreduce_sum(values)
 
 
 def validate(run: Run) -> dict[str, float]:
     """Top-1 and top-5 on the validation set, over all ranks, of a copy of the weights."""
     copy_parameters(run.net, run.eval_net)
-    result = evaluate(run.eval_net, run.val_loader, ctx=run.ctx, allreduce=allreduce_sum,
+    result = evaluate(run.eval_net, run.val_loader, ctx=run.ctx,
+                      allreduce=functools.partial(_sum_over_workers, run),
                       progress=run.rank == 0, total=len(run.val_loader))
     return {'val_top1': result['top1'], 'val_top5': result['top5'],
             'val_images': result['count']}
@@ -538,7 +557,7 @@ def _train_elastic(run: Run) -> None:
                     bar.update()
                 if state.batch % options.commit_interval == 0 and state.batch < steps:
                     # Partial sums over the current workers, so that they survive a change.
-                    totals = allreduce_sum(np.array([loss_sum, seen]))
+                    totals = _sum_over_workers(run, np.array([loss_sum, seen]))
                     state.loss_sum += float(totals[0])
                     state.seen += int(totals[1])
                     loss_sum, seen = 0.0, 0
@@ -547,7 +566,7 @@ def _train_elastic(run: Run) -> None:
                 bar.close()
             elapsed = time.time() - tic
             _sync_norm_statistics(run.net)
-            totals = allreduce_sum(np.array([loss_sum, seen, images]))
+            totals = _sum_over_workers(run, np.array([loss_sum, seen, images]))
             record = {'epoch': epoch,
                       'train_loss': (state.loss_sum + totals[0]) / (state.seen + totals[1]),
                       'lr': lr, 'img_per_sec': totals[2] / elapsed, 'val_top1': None,
@@ -578,25 +597,26 @@ def _check_finite(run: Run, value: float, epoch: int, step: int, lr: float) -> N
 
 
 def _sync_norm_statistics(net: gluon.Block) -> None:
-    """Average BatchNorm running statistics over workers so every rank holds the same model."""
+    """Average BatchNorm running statistics over workers so every rank holds the same model.
+
+    One grouped Horovod operation, alone in the engine (as :func:`~.elastic.fenced` needs).
+    """
     if hvd.size() == 1:
         return
     # Wait for every pending operation first: the updates of the running statistics by the
     # last training steps are not all ordered before later reads of those arrays (under load,
     # reading them returned statistics of some earlier step, a different set of layers in
-    # every run). Horovod then reduces a plain copy of each statistic, under a name of its own
-    # (broadcast_parameters used the parameter names).
+    # every run). Horovod then reduces a plain copy of each statistic.
     mx.nd.waitall()
-    stats = [(name, param) for name, param in
+    stats = [param for name, param in
              sorted(net._collect_params_with_prefix().items())  # noqa: SLF001
              if name.endswith(('running_mean', 'running_var'))]
-    reduced = []
-    for name, param in stats:
-        live = param.data()
-        copy = mx.nd.array(live.asnumpy(), ctx=live.context, dtype=live.dtype)
-        reduced.append(hvd.allreduce(copy, average=True,
-                                     name=f'gluon_resnest.norm_statistics.{name}'))
-    for (_, param), value in zip(stats, reduced):
+    copies = [mx.nd.array(param.data().asnumpy(), ctx=param.data().context,
+                          dtype=param.data().dtype) for param in stats]
+    reduced = hvd.grouped_allreduce(copies, average=True,
+                                    name='gluon_resnest.norm_statistics')
+    mx.nd.waitall()
+    for param, value in zip(stats, reduced):
         param.set_data(value)
     mx.nd.waitall()
 

@@ -95,6 +95,11 @@ def resolve_config(options: RunOptions, world_size: int) -> dict[str, Any]:
     recipe = make_recipe(values, source=f'recipe {options.recipe!r} with command-line overrides')
     config = resolve(recipe, world_size)
     config['recipe'] = options.recipe
+    if options.elastic and config['sync_bn']:
+        # Its Horovod operations run inside the network's forward and backward passes, where
+        # an elastic run cannot keep each one alone in the engine (see training.elastic).
+        raise ValueError('--elastic cannot be combined with sync_bn: train elastically with '
+                         'per-worker BatchNorm (sync_bn: false)')
     return config
 
 

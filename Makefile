@@ -108,7 +108,7 @@ test: install torch-env
 # root; beds left by an interrupted run are removed before and after.
 test-slow: install torch-env serve-env ov-env
 	$(PY) tests/multihost.py cleanup
-	$(PY) -m pytest -m "slow and not elastic" $(PYTEST_ARGS); rc=$$?; $(PY) tests/multihost.py cleanup; exit $$rc
+	$(PY) -m pytest -m slow $(PYTEST_ARGS); rc=$$?; $(PY) tests/multihost.py cleanup; exit $$rc
 
 test-multihost: install
 	$(PY) tests/multihost.py cleanup

@@ -204,10 +204,6 @@ def _wait_for(proc: subprocess.Popen, log: Path, pattern: str, timeout: float = 
         time.sleep(0.1)
 
 
-# Not in `make test-slow`: the surviving worker can still die in native code (Horovod's
-# background loop aborts on a Gloo "connection reset") instead of rolling back; run it with
-# `make test-multihost`.
-@pytest.mark.elastic
 def test_elastic_run_survives_a_lost_host_and_takes_it_back(cluster, digits_full, tmp_path):
     """Elastic digits on node1 + node2: node2 dies mid-epoch (and leaves the discovery list),
     node1 rolls back and carries on alone, node2 is listed again and rejoins; the run ends

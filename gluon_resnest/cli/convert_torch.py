@@ -10,8 +10,6 @@ entry, e.g. timm's ``state_dict_ema``). ``--model`` also accepts timm's names (`
 """
 from __future__ import annotations
 
-import sys
-
 from gluon_resnest import list_models
 from gluon_resnest.deploy.torch_checkpoint import TIMM_MODEL_NAMES, convert_checkpoint
 from gluon_resnest.errors import ToolParser, int_in, run_tool
@@ -32,11 +30,7 @@ def _main(argv: list[str] | None = None) -> int:
     parser.add_argument('--key', help='checkpoint entry holding the weights (default: the '
                                       'checkpoint itself, or its state_dict/model entry)')
     args = parser.parse_args(argv)
-    try:
-        net = convert_checkpoint(args.input, args.model, args.output, args.classes, args.key)
-    except (FileNotFoundError, ValueError) as err:
-        print(f'convert_torch: error: {err}', file=sys.stderr)
-        return 2
+    net = convert_checkpoint(args.input, args.model, args.output, args.classes, args.key)
     print(f'{args.output}: {net.model_name} with {net.classes} classes, from {args.input}')
     return 0
 

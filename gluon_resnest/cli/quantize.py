@@ -11,7 +11,6 @@ The output loads like any export: ``mx.gluon.SymbolBlock.imports('OUT-symbol.jso
 from __future__ import annotations
 
 import logging
-import sys
 
 from gluon_resnest.deploy.quantization import CALIB_MODES, quantize_export
 from gluon_resnest.errors import ToolParser, int_in, run_tool
@@ -39,16 +38,12 @@ def _main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format='%(levelname)s %(message)s')
     exclude = [e.strip() for e in args.exclude.split(',') if e.strip()]
-    try:
-        symbol_file, params_file = quantize_export(
-            args.prefix, args.calib_rec, args.output, epoch=args.epoch,
-            calib_mode=args.calib_mode, num_calib_examples=args.num_calib_examples,
-            batch_size=args.batch_size, quantized_dtype=args.quantized_dtype,
-            exclude_layers_match=exclude, num_workers=args.num_workers,
-            split_grouped=args.split_grouped)
-    except (FileNotFoundError, ValueError) as err:
-        print(f'quantize: error: {err}', file=sys.stderr)
-        return 2
+    symbol_file, params_file = quantize_export(
+        args.prefix, args.calib_rec, args.output, epoch=args.epoch,
+        calib_mode=args.calib_mode, num_calib_examples=args.num_calib_examples,
+        batch_size=args.batch_size, quantized_dtype=args.quantized_dtype,
+        exclude_layers_match=exclude, num_workers=args.num_workers,
+        split_grouped=args.split_grouped)
     print(f'wrote {symbol_file} and {params_file}')
     return 0
 

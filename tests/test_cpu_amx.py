@@ -44,6 +44,17 @@ json.dump({'amx': gluon_resnest.cpu.amx_enabled(),
 '''
 
 
+def _kernel_grants_tiles() -> bool:
+    """Whether Linux grants this process the AMX tile data (idempotent, asked directly)."""
+    import ctypes
+    import platform
+
+    if platform.system() != 'Linux' or platform.machine() != 'x86_64':
+        return False
+    libc = ctypes.CDLL(None, use_errno=True)
+    return libc.syscall(158, 0x1023, 18) == 0  # arch_prctl(ARCH_REQ_XCOMP_PERM, XTILEDATA)
+
+
 def _child(tmp_path: Path, amx: str) -> tuple[dict, str]:
     out = tmp_path / f'amx{amx}.json'
     env = {**os.environ, 'DNNL_VERBOSE': '1', 'GLUON_RESNEST_AMX': amx}
@@ -62,11 +73,12 @@ def test_amx_where_the_cpu_has_it_with_the_same_results(tmp_path):
     off, kernels_off = _child(tmp_path, '0')
     assert not off['amx'] and 'amx' not in kernels_off
     assert not on['isa_in_env']  # child processes keep oneDNN's default
-    if _cpu_has_amx():
-        assert on['amx']
+    if on['amx']:
         assert 'avx512_core_amx_bf16' in kernels_on and 'avx512_core_amx_int8' in kernels_on
     else:
-        assert not on['amx'] and 'amx' not in kernels_on
+        assert 'amx' not in kernels_on
+    # Enabled exactly where the CPU has AMX and the kernel grants the tile permission.
+    assert on['amx'] == (_cpu_has_amx() and _kernel_grants_tiles())
     # The same arithmetic on other kernels: bfloat16 products accumulate in FP32 on both, INT8
     # products in INT32; only the order of the FP32 additions may differ.
     np.testing.assert_allclose(on['bf16'], off['bf16'], rtol=1e-5, atol=1e-5)

@@ -13,6 +13,7 @@ from typing import Any, Sequence
 import mxnet as mx
 from mxnet.gluon import nn
 
+from .. import native
 from ..errors import InputError, mxnet_reason
 from ..layers import DropBlock, set_drop_prob
 from ..models.info import model_info
@@ -127,7 +128,23 @@ def _blocks(net: nn.Block) -> list[nn.Block]:
 
 def read_export(symbol_file: str,
                  params_file: str) -> tuple[mx.sym.Symbol, dict[str, mx.nd.NDArray]]:
-    """Symbol and saved arrays of an export, with a ValueError naming a file MXNet rejects."""
+    """Symbol and saved arrays of an export, with a ValueError naming a file MXNet rejects.
+
+    A symbol that calls gluon_resnest's native operators (an INT8 export) loads them first.
+    """
+    try:
+        with open(symbol_file, 'rb') as handle:
+            text = handle.read().decode('utf-8', errors='replace')
+    except OSError as err:
+        raise InputError(err.strerror or str(err), symbol_file) from None
+    if native.uses_native(text):
+        try:
+            native.load(required=True)
+        except native.NativeBuildError as err:
+            reason = str(err).splitlines()[0]
+            raise InputError(f'this export needs gluon_resnest\'s native operators: {reason} '
+                             '(python -m gluon_resnest.native shows the details)',
+                             symbol_file) from None
     try:
         symbol = mx.sym.load(symbol_file)
     except (mx.base.MXNetError, UnicodeDecodeError) as err:

@@ -21,6 +21,7 @@ import mxnet as mx
 import numpy as np
 from mxnet.gluon import nn
 
+from .. import native as native_ops
 from ..errors import InputError, mxnet_reason
 from .export import load_exported
 from .graph import Graph
@@ -28,7 +29,8 @@ from .inference import fold_batchnorm
 from .meta import export_paths, read_meta, write_meta
 from .preprocess import eval_transform
 
-__all__ = ['CALIB_MODES', 'calibration_batches', 'grouped_convolutions', 'quantize_export',
+__all__ = ['CALIB_MODES', 'calibration_batches', 'fuse_split_attention_int8',
+           'grouped_convolutions', 'pool_splits_per_branch', 'quantize_export',
            'quantize_network', 'split_grouped_convolutions', 'sum_splits_per_branch']
 
 logger = logging.getLogger(__name__)
@@ -43,7 +45,8 @@ def quantize_network(net: nn.HybridBlock, calib_data: Sequence[mx.nd.NDArray],
                      quantize_grouped: bool = False,
                      split_grouped: bool = True,
                      split_producers: bool = True,
-                     sum_per_branch: bool = True) -> mx.gluon.SymbolBlock:
+                     sum_per_branch: bool = True,
+                     native: bool | None = None) -> mx.gluon.SymbolBlock:
     """Quantize an initialised FP32 network to INT8 (oneDNN) with calibration.
 
     Args:
@@ -61,6 +64,12 @@ def quantize_network(net: nn.HybridBlock, calib_data: Sequence[mx.nd.NDArray],
             one by output channels rather than slicing its output (faster in INT8).
         sum_per_branch: With ``split_grouped``, compute the Split-Attention weighted sum on
             the split branches (:func:`sum_splits_per_branch`; exact, faster in INT8).
+        native: Run each INT8 Split-Attention weighted sum as one native operator
+            (:func:`fuse_split_attention_int8`, :mod:`gluon_resnest.native`; needs
+            ``split_grouped`` and ``sum_per_branch``, and uint8 activations, so not with
+            ``quantized_dtype='int8'``). None: when the operator library builds and loads (a
+            warning says why not otherwise); True: it must; False: never (MXNet's operators
+            only).
 
     Returns:
         The quantized network as a ``SymbolBlock``.
@@ -90,7 +99,18 @@ def quantize_network(net: nn.HybridBlock, calib_data: Sequence[mx.nd.NDArray],
                            exclude_layers_match=list(exclude_layers_match or []),
                            calib_data=[[b] for b in batches], calib_mode=calib_mode,
                            num_calib_examples=num, ctx=mx.cpu(), logger=None)
-    return qnet
+    # The operator reads uint8 splits: ReLU outputs quantized as uint8 (``auto``/``uint8``).
+    if native is False or not (split_grouped and sum_per_branch) or \
+            quantized_dtype == 'int8' or not native_ops.load(required=bool(native)):
+        return qnet
+    fused, count = fuse_split_attention_int8(qnet(mx.sym.var('data')))
+    if not count:
+        return qnet
+    params = qnet.collect_params()
+    inputs = [name for name in fused.list_arguments() if name not in params]
+    block = mx.gluon.SymbolBlock(fused, [mx.sym.var(name) for name in inputs], params=params)
+    logger.debug('fused %d Split-Attention sums into gluon_resnest_sa_sum_u8', count)
+    return block
 
 
 def grouped_convolutions(symbol: mx.sym.Symbol) -> list[str]:
@@ -290,6 +310,136 @@ def sum_splits_per_branch(symbol: mx.sym.Symbol) -> mx.sym.Symbol:
     return graph.to_symbol()
 
 
+def pool_splits_per_branch(symbol: mx.sym.Symbol) -> mx.sym.Symbol:
+    """Pool each radix split on its own instead of pooling their concatenation.
+
+    After :func:`split_grouped_convolutions` the Split-Attention global pooling reads the
+    ``Concat`` of the ``R`` splits and slices the pooled vector back into ``R`` parts; pooling
+    each split directly gives the same parts (each slice is one split's channels) without
+    writing the concatenated map. A ``Concat`` nothing else reads then drops out of the graph.
+    Exact; graphs without the pattern are returned unchanged.
+    """
+    graph = Graph(symbol)
+    nodes, op = graph.nodes, graph.op
+    replace: dict[int, int] = {}  # slice_axis node -> branch node it selects
+    pools: dict[int, int] = {}    # slice_axis node -> the global Pooling it reads
+    for i, node in enumerate(nodes):
+        attrs = graph.attrs(i)
+        if op(i) != 'Pooling' or attrs.get('global_pool') != 'True' or \
+                attrs.get('pool_type') != 'avg':
+            continue
+        concat = node['inputs'][0][0]
+        if op(concat) != 'Concat' or graph.attrs(concat).get('dim', '1') != '1':
+            continue
+        branches = nodes[concat]['inputs']
+        widths = [_conv_width(graph, e[0]) for e in branches]
+        if None in widths or len(set(widths)) != 1:
+            continue
+        width = widths[0]
+        readers = sorted(set(graph.consumers.get(i, [])))
+        picks = {}
+        for reader in readers:
+            ra = graph.attrs(reader)
+            if op(reader) != 'slice_axis' or ra.get('axis') != '1':
+                break
+            begin, end = int(ra['begin']), int(ra['end'])
+            if begin % width or end - begin != width:
+                break
+            picks[reader] = begin // width
+        else:
+            for reader, r in picks.items():
+                replace[reader], pools[reader] = branches[r][0], i
+    for i, node in enumerate(nodes):
+        if i not in replace:
+            graph.keep(i)
+            continue
+        pool = nodes[pools[i]]
+        graph.index[i] = graph.add({'op': 'Pooling', 'name': f'{node["name"]}_pool',
+                                    'attrs': dict(pool.get('attrs', {})),
+                                    'inputs': [graph.remap([replace[i], 0, 0])]})
+    return graph.to_symbol()
+
+
+def _conv_width(graph: Graph, i: int) -> int | None:
+    """Output channels of node ``i`` when it is a Convolution (or a ReLU of one), else None."""
+    if graph.op(i) == 'Activation' and graph.attrs(i).get('act_type') == 'relu':
+        i = graph.nodes[i]['inputs'][0][0]
+    if graph.op(i) != 'Convolution':
+        return None
+    return int(graph.attrs(i)['num_filter'])
+
+
+def fuse_split_attention_int8(symbol: mx.sym.Symbol) -> tuple[mx.sym.Symbol, int]:
+    """Compute each INT8 Split-Attention weighted sum with one native operator.
+
+    In a quantized graph from :func:`quantize_network`, ``sum_r a_r * x_r`` runs as R
+    ``dequantize`` (uint8 to float32), R ``broadcast_mul``, an ``add_n`` and a ``quantize_v2``
+    back to uint8. This pass replaces that chain, and the 3x3 average pooling of an avd block
+    that may follow it, by ``gluon_resnest_sa_sum_u8`` (:mod:`gluon_resnest.native`, which
+    must be loaded), reading the uint8 splits and writing the uint8 result in the calibrated
+    range. Results equal the unfused graph's to one quantization step.
+
+    Returns:
+        ``(symbol, number of fused blocks)``.
+    """
+    graph = Graph(symbol)
+    nodes, op = graph.nodes, graph.op
+    plan: dict[int, tuple[list, list, str, int | None]] = {}
+    for i, node in enumerate(nodes):
+        attrs = graph.attrs(i)
+        if op(i) != '_contrib_quantize_v2' or op(node['inputs'][0][0]) != 'add_n':
+            continue
+        if float(attrs.get('min_calib_range', '-1')) < 0 or 'max_calib_range' not in attrs:
+            continue
+        products = nodes[node['inputs'][0][0]]['inputs']
+        splits, atten = [], None
+        for r, (mul, _, _) in enumerate(products):
+            if op(mul) != 'broadcast_mul':
+                break
+            (deq, _, _), (part, index, _) = nodes[mul]['inputs']
+            source = nodes[deq]['inputs'][0][0] if op(deq) == '_contrib_dequantize' else None
+            if source is None or op(part) != 'SliceChannel' or index != r or \
+                    int(graph.attrs(part).get('num_outputs', 0)) != len(products) or \
+                    float(graph.attrs(source).get('min_calib_range', '-1')) < 0:
+                break
+            if atten not in (None, nodes[part]['inputs'][0]):
+                break
+            atten = nodes[part]['inputs'][0]
+            splits.append(nodes[deq]['inputs'])
+        else:
+            readers = sorted(set(graph.consumers.get(i, [])))
+            pool = None
+            if len(readers) == 1 and op(readers[0]) == '_contrib_quantized_pooling':
+                pa = graph.attrs(readers[0])
+                if (pa.get('pool_type'), pa.get('kernel'), pa.get('stride'), pa.get('pad'),
+                        pa.get('global_pool', 'False'), pa.get('count_include_pad', 'True'),
+                        pa.get('pooling_convention', 'valid')) == \
+                        ('avg', '(3, 3)', '(2, 2)', '(1, 1)', 'False', 'True', 'valid'):
+                    pool = readers[0]
+            plan[i] = (splits, atten, attrs['max_calib_range'], pool)
+    pooled: dict[int, int] = {}
+    for i, node in enumerate(nodes):
+        if i in pooled:
+            graph.index[i] = pooled[i]
+            continue
+        if i not in plan:
+            graph.keep(i)
+            continue
+        splits, atten, out_max, pool = plan[i]
+        inputs = [graph.remap(split[0]) for split in splits]
+        for split in splits:
+            inputs += [graph.remap(split[1]), graph.remap(split[2])]
+        inputs.append(graph.remap(atten))
+        graph.index[i] = graph.add({
+            'op': 'gluon_resnest_sa_sum_u8', 'name': f'{node["name"]}_sa_sum',
+            'attrs': {'radix': str(len(splits)), 'max_calib_range': out_max,
+                      'pool': '1' if pool is not None else '0'},
+            'inputs': inputs})
+        if pool is not None:
+            pooled[pool] = graph.index[i]
+    return graph.to_symbol(), len(plan)
+
+
 def fold_network(net: nn.HybridBlock, sample: mx.nd.NDArray, split_grouped: bool = False,
                  split_producers: bool = True, sum_per_branch: bool = True
                  ) -> mx.gluon.SymbolBlock:
@@ -310,7 +460,7 @@ def fold_network(net: nn.HybridBlock, sample: mx.nd.NDArray, split_grouped: bool
         symbol, args, aux = split_grouped_convolutions(symbol, args, aux,
                                                        split_producers=split_producers)
         if sum_per_branch:
-            symbol = sum_splits_per_branch(symbol)
+            symbol = pool_splits_per_branch(sum_splits_per_branch(symbol))
     inputs = [name for name in symbol.list_arguments() if name not in args]
     block = mx.gluon.SymbolBlock(symbol, [mx.sym.var(name) for name in inputs])
     params = block.collect_params()

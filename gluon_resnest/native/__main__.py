@@ -1,0 +1,24 @@
+"""``python -m gluon_resnest.native``: build (if needed) and load the operator library."""
+from __future__ import annotations
+
+import sys
+
+from . import NativeBuildError, build, enabled, load
+
+
+def main() -> int:
+    if not enabled():
+        print('GLUON_RESNEST_NATIVE=0: the operator library is disabled')
+        return 0
+    try:
+        path = build()
+        load(required=True)
+    except NativeBuildError as err:
+        print(f'gluon_resnest.native: error: {err}', file=sys.stderr)
+        return 1
+    print(path)
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

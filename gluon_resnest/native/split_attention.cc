@@ -1,0 +1,249 @@
+// INT8 Split-Attention weighted sum for MXNet 1.9 (an operator library for mx.library.load).
+//
+// gluon_resnest_sa_sum_u8 computes, for R quantized splits x_r (uint8, N x C x H x W, each with
+// its own range) and the attention a (float32, N x R*C x 1 x 1, radix-major),
+//
+//     y = requantize(sum_r a[:, r*C:(r+1)*C] * dequantize(x_r))
+//
+// in one pass over the splits, optionally followed by the 3x3, stride 2, padding 1 average
+// pooling (padding counted) that a ResNeSt block with avd applies next. The output is uint8 in
+// the calibrated range [0, max_calib_range], with its (min, max) as the second and third outputs,
+// as MXNet's quantized operators expect. Inputs: x_0..x_{R-1}, min_0, max_0, ..., min_{R-1},
+// max_{R-1}, a. Attributes: radix, max_calib_range, pool (0 or 1).
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "mxnet/lib_api.h"
+
+using mxnet::ext::MXReturnValue;
+using mxnet::ext::MXTensor;
+using mxnet::ext::OpResource;
+using Attrs = std::unordered_map<std::string, std::string>;
+
+// The elementwise loops are compiled for AVX-512, AVX2 and the baseline; the loader picks one.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define GR_MULTIVERSION __attribute__((target_clones("arch=skylake-avx512", "avx2", "default")))
+#else
+#define GR_MULTIVERSION
+#endif
+
+namespace {
+
+constexpr int kMaxRadix = 64;
+
+bool radix_of(const Attrs& attrs, int* radix) {
+  auto it = attrs.find("radix");
+  if (it == attrs.end()) {
+    MX_ERROR_MSG << "gluon_resnest_sa_sum_u8: attribute 'radix' is required";
+    return false;
+  }
+  *radix = std::atoi(it->second.c_str());
+  if (*radix < 1 || *radix > kMaxRadix) {
+    MX_ERROR_MSG << "gluon_resnest_sa_sum_u8: radix must be in [1, " << kMaxRadix << "], got "
+                 << it->second;
+    return false;
+  }
+  return true;
+}
+
+bool pooled(const Attrs& attrs) {
+  auto it = attrs.find("pool");
+  return it != attrs.end() && (it->second == "1" || it->second == "True");
+}
+
+MXReturnValue parse_attrs(const Attrs& attrs, int* num_in, int* num_out) {
+  int radix;
+  if (!radix_of(attrs, &radix)) return mxnet::ext::MX_FAIL;
+  if (attrs.find("max_calib_range") == attrs.end()) {
+    MX_ERROR_MSG << "gluon_resnest_sa_sum_u8: attribute 'max_calib_range' is required";
+    return mxnet::ext::MX_FAIL;
+  }
+  *num_in = 3 * radix + 1;
+  *num_out = 3;
+  return mxnet::ext::MX_SUCCESS;
+}
+
+MXReturnValue infer_type(const Attrs& attrs, std::vector<int>* in, std::vector<int>* out) {
+  int radix;
+  if (!radix_of(attrs, &radix)) return mxnet::ext::MX_FAIL;
+  for (int r = 0; r < radix; ++r) {
+    if ((*in)[r] != mxnet::ext::kUint8) {
+      MX_ERROR_MSG << "gluon_resnest_sa_sum_u8: split " << r << " must be uint8";
+      return mxnet::ext::MX_FAIL;
+    }
+  }
+  (*out)[0] = mxnet::ext::kUint8;
+  (*out)[1] = mxnet::ext::kFloat32;
+  (*out)[2] = mxnet::ext::kFloat32;
+  return mxnet::ext::MX_SUCCESS;
+}
+
+MXReturnValue infer_shape(const Attrs& attrs, std::vector<std::vector<unsigned>>* in,
+                          std::vector<std::vector<unsigned>>* out) {
+  int radix;
+  if (!radix_of(attrs, &radix)) return mxnet::ext::MX_FAIL;
+  const std::vector<unsigned>& x = (*in)[0];
+  const std::vector<unsigned>& a = (*in)[3 * radix];
+  if (x.size() != 4 || a.size() != 4 || a[0] != x[0] || a[1] != radix * x[1] || a[2] != 1 ||
+      a[3] != 1) {
+    MX_ERROR_MSG << "gluon_resnest_sa_sum_u8: expected splits of shape (N, C, H, W) and an "
+                    "attention of shape (N, radix * C, 1, 1)";
+    return mxnet::ext::MX_FAIL;
+  }
+  for (int r = 1; r < radix; ++r) {
+    if ((*in)[r] != x) {
+      MX_ERROR_MSG << "gluon_resnest_sa_sum_u8: the splits differ in shape";
+      return mxnet::ext::MX_FAIL;
+    }
+  }
+  std::vector<unsigned> y = x;
+  if (pooled(attrs)) {
+    y[2] = (x[2] - 1) / 2 + 1;
+    y[3] = (x[3] - 1) / 2 + 1;
+  }
+  (*out)[0] = y;
+  (*out)[1] = {1};
+  (*out)[2] = {1};
+  return mxnet::ext::MX_SUCCESS;
+}
+
+inline uint8_t to_u8(float v) {  // v >= 0: round half up, saturate at 255
+  v += 0.5f;
+  v = v < 255.f ? v : 255.f;
+  return static_cast<uint8_t>(static_cast<int>(v));
+}
+
+GR_MULTIVERSION
+void sum2_u8(const uint8_t* x0, const uint8_t* x1, float s0, float s1, uint8_t* y, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) y[i] = to_u8(s0 * x0[i] + s1 * x1[i]);
+}
+
+GR_MULTIVERSION
+void axpy_u8(const uint8_t* x, float s, float* acc, int64_t n, bool first) {
+  if (first) {
+    for (int64_t i = 0; i < n; ++i) acc[i] = s * x[i];
+  } else {
+    for (int64_t i = 0; i < n; ++i) acc[i] += s * x[i];
+  }
+}
+
+GR_MULTIVERSION
+void requantize(float* acc, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) acc[i] = static_cast<float>(to_u8(acc[i]));
+}
+
+GR_MULTIVERSION
+void store_u8(const float* acc, uint8_t* y, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) y[i] = to_u8(acc[i]);
+}
+
+// 3x3 average, stride 2, padding 1, divisor 9 (padding counted). rows: 2 * W floats of scratch.
+void avg_pool_3s2(const float* in, int64_t H, int64_t W, uint8_t* out, int64_t Ho, int64_t Wo,
+                  float* rows) {
+  for (int64_t oh = 0; oh < Ho; ++oh) {
+    // Vertical sum of the (up to) three input rows of this output row.
+    float* col = rows;
+    std::fill(col, col + W, 0.f);
+    for (int64_t h = 2 * oh - 1; h <= 2 * oh + 1; ++h) {
+      if (h < 0 || h >= H) continue;
+      const float* row = in + h * W;
+      for (int64_t w = 0; w < W; ++w) col[w] += row[w];
+    }
+    for (int64_t ow = 0; ow < Wo; ++ow) {
+      const int64_t w = 2 * ow;
+      float sum = col[w];
+      if (w > 0) sum += col[w - 1];
+      if (w + 1 < W) sum += col[w + 1];
+      out[oh * Wo + ow] = to_u8(sum * (1.f / 9.f));
+    }
+  }
+}
+
+MXReturnValue forward(const Attrs& attrs, std::vector<MXTensor>* inputs,
+                      std::vector<MXTensor>* outputs, const OpResource& res) {
+  int radix;
+  if (!radix_of(attrs, &radix)) return mxnet::ext::MX_FAIL;
+  const float out_max = std::strtof(attrs.at("max_calib_range").c_str(), nullptr);
+  if (!(out_max > 0.f)) {
+    MX_ERROR_MSG << "gluon_resnest_sa_sum_u8: max_calib_range must be positive";
+    return mxnet::ext::MX_FAIL;
+  }
+  std::vector<MXTensor>& in = *inputs;
+  const int64_t N = in[0].shape[0], C = in[0].shape[1], H = in[0].shape[2], W = in[0].shape[3];
+  const int64_t HW = H * W;
+  // Dequantization of split r (uint8, range max(|min|, |max|)) and requantization to
+  // [0, out_max] fold into one factor per split.
+  float scale[kMaxRadix];
+  std::vector<const uint8_t*> x(radix);
+  for (int r = 0; r < radix; ++r) {
+    const float lo = std::fabs(in[radix + 2 * r].data<float>()[0]);
+    const float hi = std::fabs(in[radix + 2 * r + 1].data<float>()[0]);
+    scale[r] = std::max(lo, hi) / out_max;
+    x[r] = in[r].data<uint8_t>();
+  }
+  const float* a = in[3 * radix].data<float>();
+  uint8_t* y = (*outputs)[0].data<uint8_t>();
+  (*outputs)[1].data<float>()[0] = 0.f;
+  (*outputs)[2].data<float>()[0] = out_max;
+  const bool pool = pooled(attrs);
+  const int64_t Ho = pool ? (H - 1) / 2 + 1 : H, Wo = pool ? (W - 1) / 2 + 1 : W;
+
+#pragma omp parallel
+  {
+    std::vector<float> acc((radix == 2 && !pool) ? 0 : HW + W);
+#pragma omp for schedule(static)
+    for (int64_t nc = 0; nc < N * C; ++nc) {
+      const int64_t n = nc / C, c = nc % C;
+      const float* an = a + n * radix * C + c;
+      if (radix == 2 && !pool) {
+        sum2_u8(x[0] + nc * HW, x[1] + nc * HW, an[0] * scale[0], an[C] * scale[1],
+                y + nc * HW, HW);
+        continue;
+      }
+      for (int r = 0; r < radix; ++r)
+        axpy_u8(x[r] + nc * HW, an[r * C] * scale[r], acc.data(), HW, r == 0);
+      // The pooling averages the requantized map, as MXNet's graph (quantize, then pool) does.
+      if (pool) requantize(acc.data(), HW);
+      if (pool)
+        avg_pool_3s2(acc.data(), H, W, y + nc * Ho * Wo, Ho, Wo, acc.data() + HW);
+      else
+        store_u8(acc.data(), y + nc * HW, HW);
+    }
+  }
+  return mxnet::ext::MX_SUCCESS;
+}
+
+// Quantized values are not differentiable: the gradient of every input is zero (as for MXNet's
+// own quantized operators). MXNet builds the backward graph of a hybridized block even when
+// nothing needs gradients, so the operator must provide one.
+MXReturnValue backward(const Attrs& attrs, std::vector<MXTensor>* inputs,
+                       std::vector<MXTensor>* outputs, const OpResource& res) {
+  for (MXTensor& t : *outputs) {
+    const int64_t bytes = t.size() * (t.dtype == mxnet::ext::kUint8 ? 1 : 4);
+    std::memset(t.data_ptr, 0, bytes);
+  }
+  return mxnet::ext::MX_SUCCESS;
+}
+
+}  // namespace
+
+REGISTER_OP(gluon_resnest_sa_sum_u8)
+    .setParseAttrs(parse_attrs)
+    .setInferType(infer_type)
+    .setInferShape(infer_shape)
+    .setForward(forward, "cpu")
+    .setBackward(backward, "cpu");
+
+MXReturnValue initialize(int version) {
+  // Built against MXNet 1.9's operator library interface (MX_LIBRARY_VERSION 11).
+  if (version < 10900) {
+    MX_ERROR_MSG << "gluon_resnest operators need MXNet >= 1.9, got " << version;
+    return mxnet::ext::MX_FAIL;
+  }
+  return mxnet::ext::MX_SUCCESS;
+}

@@ -1,0 +1,184 @@
+"""The native INT8 Split-Attention operator: built from source, exact against MXNet's own chain."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import mxnet as mx
+import numpy as np
+import pytest
+
+from conftest import randomize_norm_stats
+from gluon_resnest import get_model, native
+from gluon_resnest.deploy import export_network, load_exported
+from gluon_resnest.deploy.quantization import fold_network, quantize_network
+from gluon_resnest.layers.split_attn import SplitAttention
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SIZE = 64
+
+
+@pytest.fixture(scope='module', autouse=True)
+def library():
+    assert native.load(required=True)
+    return native
+
+
+def _splits(rng, radix, shape):
+    return [mx.nd.array(rng.randint(0, 256, shape), dtype='uint8') for _ in range(radix)]
+
+
+def _mxnet_chain(xs, ranges, atten, out_max, pool):
+    """What MXNet runs without the operator: dequantize, multiply, add, quantize (, pool)."""
+    radix, channels = len(xs), xs[0].shape[1]
+    parts = mx.nd.split(atten, num_outputs=radix, axis=1) if radix > 1 else [atten]
+    total = mx.nd.add_n(*[mx.nd.broadcast_mul(
+        mx.nd.contrib.dequantize(x, mx.nd.array([lo]), mx.nd.array([hi])), part)
+        for x, (lo, hi), part in zip(xs, ranges, parts)])
+    assert total.shape[1] == channels
+    q, lo, hi = mx.nd.contrib.quantize_v2(total, min_calib_range=0.0,
+                                          max_calib_range=out_max, out_type='uint8')
+    if pool:
+        q, lo, hi = mx.nd.contrib.quantized_pooling(q, lo, hi, kernel=(3, 3), stride=(2, 2),
+                                                    pad=(1, 1), pool_type='avg')
+    return q.asnumpy().astype(int), float(lo.asscalar()), float(hi.asscalar())
+
+
+@pytest.mark.parametrize('radix,pool', [(2, False), (2, True), (4, False), (3, True)])
+def test_operator_matches_mxnet_quantized_chain(radix, pool):
+    rng = np.random.RandomState(radix + 10 * pool)
+    shape = (3, 16, 13, 11)  # odd sides: the pooling's border windows
+    xs = _splits(rng, radix, shape)
+    ranges = [(0.0, float(rng.uniform(0.5, 3.0))) for _ in range(radix)]
+    logits = rng.normal(size=(shape[0], radix, shape[1]))
+    atten = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)  # softmax over the radix
+    atten = mx.nd.array(atten.reshape(shape[0], radix * shape[1], 1, 1))
+    out_max = float(np.mean([hi for _, hi in ranges]) * 0.8)  # some values saturate
+    args = list(xs) + [mx.nd.array([v]) for pair in ranges for v in pair] + [atten]
+    got, lo, hi = mx.nd.gluon_resnest_sa_sum_u8(*args, radix=radix, max_calib_range=out_max,
+                                                pool=int(pool))
+    want, want_lo, want_hi = _mxnet_chain(xs, ranges, atten, out_max, pool)
+    assert got.dtype == np.uint8 and got.shape == want.shape
+    assert (float(lo.asscalar()), float(hi.asscalar())) == pytest.approx((want_lo, want_hi))
+    diff = np.abs(got.asnumpy().astype(int) - want)
+    # Float32 rounding differs in the order of operations: at most one step, rarely.
+    assert diff.max() <= 1
+    assert diff.mean() < 1e-3, diff.mean()
+    summed, _, _ = _mxnet_chain(xs, ranges, atten, out_max, pool=False)
+    assert 0 < (summed == 255).mean() < 0.5  # saturation was exercised
+
+
+def test_operator_rejects_mismatched_attention():
+    x = mx.nd.zeros((2, 8, 4, 4), dtype='uint8')
+    one = mx.nd.array([1.0])
+    with pytest.raises(mx.base.MXNetError, match='attention of shape'):
+        mx.nd.gluon_resnest_sa_sum_u8(x, x, one, one, one, one, mx.nd.zeros((2, 8, 1, 1)),
+                                      radix=2, max_calib_range=1.0).wait_to_read()
+
+
+@pytest.fixture(scope='module')
+def small_net():
+    mx.random.seed(0)
+    net = get_model('resnest14', classes=10)
+    net.initialize(mx.init.Xavier(magnitude=2))
+    randomize_norm_stats(net, seed=3)
+    net(mx.nd.zeros((1, 3, SIZE, SIZE)))
+    return net
+
+
+def test_pool_splits_per_branch_is_exact(small_net):
+    rng = np.random.RandomState(1)
+    x = mx.nd.array(rng.uniform(-2, 2, (4, 3, SIZE, SIZE)).astype(np.float32))
+    joined = fold_network(small_net, x, split_grouped=True, sum_per_branch=False)
+    per_branch = fold_network(small_net, x, split_grouped=True, sum_per_branch=True)
+    ops = [n['op'] for n in json.loads(per_branch(mx.sym.var('data')).tojson())['nodes']]
+    assert 'Concat' not in ops  # the splits are pooled and summed without being joined
+    np.testing.assert_allclose(per_branch(x).asnumpy(), joined(x).asnumpy(), rtol=1e-4,
+                               atol=1e-5)
+
+
+def _count_blocks(block, kind) -> int:
+    return int(isinstance(block, kind)) + sum(_count_blocks(child, kind)
+                                              for child in block._children.values())
+
+
+def test_quantized_network_uses_the_operator(small_net, tmp_path):
+    rng = np.random.RandomState(0)
+    calib = [mx.nd.array(rng.uniform(-2, 2, (8, 3, SIZE, SIZE)).astype(np.float32))
+             for _ in range(2)]
+    x = mx.nd.array(rng.uniform(-2, 2, (32, 3, SIZE, SIZE)).astype(np.float32))
+    plain = quantize_network(small_net, calib, native=False)
+    fused = quantize_network(small_net, calib, native=True)
+
+    def ops(block):
+        return [n['op'] for n in json.loads(block(mx.sym.var('data')).tojson())['nodes']]
+    blocks = _count_blocks(small_net, SplitAttention)
+    assert ops(fused).count('gluon_resnest_sa_sum_u8') == blocks > 0
+    assert 'gluon_resnest_sa_sum_u8' not in ops(plain) and 'broadcast_mul' in ops(plain)
+    assert 'broadcast_mul' not in ops(fused) and 'add_n' not in ops(fused)
+    want, got = plain(x).asnumpy(), fused(x).asnumpy()
+    scale = np.abs(want).max()
+    assert np.abs(got - want).max() <= 0.05 * scale
+    assert np.mean(got.argmax(1) == want.argmax(1)) >= 0.9
+    # An export with the operator reloads (load_exported loads the library) to the same output.
+    fused.hybridize(static_alloc=True, static_shape=True)
+    out = fused(x).asnumpy()
+    prefix = str(tmp_path / 'int8')
+    fused.export(prefix)
+    again, _ = load_exported(prefix)
+    np.testing.assert_array_equal(again(x).asnumpy(), out)
+
+
+def test_disabled_library_keeps_mxnet_operators(small_net, tmp_path):
+    """GLUON_RESNEST_NATIVE=0: quantization stays portable; a native export says what it needs."""
+    rng = np.random.RandomState(0)
+    calib = [mx.nd.array(rng.uniform(-2, 2, (4, 3, SIZE, SIZE)).astype(np.float32))]
+    fused = quantize_network(small_net, calib, native=True)
+    fused.hybridize()
+    fused(calib[0]).wait_to_read()
+    prefix = str(tmp_path / 'int8')
+    fused.export(prefix)
+    fp32 = str(tmp_path / 'fp32')
+    export_network(small_net, fp32, input_size=SIZE)
+    script = (
+        'import mxnet as mx, numpy as np, json\n'
+        'from gluon_resnest import native\n'
+        'from gluon_resnest.deploy import load_exported\n'
+        'from gluon_resnest.deploy.quantization import quantize_network\n'
+        'from gluon_resnest.errors import InputError\n'
+        f'net, _ = load_exported({fp32!r})\n'
+        f'x = mx.nd.array(np.random.RandomState(0).uniform(-2, 2, (4, 3, {SIZE}, {SIZE})))\n'
+        'q = quantize_network(net, [x])\n'
+        "ops = [n['op'] for n in json.loads(q(mx.sym.var('data')).tojson())['nodes']]\n"
+        "assert 'gluon_resnest_sa_sum_u8' not in ops and 'broadcast_mul' in ops, ops\n"
+        'assert not native.loaded()\n'
+        'try:\n'
+        f'    load_exported({prefix!r})\n'
+        'except InputError as err:\n'
+        '    print(err)\n'
+    )
+    env = dict(os.environ, GLUON_RESNEST_NATIVE='0')
+    proc = subprocess.run([sys.executable, '-c', script], env=env, capture_output=True,
+                          text=True, timeout=300, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = proc.stdout.strip().splitlines()
+    assert len(lines) == 1 and 'needs gluon_resnest\'s native operators' in lines[0], lines
+    assert 'GLUON_RESNEST_NATIVE=0' in lines[0] and prefix in lines[0]
+
+
+def test_build_reports_a_missing_compiler(tmp_path, monkeypatch):
+    monkeypatch.setenv('CXX', str(tmp_path / 'no-such-compiler'))
+    monkeypatch.setenv('GLUON_RESNEST_CACHE_DIR', str(tmp_path / 'cache'))
+    with pytest.raises(native.NativeBuildError, match='no C\\+\\+ compiler'):
+        native.build()
+    assert not (tmp_path / 'cache').exists()
+
+
+def test_module_entry_point_prints_the_library():
+    proc = subprocess.run([sys.executable, '-m', 'gluon_resnest.native'], capture_output=True,
+                          text=True, timeout=600, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr
+    path = proc.stdout.strip()
+    assert path.endswith('.so') and os.path.isfile(path)

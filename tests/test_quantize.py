@@ -182,21 +182,29 @@ def test_quantize_network_splits_grouped_convolutions(fp32_export):
     assert error(got) <= 0.7 * error(grouped_int8(x).asnumpy())
 
 
-def test_quantize_tool(calib_rec, fp32_export, tmp_path):
+@pytest.mark.parametrize('native', [True, False], ids=['native', 'no-native'])
+def test_quantize_tool(calib_rec, fp32_export, tmp_path, native):
     rec, images = calib_rec
     out = str(tmp_path / 'int8' / 'resnest14-int8')
     proc = subprocess.run([sys.executable, TOOL, '--prefix', fp32_export, '--calib-rec', rec,
                            '--output', out, '--batch-size', '8', '--num-calib-examples', '24',
-                           '--num-workers', '0'],
+                           '--num-workers', '0'] + ([] if native else ['--no-native']),
                           capture_output=True, text=True, cwd=REPO, timeout=600, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
     meta = json.load(open(f'{out}-meta.json', encoding='utf-8'))
     assert meta['quantized'] is True and meta['input_size'] == SIZE
     assert meta['calibration']['examples'] == 24
-    qnet = mx.gluon.SymbolBlock.imports(f'{out}-symbol.json', ['data'], f'{out}-0000.params')
+    text = open(f'{out}-symbol.json', encoding='utf-8').read()
+    assert ('"gluon_resnest_sa_sum_u8"' in text) is native
+    assert meta['native_operators'] == (['gluon_resnest_sa_sum_u8'] if native else [])
+    if native:
+        qnet, _ = load_exported(out)  # loads the operator library itself
+    else:  # a portable export: plain MXNet reads it
+        qnet = mx.gluon.SymbolBlock.imports(f'{out}-symbol.json', ['data'],
+                                            f'{out}-0000.params')
     fnet = mx.gluon.SymbolBlock.imports(f'{fp32_export}-symbol.json', ['data'],
                                         f'{fp32_export}-0000.params')
-    qsym = json.loads(open(f'{out}-symbol.json', encoding='utf-8').read())
+    qsym = json.loads(text)
     assert any('quantize' in n['op'] for n in qsym['nodes'])
     batch = mx.nd.concat(*[eval_transform(mx.image.imdecode(raw), SIZE) for raw in images],
                          dim=0)

@@ -5,8 +5,11 @@ Example::
     python tools/quantize.py --prefix runs/demo/export/resnest --calib-rec val.rec \\
         --output runs/demo/export/resnest-int8
 
-The output loads like any export: ``mx.gluon.SymbolBlock.imports('OUT-symbol.json', ['data'],
-'OUT-0000.params')``; ``OUT-meta.json`` is the source's meta with ``quantized: true``.
+The output loads with ``gluon_resnest.deploy.load_exported('OUT')`` (and ``tools/predict.py``,
+``tools/evaluate.py``, the model server); ``OUT-meta.json`` is the source's meta with
+``quantized: true``. Its Split-Attention sums run as gluon_resnest's native operator (built
+on first use with the C++ compiler): call ``gluon_resnest.native.load()`` before a plain
+``mx.gluon.SymbolBlock.imports``, or pass ``--no-native`` for an export that plain MXNet loads.
 """
 from __future__ import annotations
 
@@ -34,6 +37,10 @@ def _main(argv: list[str] | None = None) -> int:
     parser.add_argument('--no-split-grouped', dest='split_grouped', action='store_false',
                         help='keep grouped convolutions grouped (and FP32) instead of '
                              'rewriting them as ungrouped INT8 convolutions')
+    parser.add_argument('--no-native', dest='native', action='store_const', const=False,
+                        default=None,
+                        help="keep MXNet's own operators for the Split-Attention sums (slower; "
+                             'the export then needs nothing but MXNet)')
     parser.add_argument('--num-workers', type=int_in(0, 1024), default=2, help='decoding processes')
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format='%(levelname)s %(message)s')
@@ -43,7 +50,7 @@ def _main(argv: list[str] | None = None) -> int:
         calib_mode=args.calib_mode, num_calib_examples=args.num_calib_examples,
         batch_size=args.batch_size, quantized_dtype=args.quantized_dtype,
         exclude_layers_match=exclude, num_workers=args.num_workers,
-        split_grouped=args.split_grouped)
+        split_grouped=args.split_grouped, native=args.native)
     print(f'wrote {symbol_file} and {params_file}')
     return 0
 

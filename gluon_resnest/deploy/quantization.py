@@ -552,14 +552,16 @@ def quantize_export(prefix: str, calib_rec: str, output: str, epoch: int = 0,
                     calib_mode: str = 'naive', num_calib_examples: int = 256,
                     batch_size: int = 32, quantized_dtype: str = 'auto',
                     exclude_layers_match: Sequence[str] | None = None,
-                    num_workers: int = 2, split_grouped: bool = True) -> tuple[str, str]:
+                    num_workers: int = 2, split_grouped: bool = True,
+                    native: bool | None = None) -> tuple[str, str]:
     """Quantize an export (``PREFIX-symbol.json``/``-%04d.params``) to an INT8 export.
 
     The input size, mean/std and embedded-normalisation flag come from ``PREFIX-meta.json``
     (see :mod:`gluon_resnest.deploy`); the meta file is copied to ``OUTPUT-meta.json`` with
     ``quantized: true`` and the calibration recorded. A class-names file is copied too.
     ``split_grouped=False`` keeps the grouped convolutions (then in FP32) instead of rewriting
-    them as ungrouped INT8 ones (see :func:`quantize_network`).
+    them as ungrouped INT8 ones (see :func:`quantize_network`). ``native`` as in
+    :func:`quantize_network`; ``False`` writes an export that plain MXNet loads.
 
     Returns:
         ``(symbol_file, params_file)`` of the INT8 export.
@@ -578,7 +580,7 @@ def quantize_export(prefix: str, calib_rec: str, output: str, epoch: int = 0,
     qnet = quantize_network(net, batches, calib_mode=calib_mode,
                             quantized_dtype=quantized_dtype,
                             exclude_layers_match=exclude_layers_match,
-                            split_grouped=split_grouped)
+                            split_grouped=split_grouped, native=native)
     qnet.hybridize(static_alloc=True, static_shape=True)
     qnet(batches[0][:1]).wait_to_read()
     folder = os.path.dirname(os.path.abspath(output))
@@ -599,7 +601,9 @@ def quantize_export(prefix: str, calib_rec: str, output: str, epoch: int = 0,
                   calibration={'rec': os.path.abspath(calib_rec), 'mode': calib_mode,
                                'examples': int(sum(b.shape[0] for b in batches)),
                                'quantized_dtype': quantized_dtype,
-                               'split_grouped': split_grouped})
+                               'split_grouped': split_grouped},
+                  native_operators=list(native_ops.OPERATORS) if native_ops.uses_native(
+                      qnet(mx.sym.var('data')).tojson()) else [])
     write_meta(output, **fields)
     logger.info('wrote %s and %s', symbol_file, params_file)
     return symbol_file, params_file

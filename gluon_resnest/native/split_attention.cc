@@ -133,33 +133,28 @@ void axpy_u8(const uint8_t* x, float s, float* acc, int64_t n, bool first) {
 }
 
 GR_MULTIVERSION
-void requantize(float* acc, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) acc[i] = static_cast<float>(to_u8(acc[i]));
-}
-
-GR_MULTIVERSION
 void store_u8(const float* acc, uint8_t* y, int64_t n) {
   for (int64_t i = 0; i < n; ++i) y[i] = to_u8(acc[i]);
 }
 
-// 3x3 average, stride 2, padding 1, divisor 9 (padding counted). rows: 2 * W floats of scratch.
-void avg_pool_3s2(const float* in, int64_t H, int64_t W, uint8_t* out, int64_t Ho, int64_t Wo,
-                  float* rows) {
+// 3x3 average of a uint8 plane, stride 2, padding 1, divisor 9 (padding counted), as MXNet's
+// quantized pooling computes it. col: W ints of scratch.
+void avg_pool_3s2(const uint8_t* in, int64_t H, int64_t W, uint8_t* out, int64_t Ho, int64_t Wo,
+                  int32_t* col) {
   for (int64_t oh = 0; oh < Ho; ++oh) {
-    // Vertical sum of the (up to) three input rows of this output row.
-    float* col = rows;
-    std::fill(col, col + W, 0.f);
-    for (int64_t h = 2 * oh - 1; h <= 2 * oh + 1; ++h) {
-      if (h < 0 || h >= H) continue;
-      const float* row = in + h * W;
-      for (int64_t w = 0; w < W; ++w) col[w] += row[w];
-    }
+    const int64_t h = 2 * oh;  // rows h - 1, h, h + 1
+    const uint8_t* mid = in + h * W;
+    const uint8_t* up = h > 0 ? mid - W : nullptr;
+    const uint8_t* down = h + 1 < H ? mid + W : nullptr;
+    for (int64_t w = 0; w < W; ++w) col[w] = mid[w];
+    if (up) for (int64_t w = 0; w < W; ++w) col[w] += up[w];
+    if (down) for (int64_t w = 0; w < W; ++w) col[w] += down[w];
     for (int64_t ow = 0; ow < Wo; ++ow) {
       const int64_t w = 2 * ow;
-      float sum = col[w];
+      int32_t sum = col[w];
       if (w > 0) sum += col[w - 1];
       if (w + 1 < W) sum += col[w + 1];
-      out[oh * Wo + ow] = to_u8(sum * (1.f / 9.f));
+      out[oh * Wo + ow] = to_u8(static_cast<float>(sum) * (1.f / 9.f));
     }
   }
 }
@@ -195,24 +190,26 @@ MXReturnValue forward(const Attrs& attrs, std::vector<MXTensor>* inputs,
 
 #pragma omp parallel
   {
-    std::vector<float> acc((radix == 2 && !pool) ? 0 : HW + W);
+    // Per thread: the float sum of one plane (radix > 2), its uint8 requantization (pool) and
+    // the pooling's column sums.
+    std::vector<float> acc(radix > 2 ? HW : 0);
+    std::vector<uint8_t> plane(pool ? HW : 0);
+    std::vector<int32_t> col(pool ? W : 0);
 #pragma omp for schedule(static)
     for (int64_t nc = 0; nc < N * C; ++nc) {
       const int64_t n = nc / C, c = nc % C;
       const float* an = a + n * radix * C + c;
-      if (radix == 2 && !pool) {
-        sum2_u8(x[0] + nc * HW, x[1] + nc * HW, an[0] * scale[0], an[C] * scale[1],
-                y + nc * HW, HW);
-        continue;
+      // The requantized sum goes to the output, or (pool) to a plane the pooling then reads:
+      // MXNet's graph quantizes before it pools.
+      uint8_t* sum = pool ? plane.data() : y + nc * HW;
+      if (radix == 2) {
+        sum2_u8(x[0] + nc * HW, x[1] + nc * HW, an[0] * scale[0], an[C] * scale[1], sum, HW);
+      } else {
+        for (int r = 0; r < radix; ++r)
+          axpy_u8(x[r] + nc * HW, an[r * C] * scale[r], acc.data(), HW, r == 0);
+        store_u8(acc.data(), sum, HW);
       }
-      for (int r = 0; r < radix; ++r)
-        axpy_u8(x[r] + nc * HW, an[r * C] * scale[r], acc.data(), HW, r == 0);
-      // The pooling averages the requantized map, as MXNet's graph (quantize, then pool) does.
-      if (pool) requantize(acc.data(), HW);
-      if (pool)
-        avg_pool_3s2(acc.data(), H, W, y + nc * Ho * Wo, Ho, Wo, acc.data() + HW);
-      else
-        store_u8(acc.data(), y + nc * HW, HW);
+      if (pool) avg_pool_3s2(plane.data(), H, W, y + nc * Ho * Wo, Ho, Wo, col.data());
     }
   }
   return mxnet::ext::MX_SUCCESS;

@@ -168,6 +168,27 @@ def test_disabled_library_keeps_mxnet_operators(small_net, tmp_path):
     assert 'GLUON_RESNEST_NATIVE=0' in lines[0] and prefix in lines[0]
 
 
+def test_loads_beside_horovod():
+    """Horovod's MXNet extension is loaded RTLD_GLOBAL; the library must still use its own
+    registry (it once died with SIGFPE when loaded after ``import horovod.mxnet``)."""
+    script = (
+        'import horovod.mxnet\n'
+        'import mxnet as mx\n'
+        'from gluon_resnest import native\n'
+        'native.load(required=True)\n'
+        "x = mx.nd.full((2, 4, 5, 5), 100, dtype='uint8')\n"
+        'one = mx.nd.array([1.0])\n'
+        'a = mx.nd.full((2, 8, 1, 1), 0.5)\n'
+        'y = mx.nd.gluon_resnest_sa_sum_u8(x, x, one, one, one, one, a, radix=2,\n'
+        '                                  max_calib_range=1.0)[0]\n'
+        'print(int(y.asnumpy().min()), int(y.asnumpy().max()))\n'
+    )
+    proc = subprocess.run([sys.executable, '-c', script], capture_output=True, text=True,
+                          timeout=300, cwd=REPO)
+    assert proc.returncode == 0, (proc.returncode, proc.stderr[-2000:])
+    assert proc.stdout.split() == ['100', '100']
+
+
 def test_build_reports_a_missing_compiler(tmp_path, monkeypatch):
     monkeypatch.setenv('CXX', str(tmp_path / 'no-such-compiler'))
     monkeypatch.setenv('GLUON_RESNEST_CACHE_DIR', str(tmp_path / 'cache'))

@@ -89,7 +89,11 @@ def build(force: bool = False) -> str:
     compiler = shutil.which(cxx)
     if compiler is None:
         raise NativeBuildError(f'no C++ compiler ({cxx!r} is not on PATH; set CXX)')
-    digest = hashlib.sha256()
+    flags = ['-O3', '-std=c++17', '-shared', '-fPIC', '-fopenmp',
+             # Bind the library's own symbols (its copy of lib_api.cc) to itself: another
+             # extension loaded with RTLD_GLOBAL (Horovod's) must not stand in for them.
+             '-Wl,-Bsymbolic']
+    digest = hashlib.sha256(' '.join(flags).encode())
     for path in (_SOURCE, lib_api):
         with open(path, 'rb') as handle:
             digest.update(handle.read())
@@ -102,8 +106,7 @@ def build(force: bool = False) -> str:
     # Several processes may build at once: each writes its own file and renames it into place.
     fd, tmp = tempfile.mkstemp(suffix='.so', prefix='.build-', dir=folder)
     os.close(fd)
-    cmd = [compiler, '-O3', '-std=c++17', '-shared', '-fPIC', '-fopenmp',
-           f'-I{include}', lib_api, _SOURCE, '-o', tmp]
+    cmd = [compiler, *flags, f'-I{include}', lib_api, _SOURCE, '-o', tmp]
     logger.info('building %s', target)
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, check=False)

@@ -121,7 +121,10 @@ def _mxnet_runner(args: argparse.Namespace) -> _Runner:
         model = quantize_network(net, calib, **options)
         from gluon_resnest.deploy.inference import optimize_for_inference
         model = optimize_for_inference(model, data=state['x'], backend=None)
-        runner.setting = 'INT8 (oneDNN), static memory plan'
+        from gluon_resnest.native import uses_native
+        fused = uses_native(model(mx.sym.var('data')).tojson())
+        runner.setting = ('INT8 (oneDNN' + (', native Split-Attention sum' if fused else '') +
+                          '), static memory plan')
     elif args.dtype == 'bfloat16':
         from mxnet.contrib import amp
 

@@ -99,11 +99,6 @@ def test_pool_splits_per_branch_is_exact(small_net):
                                atol=1e-5)
 
 
-def _count_blocks(block, kind) -> int:
-    return int(isinstance(block, kind)) + sum(_count_blocks(child, kind)
-                                              for child in block._children.values())
-
-
 def test_quantized_network_uses_the_operator(small_net, tmp_path):
     rng = np.random.RandomState(0)
     calib = [mx.nd.array(rng.uniform(-2, 2, (8, 3, SIZE, SIZE)).astype(np.float32))
@@ -114,7 +109,7 @@ def test_quantized_network_uses_the_operator(small_net, tmp_path):
 
     def ops(block):
         return [n['op'] for n in json.loads(block(mx.sym.var('data')).tojson())['nodes']]
-    blocks = _count_blocks(small_net, SplitAttention)
+    blocks = sum(isinstance(b, SplitAttention) for b in _walk(small_net))
     assert ops(fused).count('gluon_resnest_sa_sum_u8') == blocks > 0
     assert 'gluon_resnest_sa_sum_u8' not in ops(plain) and 'broadcast_mul' in ops(plain)
     assert 'broadcast_mul' not in ops(fused) and 'add_n' not in ops(fused)
@@ -203,3 +198,105 @@ def test_module_entry_point_prints_the_library():
     assert proc.returncode == 0, proc.stderr
     path = proc.stdout.strip()
     assert path.endswith('.so') and os.path.isfile(path)
+
+
+def _reference_sum(x, a, radix, pool):
+    """The weighted sum (and avd pooling) with MXNet's operators, as the model computes it."""
+    n, rc, h, w = x.shape
+    c = rc // radix
+    y = (x.reshape((n, radix, c, h, w)) * a.reshape((n, radix, c, 1, 1))).sum(axis=1)
+    if pool:
+        y = mx.nd.Pooling(y, kernel=(3, 3), stride=(2, 2), pad=(1, 1), pool_type='avg',
+                          count_include_pad=True)
+    return y
+
+
+@pytest.mark.parametrize('radix,pool', [(2, False), (2, True), (4, True)])
+def test_float_operators_match_autograd(radix, pool):
+    """gluon_resnest_sa_sum / _sa_gap: outputs and gradients equal MXNet's formulation's."""
+    from mxnet import autograd
+
+    rng = np.random.RandomState(radix + pool)
+    n, c, h, w = 2, 3, 7, 6  # odd height: the pooling's border windows
+    x = mx.nd.array(rng.normal(size=(n, radix * c, h, w)))
+    a = mx.nd.array(rng.uniform(size=(n, radix * c, 1, 1)))
+    results = []
+    for fused in (True, False):
+        xx, aa = x.copy(), a.copy()
+        xx.attach_grad()
+        aa.attach_grad()
+        with autograd.record():
+            if fused:
+                y = mx.nd.gluon_resnest_sa_sum(xx, aa, radix=radix, pool=int(pool))
+                g = mx.nd.gluon_resnest_sa_gap(xx, radix=radix)
+            else:
+                y = _reference_sum(xx, aa, radix, pool)
+                g = xx.mean(axis=(2, 3), keepdims=True).reshape((n, radix, c, 1, 1)).sum(1)
+            weights = mx.nd.array(np.random.RandomState(7).normal(size=y.shape))
+            loss = (y * weights).sum() + (g * g).sum() * 3
+        loss.backward()
+        results.append([y.asnumpy(), g.asnumpy(), xx.grad.asnumpy(), aa.grad.asnumpy()])
+    for got, want in zip(*results):
+        assert got.shape == want.shape
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_native_bottleneck_matches_mxnet_operators():
+    """A transition block (avd pooling after Split-Attention) built with ``native=True`` gives
+    the outputs and gradients of the default block, with the same parameters."""
+    from mxnet import autograd
+    from mxnet.gluon import nn
+
+    from gluon_resnest.layers.resnet_d import Shortcut
+    from gluon_resnest.models.resnest import Bottleneck
+
+    rng = np.random.RandomState(0)
+    x = mx.nd.array(rng.normal(size=(4, 64, 14, 14)))
+    results, names = [], []
+    for fused in (False, True):
+        mx.random.seed(0)
+        block = Bottleneck(64, 32, strides=2, avd=True, native=fused, prefix='block_',
+                           downsample=Shortcut(64, 128, 2, True, nn.BatchNorm, {},
+                                               prefix='down_'))
+        block.initialize(mx.init.Xavier())
+        block.hybridize()
+        assert block.pool_in_conv2 is fused
+        xx = x.copy()
+        xx.attach_grad()
+        with autograd.record():
+            y = block(xx)
+            loss = (y * y).sum()
+        loss.backward()
+        params = block.collect_params()
+        names.append([p.shape for p in params.values()])
+        results.append([y.asnumpy(), xx.grad.asnumpy()] +
+                       [p.grad().asnumpy() for p in params.values() if p.grad_req != 'null'])
+    assert names[0] == names[1]
+    # Sums in another order, through training-mode BatchNorm: compare output and input
+    # gradient to their own scale, parameter gradients to the largest one (a bias before a
+    # BatchNorm has a zero gradient up to rounding).
+    for got, want in zip(results[1][:2], results[0][:2]):
+        assert np.abs(got - want).max() <= 1e-4 * np.abs(want).max()
+    scale = max(np.abs(g).max() for g in results[0][2:])
+    for got, want in zip(results[1][2:], results[0][2:]):
+        assert np.abs(got - want).max() <= 1e-4 * scale
+
+
+def test_training_step_uses_the_native_operators():
+    from gluon_resnest.layers.split_attn import SplitAttention
+
+    net = get_model('resnest14', classes=10, native=True)
+    attention = [b for b in _walk(net) if isinstance(b, SplitAttention)]
+    assert attention and all(b.native for b in attention)
+    assert sum(b.pool for b in attention) == 3  # the three avd transitions
+    net.initialize(mx.init.Xavier())
+    net.hybridize()
+    ops = [n['op'] for n in json.loads(net(mx.sym.var('data')).tojson())['nodes']]
+    assert ops.count('gluon_resnest_sa_sum') == ops.count('gluon_resnest_sa_gap') == 4
+    assert 'broadcast_mul' not in ops
+
+
+def _walk(block):
+    yield block
+    for child in block._children.values():
+        yield from _walk(child)

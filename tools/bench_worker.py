@@ -76,8 +76,11 @@ def _mxnet_runner(args: argparse.Namespace) -> _Runner:
         from gluoncv.model_zoo import get_model
         net = get_model(args.model, classes=args.classes)
     else:
-        from gluon_resnest import get_model
-        net = get_model(args.model, classes=args.classes)
+        from gluon_resnest import get_model, native
+        # Training as recipes/train.py does on CPU: the native Split-Attention operator
+        # when it loads.
+        fast = args.mode == 'train' and native.load()
+        net = get_model(args.model, classes=args.classes, native=fast)
     net.initialize(mx.init.Xavier(), ctx=mx.cpu())
     runner = _Runner()
     runner.params = int(sum(int(np.prod(p.shape)) for p in net.collect_params().values()
@@ -105,6 +108,9 @@ def _mxnet_runner(args: argparse.Namespace) -> _Runner:
             mx.nd.waitall()
         runner.step = step
         runner.set_batch = make_input
+        if args.framework != 'gluoncv':
+            runner.setting = ('hybridized, static memory plan' +
+                              (', native Split-Attention sum' if fast else ''))
         return runner
 
     if args.framework == 'gluoncv':

@@ -602,8 +602,7 @@ def quantize_export(prefix: str, calib_rec: str, output: str, epoch: int = 0,
                                'examples': int(sum(b.shape[0] for b in batches)),
                                'quantized_dtype': quantized_dtype,
                                'split_grouped': split_grouped},
-                  native_operators=list(native_ops.OPERATORS) if native_ops.uses_native(
-                      qnet(mx.sym.var('data')).tojson()) else [])
+                  native_operators=native_ops.operators_in(qnet(mx.sym.var('data')).tojson()))
     write_meta(output, **fields)
     logger.info('wrote %s and %s', symbol_file, params_file)
     return symbol_file, params_file

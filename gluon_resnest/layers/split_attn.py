@@ -38,13 +38,18 @@ class SplitAttention(nn.HybridBlock):
         norm_layer: Normalisation layer class.
         norm_kwargs: Extra arguments of ``norm_layer``.
         weight_initializer: Initializer of the convolution weights.
+        native: Compute the weighted sum of the splits with gluon_resnest's native operator
+            ``gluon_resnest_sa_sum`` (:mod:`gluon_resnest.native`, loaded before the first
+            forward), forward and backward in one pass each; with ``pool`` set it also applies
+            the 3x3, stride 2 average pooling of an avd block. Same parameters and outputs;
+            for radix > 1.
     """
 
     def __init__(self, channels: int, kernel_size: int = 3, strides: int = 1, padding: int = 1,
                  dilation: int = 1, radix: int = 2, cardinality: int = 1, in_channels: int = 0,
                  norm_layer: Callable[..., nn.HybridBlock] = nn.BatchNorm,
                  norm_kwargs: dict[str, Any] | None = None, weight_initializer: Any = None,
-                 **kwargs: Any) -> None:
+                 native: bool = False, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         if radix < 1 or cardinality < 1:
             raise ValueError(f'radix and cardinality must be >= 1, got {radix}, {cardinality}')
@@ -53,6 +58,8 @@ class SplitAttention(nn.HybridBlock):
         norm_kwargs = dict(norm_kwargs or {})
         inter = attention_channels(in_channels, radix)
         self.channels = channels
+        self.native = native and radix > 1
+        self.pool = False  # native only: the enclosing block's avd pooling, done here
         self.radix = radix
         self.cardinality = cardinality
         self.conv = nn.Conv2D(channels * radix, kernel_size, strides, padding, dilation,
@@ -75,9 +82,15 @@ class SplitAttention(nn.HybridBlock):
         x = self.relu(self.bn(self.conv(x)))
         # Pool before summing the splits: the mean is linear, and pooling the (N, R*C, H, W)
         # map once is cheaper than materialising the (N, C, H, W) sum of the splits.
-        gap = F.Pooling(x, kernel=(1, 1), pool_type='avg', global_pool=True)
-        if self.radix > 1:
-            gap = self._sum_splits(F, gap)
+        if self.native:
+            # Pooled and summed over the splits in one native pass (MXNet's oneDNN global
+            # pooling backward falls to a slow kernel when its input also feeds a library
+            # operator).
+            gap = F.gluon_resnest_sa_gap(x, radix=self.radix)
+        else:
+            gap = F.Pooling(x, kernel=(1, 1), pool_type='avg', global_pool=True)
+            if self.radix > 1:
+                gap = self._sum_splits(F, gap)
         atten = self.relu1(self.bn1(self.fc1(gap)))
         atten = self.fc2(atten)
         if self.radix == 1:
@@ -90,6 +103,8 @@ class SplitAttention(nn.HybridBlock):
         else:
             atten = F.reshape(F.softmax(F.reshape(atten, (0, self.radix, -1)), axis=1),
                               (0, -1, 1, 1))
+        if self.native:
+            return F.gluon_resnest_sa_sum(x, atten, radix=self.radix, pool=int(self.pool))
         # Weighted sum of the splits: one broadcast multiply over the (N, R, C, H, W) view, then
         # the sum over R as a batched (1 x R) @ (R x CHW) product, a single memory-bound pass
         # (MXNet's reduction over a middle axis is several times slower on CPU).

@@ -46,6 +46,9 @@ class Bottleneck(nn.HybridBlock):
         dropblock_prob: DropBlock probability inside the block (0 disables it).
         norm_layer: Normalisation layer class.
         norm_kwargs: Extra arguments of ``norm_layer``.
+        native: Split-Attention with gluon_resnest's native operator (see
+            :class:`~gluon_resnest.layers.SplitAttention`), which then also applies the avd
+            pooling that follows it.
     """
 
     expansion = 4
@@ -55,7 +58,8 @@ class Bottleneck(nn.HybridBlock):
                  bottleneck_width: int = 64, avd: bool = False, avd_first: bool = False,
                  last_gamma: bool = False, dropblock_prob: float = 0.0,
                  norm_layer: Callable[..., nn.HybridBlock] = nn.BatchNorm,
-                 norm_kwargs: dict[str, Any] | None = None, **kwargs: Any) -> None:
+                 norm_kwargs: dict[str, Any] | None = None, native: bool = False,
+                 **kwargs: Any) -> None:
         super().__init__(**kwargs)
         norm_kwargs = dict(norm_kwargs or {})
         width = int(channels * (bottleneck_width / 64.0)) * cardinality
@@ -77,7 +81,8 @@ class Bottleneck(nn.HybridBlock):
             self.conv2 = SplitAttention(width, 3, conv_strides, dilation, dilation,
                                         radix=radix, cardinality=cardinality,
                                         in_channels=width, norm_layer=norm_layer,
-                                        norm_kwargs=norm_kwargs, weight_initializer=KAIMING)
+                                        norm_kwargs=norm_kwargs, weight_initializer=KAIMING,
+                                        native=native)
         else:
             self.conv2 = nn.Conv2D(width, 3, conv_strides, dilation, dilation,
                                    groups=cardinality, use_bias=False, in_channels=width,
@@ -91,6 +96,11 @@ class Bottleneck(nn.HybridBlock):
                               **norm_kwargs)
         if avd:
             self.avd_layer = nn.AvgPool2D(3, strides, padding=1)
+        # The native Split-Attention operator pools its own output (3x3, stride 2, padding 1).
+        self.pool_in_conv2 = (native and radix > 1 and avd and not avd_first and strides == 2
+                              and not self.use_dropblock)
+        if self.pool_in_conv2:
+            self.conv2.pool = True
         self.relu3 = nn.Activation('relu')
         self.downsample = downsample
         if self.use_dropblock:
@@ -112,7 +122,7 @@ class Bottleneck(nn.HybridBlock):
             out = self.dropblock2(out)
         if self.radix == 0:
             out = self.relu2(out)
-        if self.avd and not self.avd_first:
+        if self.avd and not self.avd_first and not self.pool_in_conv2:
             out = self.avd_layer(out)
         out = self.bn3(self.conv3(out))
         if self.use_dropblock:
@@ -160,6 +170,11 @@ class ResNeSt(nn.HybridBlock):
         norm_layer: Normalisation layer, e.g. ``mx.gluon.contrib.nn.SyncBatchNorm``.
         norm_kwargs: Extra arguments of ``norm_layer``.
         use_global_stats: Freeze BatchNorm statistics (GluonCV's keyword).
+        native: Compute each Split-Attention weighted sum (and the avd pooling after it) with
+            gluon_resnest's native operator (:mod:`gluon_resnest.native`, which must be
+            loaded): the training step's fast path. The parameters are the same; a graph traced
+            with it needs the operator library to load, so export from a network built
+            without it.
         name: Registered name, used in error messages.
         **kwargs: ``prefix`` / ``params`` of :class:`mxnet.gluon.HybridBlock`. The prefix is
             ``resnest_`` as in GluonCV, so the hybridized graph carries GluonCV's parameter and
@@ -174,7 +189,7 @@ class ResNeSt(nn.HybridBlock):
                  features_only: bool = False, in_channels: int = 3,
                  norm_layer: Callable[..., nn.HybridBlock] = nn.BatchNorm,
                  norm_kwargs: dict[str, Any] | None = None, use_global_stats: bool = False,
-                 name: str = 'resnest', **kwargs: Any) -> None:
+                 native: bool = False, name: str = 'resnest', **kwargs: Any) -> None:
         kwargs.setdefault('prefix', 'resnest_')
         super().__init__(**kwargs)
         if len(layers) != 4 or min(layers) < 1:
@@ -195,7 +210,8 @@ class ResNeSt(nn.HybridBlock):
         self.features_only = features_only
         block_kwargs = dict(radix=radix, cardinality=cardinality,
                             bottleneck_width=bottleneck_width, avd_first=avd_first,
-                            last_gamma=last_gamma, norm_layer=norm_layer, norm_kwargs=norm_kwargs)
+                            last_gamma=last_gamma, norm_layer=norm_layer, norm_kwargs=norm_kwargs,
+                            native=native)
         stem_out = 2 * stem_width if deep_stem else 64
         with self.name_scope():
             if deep_stem:

@@ -1,9 +1,15 @@
 """Native MXNet operators of gluon_resnest, built on first use and loaded with ``mx.library.load``.
 
-One operator today, ``gluon_resnest_sa_sum_u8``: the Split-Attention weighted sum of an INT8
-network (:func:`gluon_resnest.deploy.fuse_split_attention_int8`) in one pass over the uint8
-splits, where MXNet 1.9.1 would dequantize each split, multiply and add in float32 and quantize
-again (it has no broadcasting INT8 multiply).
+Operators:
+
+* ``gluon_resnest_sa_sum_u8``: the Split-Attention weighted sum of an INT8 network
+  (:func:`gluon_resnest.deploy.fuse_split_attention_int8`) in one pass over the uint8 splits,
+  where MXNet 1.9.1 would dequantize each split, multiply and add in float32 and quantize again
+  (it has no broadcasting INT8 multiply);
+* ``gluon_resnest_sa_sum`` and ``gluon_resnest_sa_gap``: the float32 weighted sum (optionally
+  with the avd pooling that follows it) and the pooled attention input, forward and backward
+  (``get_model(..., native=True)``, which the CPU training loop uses), where MXNet's
+  broadcast-multiply backward reduces over the feature map slowly.
 
 The library is compiled from ``split_attention.cc`` (shipped with the package) against the
 installed MXNet's operator-library interface (``mxnet/include/mxnet/lib_api.h`` and
@@ -26,12 +32,13 @@ import sys
 import tempfile
 import threading
 
-__all__ = ['OPERATORS', 'NativeBuildError', 'build', 'enabled', 'load', 'loaded', 'uses_native']
+__all__ = ['OPERATORS', 'NativeBuildError', 'build', 'enabled', 'load', 'loaded', 'operators_in',
+           'uses_native']
 
 logger = logging.getLogger(__name__)
 
 #: Operators the library registers.
-OPERATORS = ('gluon_resnest_sa_sum_u8',)
+OPERATORS = ('gluon_resnest_sa_sum_u8', 'gluon_resnest_sa_sum', 'gluon_resnest_sa_gap')
 
 _SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'split_attention.cc')
 _LIBRARY = 'libgluon_resnest_ops.so'
@@ -53,9 +60,14 @@ def loaded() -> bool:
     return bool(_state['loaded'])
 
 
+def operators_in(symbol_json: str) -> list[str]:
+    """The library's operators a symbol's JSON text calls."""
+    return [name for name in OPERATORS if f'"{name}"' in symbol_json]
+
+
 def uses_native(symbol_json: str) -> bool:
     """True when a symbol's JSON text calls one of the library's operators."""
-    return any(f'"{name}"' in symbol_json for name in OPERATORS)
+    return bool(operators_in(symbol_json))
 
 
 def _cache_dir() -> str:

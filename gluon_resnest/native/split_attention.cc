@@ -227,6 +227,252 @@ MXReturnValue backward(const Attrs& attrs, std::vector<MXTensor>* inputs,
   return mxnet::ext::MX_SUCCESS;
 }
 
+// ---- float32: gluon_resnest_sa_sum (training and FP32 inference) ----
+// Inputs x (N, R*C, H, W), a (N, R*C, 1, 1), both radix-major; output
+// y[n, c] = sum_r a[n, r*C + c] * x[n, r*C + c], optionally 3x3/2 average pooled (pool=1).
+// Backward inputs: dy, x, a, y; outputs dx, da.
+
+MXReturnValue f32_parse(const Attrs& attrs, int* num_in, int* num_out) {
+  int radix;
+  if (!radix_of(attrs, &radix)) return mxnet::ext::MX_FAIL;
+  *num_in = 2;
+  *num_out = 1;
+  return mxnet::ext::MX_SUCCESS;
+}
+
+MXReturnValue f32_type(const Attrs& attrs, std::vector<int>* in, std::vector<int>* out) {
+  if ((*in)[0] != mxnet::ext::kFloat32 || (*in)[1] != mxnet::ext::kFloat32) {
+    MX_ERROR_MSG << "gluon_resnest_sa_sum: inputs must be float32";
+    return mxnet::ext::MX_FAIL;
+  }
+  (*out)[0] = mxnet::ext::kFloat32;
+  return mxnet::ext::MX_SUCCESS;
+}
+
+MXReturnValue f32_shape(const Attrs& attrs, std::vector<std::vector<unsigned>>* in,
+                        std::vector<std::vector<unsigned>>* out) {
+  int radix;
+  if (!radix_of(attrs, &radix)) return mxnet::ext::MX_FAIL;
+  const std::vector<unsigned>& x = (*in)[0];
+  const std::vector<unsigned>& a = (*in)[1];
+  if (x.size() != 4 || x[1] % radix || a.size() != 4 || a[0] != x[0] || a[1] != x[1] ||
+      a[2] != 1 || a[3] != 1) {
+    MX_ERROR_MSG << "gluon_resnest_sa_sum: expected x of shape (N, radix * C, H, W) and an "
+                    "attention of shape (N, radix * C, 1, 1)";
+    return mxnet::ext::MX_FAIL;
+  }
+  std::vector<unsigned> y = x;
+  y[1] = x[1] / radix;
+  if (pooled(attrs)) {
+    y[2] = (x[2] - 1) / 2 + 1;
+    y[3] = (x[3] - 1) / 2 + 1;
+  }
+  (*out)[0] = y;
+  return mxnet::ext::MX_SUCCESS;
+}
+
+GR_MULTIVERSION
+void axpy_f32(const float* x, float s, float* acc, int64_t n, bool first) {
+  if (first) {
+    for (int64_t i = 0; i < n; ++i) acc[i] = s * x[i];
+  } else {
+    for (int64_t i = 0; i < n; ++i) acc[i] += s * x[i];
+  }
+}
+
+// dx = s * g; returns sum(g * x) (double accumulation: the attention's gradient)
+GR_MULTIVERSION
+double scale_dot_f32(const float* g, const float* x, float s, float* dx, int64_t n) {
+  double dot = 0.0;
+  for (int64_t i = 0; i < n; ++i) {
+    dx[i] = s * g[i];
+    dot += static_cast<double>(g[i]) * x[i];
+  }
+  return dot;
+}
+
+// 3x3 average, stride 2, padding 1, divisor 9; col: W floats of scratch.
+void avg_pool_3s2_f32(const float* in, int64_t H, int64_t W, float* out, int64_t Ho,
+                      int64_t Wo, float* col) {
+  for (int64_t oh = 0; oh < Ho; ++oh) {
+    const int64_t h = 2 * oh;
+    const float* mid = in + h * W;
+    for (int64_t w = 0; w < W; ++w) col[w] = mid[w];
+    if (h > 0) for (int64_t w = 0; w < W; ++w) col[w] += mid[w - W];
+    if (h + 1 < H) for (int64_t w = 0; w < W; ++w) col[w] += mid[w + W];
+    for (int64_t ow = 0; ow < Wo; ++ow) {
+      const int64_t w = 2 * ow;
+      float sum = col[w];
+      if (w > 0) sum += col[w - 1];
+      if (w + 1 < W) sum += col[w + 1];
+      out[oh * Wo + ow] = sum * (1.f / 9.f);
+    }
+  }
+}
+
+// Gradient of avg_pool_3s2_f32: every input position gets dy / 9 of each window covering it.
+void avg_pool_3s2_f32_grad(const float* dy, int64_t Ho, int64_t Wo, float* g, int64_t H,
+                           int64_t W) {
+  std::fill(g, g + H * W, 0.f);
+  for (int64_t oh = 0; oh < Ho; ++oh) {
+    for (int64_t ow = 0; ow < Wo; ++ow) {
+      const float v = dy[oh * Wo + ow] * (1.f / 9.f);
+      for (int64_t h = std::max<int64_t>(2 * oh - 1, 0); h <= std::min(2 * oh + 1, H - 1); ++h)
+        for (int64_t w = std::max<int64_t>(2 * ow - 1, 0); w <= std::min(2 * ow + 1, W - 1);
+             ++w)
+          g[h * W + w] += v;
+    }
+  }
+}
+
+MXReturnValue f32_forward(const Attrs& attrs, std::vector<MXTensor>* inputs,
+                          std::vector<MXTensor>* outputs, const OpResource& res) {
+  int radix;
+  if (!radix_of(attrs, &radix)) return mxnet::ext::MX_FAIL;
+  std::vector<MXTensor>& in = *inputs;
+  const int64_t N = in[0].shape[0], C = in[0].shape[1] / radix, H = in[0].shape[2],
+                W = in[0].shape[3], HW = H * W;
+  const bool pool = pooled(attrs);
+  const int64_t Ho = pool ? (H - 1) / 2 + 1 : H, Wo = pool ? (W - 1) / 2 + 1 : W;
+  const float* x = in[0].data<float>();
+  const float* a = in[1].data<float>();
+  float* y = (*outputs)[0].data<float>();
+#pragma omp parallel
+  {
+    std::vector<float> plane(pool ? HW + W : 0);
+#pragma omp for schedule(static)
+    for (int64_t nc = 0; nc < N * C; ++nc) {
+      const int64_t n = nc / C, c = nc % C;
+      float* sum = pool ? plane.data() : y + nc * HW;
+      for (int r = 0; r < radix; ++r) {
+        const int64_t k = n * radix * C + r * C + c;
+        axpy_f32(x + k * HW, a[k], sum, HW, r == 0);
+      }
+      if (pool) avg_pool_3s2_f32(sum, H, W, y + nc * Ho * Wo, Ho, Wo, plane.data() + HW);
+    }
+  }
+  return mxnet::ext::MX_SUCCESS;
+}
+
+MXReturnValue f32_backward(const Attrs& attrs, std::vector<MXTensor>* inputs,
+                           std::vector<MXTensor>* outputs, const OpResource& res) {
+  int radix;
+  if (!radix_of(attrs, &radix)) return mxnet::ext::MX_FAIL;
+  std::vector<MXTensor>& in = *inputs;  // dy, x, a, y
+  const int64_t N = in[1].shape[0], C = in[1].shape[1] / radix, H = in[1].shape[2],
+                W = in[1].shape[3], HW = H * W;
+  const bool pool = pooled(attrs);
+  const int64_t Ho = pool ? (H - 1) / 2 + 1 : H, Wo = pool ? (W - 1) / 2 + 1 : W;
+  const float* dy = in[0].data<float>();
+  const float* x = in[1].data<float>();
+  const float* a = in[2].data<float>();
+  float* dx = (*outputs)[0].data<float>();
+  float* da = (*outputs)[1].data<float>();
+#pragma omp parallel
+  {
+    std::vector<float> plane(pool ? HW : 0);
+#pragma omp for schedule(static)
+    for (int64_t nc = 0; nc < N * C; ++nc) {
+      const int64_t n = nc / C, c = nc % C;
+      const float* g = dy + nc * HW;
+      if (pool) {
+        avg_pool_3s2_f32_grad(dy + nc * Ho * Wo, Ho, Wo, plane.data(), H, W);
+        g = plane.data();
+      }
+      for (int r = 0; r < radix; ++r) {
+        const int64_t k = n * radix * C + r * C + c;
+        da[k] = static_cast<float>(scale_dot_f32(g, x + k * HW, a[k], dx + k * HW, HW));
+      }
+    }
+  }
+  return mxnet::ext::MX_SUCCESS;
+}
+
+// ---- float32: gluon_resnest_sa_gap, the pooled attention input ----
+// x (N, R*C, H, W) radix-major -> g[n, c] = sum_r mean_hw x[n, r*C + c], shape (N, C, 1, 1).
+// Backward inputs: dg, x, g; output dx[n, r*C + c, p] = dg[n, c] / (H * W).
+
+MXReturnValue gap_parse(const Attrs& attrs, int* num_in, int* num_out) {
+  int radix;
+  if (!radix_of(attrs, &radix)) return mxnet::ext::MX_FAIL;
+  *num_in = 1;
+  *num_out = 1;
+  return mxnet::ext::MX_SUCCESS;
+}
+
+MXReturnValue gap_type(const Attrs& attrs, std::vector<int>* in, std::vector<int>* out) {
+  if ((*in)[0] != mxnet::ext::kFloat32) {
+    MX_ERROR_MSG << "gluon_resnest_sa_gap: input must be float32";
+    return mxnet::ext::MX_FAIL;
+  }
+  (*out)[0] = mxnet::ext::kFloat32;
+  return mxnet::ext::MX_SUCCESS;
+}
+
+MXReturnValue gap_shape(const Attrs& attrs, std::vector<std::vector<unsigned>>* in,
+                        std::vector<std::vector<unsigned>>* out) {
+  int radix;
+  if (!radix_of(attrs, &radix)) return mxnet::ext::MX_FAIL;
+  const std::vector<unsigned>& x = (*in)[0];
+  if (x.size() != 4 || x[1] % radix) {
+    MX_ERROR_MSG << "gluon_resnest_sa_gap: expected x of shape (N, radix * C, H, W)";
+    return mxnet::ext::MX_FAIL;
+  }
+  (*out)[0] = {x[0], x[1] / radix, 1, 1};
+  return mxnet::ext::MX_SUCCESS;
+}
+
+GR_MULTIVERSION
+double sum_f32(const float* x, int64_t n) {
+  float part[16] = {0.f};
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16)
+    for (int j = 0; j < 16; ++j) part[j] += x[i + j];
+  double total = 0.0;
+  for (int j = 0; j < 16; ++j) total += part[j];
+  for (; i < n; ++i) total += x[i];
+  return total;
+}
+
+GR_MULTIVERSION
+void fill_f32(float* y, float v, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) y[i] = v;
+}
+
+MXReturnValue gap_forward(const Attrs& attrs, std::vector<MXTensor>* inputs,
+                          std::vector<MXTensor>* outputs, const OpResource& res) {
+  int radix;
+  if (!radix_of(attrs, &radix)) return mxnet::ext::MX_FAIL;
+  MXTensor& X = (*inputs)[0];
+  const int64_t N = X.shape[0], C = X.shape[1] / radix, HW = X.shape[2] * X.shape[3];
+  const float* x = X.data<float>();
+  float* g = (*outputs)[0].data<float>();
+#pragma omp parallel for schedule(static)
+  for (int64_t nc = 0; nc < N * C; ++nc) {
+    const int64_t n = nc / C, c = nc % C;
+    double total = 0.0;
+    for (int r = 0; r < radix; ++r) total += sum_f32(x + (n * radix * C + r * C + c) * HW, HW);
+    g[nc] = static_cast<float>(total / HW);
+  }
+  return mxnet::ext::MX_SUCCESS;
+}
+
+MXReturnValue gap_backward(const Attrs& attrs, std::vector<MXTensor>* inputs,
+                           std::vector<MXTensor>* outputs, const OpResource& res) {
+  int radix;
+  if (!radix_of(attrs, &radix)) return mxnet::ext::MX_FAIL;
+  MXTensor& X = (*inputs)[1];  // dg, x, g
+  const int64_t N = X.shape[0], C = X.shape[1] / radix, HW = X.shape[2] * X.shape[3];
+  const float* dg = (*inputs)[0].data<float>();
+  float* dx = (*outputs)[0].data<float>();
+#pragma omp parallel for schedule(static)
+  for (int64_t k = 0; k < N * radix * C; ++k) {
+    const int64_t n = k / (radix * C), c = k % C;
+    fill_f32(dx + k * HW, dg[n * C + c] / static_cast<float>(HW), HW);
+  }
+  return mxnet::ext::MX_SUCCESS;
+}
+
 }  // namespace
 
 REGISTER_OP(gluon_resnest_sa_sum_u8)
@@ -235,6 +481,20 @@ REGISTER_OP(gluon_resnest_sa_sum_u8)
     .setInferShape(infer_shape)
     .setForward(forward, "cpu")
     .setBackward(backward, "cpu");
+
+REGISTER_OP(gluon_resnest_sa_sum)
+    .setParseAttrs(f32_parse)
+    .setInferType(f32_type)
+    .setInferShape(f32_shape)
+    .setForward(f32_forward, "cpu")
+    .setBackward(f32_backward, "cpu");
+
+REGISTER_OP(gluon_resnest_sa_gap)
+    .setParseAttrs(gap_parse)
+    .setInferType(gap_type)
+    .setInferShape(gap_shape)
+    .setForward(gap_forward, "cpu")
+    .setBackward(gap_backward, "cpu");
 
 MXReturnValue initialize(int version) {
   // Built against MXNet 1.9's operator library interface (MX_LIBRARY_VERSION 11).

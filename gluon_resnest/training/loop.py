@@ -27,6 +27,7 @@ import mxnet as mx
 import numpy as np
 from mxnet import autograd, gluon
 
+from .. import native
 from ..data import TrainLoader, ValLoader, allreduce_sum, mixup, smooth_one_hot
 from ..data.records import unpack_image_record
 from ..data.transforms import decode_image
@@ -242,7 +243,11 @@ def build_model_and_trainer(run: Run) -> None:
     # Synchronised BatchNorm takes batch statistics over all workers (training only; the
     # evaluation copy below uses plain BatchNorm, whose parameters have the same names).
     sync = {'norm_layer': HorovodSyncBatchNorm} if config['sync_bn'] else {}
-    run.net = build(dropblock_prob=config['dropblock_prob'], **sync)
+    # On CPU in float32, the Split-Attention sums run as gluon_resnest's native operator
+    # (forward and backward in one pass each; same parameters). The evaluation and export
+    # copy below keeps MXNet's operators, so exports need nothing but MXNet.
+    fast = not config['amp'] and run.ctx.device_type == 'cpu' and native.load()
+    run.net = build(dropblock_prob=config['dropblock_prob'], native=fast, **sync)
     run.net.initialize(mx.init.Xavier(), ctx=run.ctx)
     # Validation and export run on a second instance that receives a copy of the weights:
     # oneDNN reorders weights in place for inference, and training on from reordered arrays

@@ -172,9 +172,9 @@ class ResNeSt(nn.HybridBlock):
         use_global_stats: Freeze BatchNorm statistics (GluonCV's keyword).
         native: Compute each Split-Attention weighted sum (and the avd pooling after it) with
             gluon_resnest's native operator (:mod:`gluon_resnest.native`, which must be
-            loaded): the training step's fast path. The parameters are the same; a graph traced
-            with it needs the operator library to load, so export from a network built
-            without it.
+            loaded): the training step's fast path, on CPU in float32 (no AMP). The parameters
+            are the same; a graph traced with it needs the operator library to load, so export
+            from a network built without it.
         name: Registered name, used in error messages.
         **kwargs: ``prefix`` / ``params`` of :class:`mxnet.gluon.HybridBlock`. The prefix is
             ``resnest_`` as in GluonCV, so the hybridized graph carries GluonCV's parameter and

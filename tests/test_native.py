@@ -56,7 +56,7 @@ def test_operator_matches_mxnet_quantized_chain(radix, pool):
     atten = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)  # softmax over the radix
     atten = mx.nd.array(atten.reshape(shape[0], radix * shape[1], 1, 1))
     out_max = float(np.mean([hi for _, hi in ranges]) * 0.8)  # some values saturate
-    args = list(xs) + [mx.nd.array([v]) for pair in ranges for v in pair] + [atten]
+    args = [atten] + [mx.nd.array([v]) for pair in ranges for v in pair] + list(xs)
     got, lo, hi = mx.nd.gluon_resnest_sa_sum_u8(*args, radix=radix, max_calib_range=out_max,
                                                 pool=int(pool))
     want, want_lo, want_hi = _mxnet_chain(xs, ranges, atten, out_max, pool)
@@ -74,7 +74,7 @@ def test_operator_rejects_mismatched_attention():
     x = mx.nd.zeros((2, 8, 4, 4), dtype='uint8')
     one = mx.nd.array([1.0])
     with pytest.raises(mx.base.MXNetError, match='attention of shape'):
-        mx.nd.gluon_resnest_sa_sum_u8(x, x, one, one, one, one, mx.nd.zeros((2, 8, 1, 1)),
+        mx.nd.gluon_resnest_sa_sum_u8(mx.nd.zeros((2, 8, 1, 1)), one, one, one, one, x, x,
                                       radix=2, max_calib_range=1.0).wait_to_read()
 
 
@@ -174,7 +174,7 @@ def test_loads_beside_horovod():
         "x = mx.nd.full((2, 4, 5, 5), 100, dtype='uint8')\n"
         'one = mx.nd.array([1.0])\n'
         'a = mx.nd.full((2, 8, 1, 1), 0.5)\n'
-        'y = mx.nd.gluon_resnest_sa_sum_u8(x, x, one, one, one, one, a, radix=2,\n'
+        'y = mx.nd.gluon_resnest_sa_sum_u8(a, one, one, one, one, x, x, radix=2,\n'
         '                                  max_calib_range=1.0)[0]\n'
         'print(int(y.asnumpy().min()), int(y.asnumpy().max()))\n'
     )
@@ -227,7 +227,7 @@ def test_float_operators_match_autograd(radix, pool):
         aa.attach_grad()
         with autograd.record():
             if fused:
-                y = mx.nd.gluon_resnest_sa_sum(xx, aa, radix=radix, pool=int(pool))
+                y = mx.nd.gluon_resnest_sa_sum(aa, xx, radix=radix, pool=int(pool))
                 g = mx.nd.gluon_resnest_sa_gap(xx, radix=radix)
             else:
                 y = _reference_sum(xx, aa, radix, pool)

@@ -426,10 +426,11 @@ def fuse_split_attention_int8(symbol: mx.sym.Symbol) -> tuple[mx.sym.Symbol, int
             graph.keep(i)
             continue
         splits, atten, out_max, pool = plan[i]
-        inputs = [graph.remap(split[0]) for split in splits]
+        # The operator's input order: attention, (min, max) per split, splits.
+        inputs = [graph.remap(atten)]
         for split in splits:
             inputs += [graph.remap(split[1]), graph.remap(split[2])]
-        inputs.append(graph.remap(atten))
+        inputs += [graph.remap(split[0]) for split in splits]
         graph.index[i] = graph.add({
             'op': 'gluon_resnest_sa_sum_u8', 'name': f'{node["name"]}_sa_sum',
             'attrs': {'radix': str(len(splits)), 'max_calib_range': out_max,

@@ -104,7 +104,7 @@ class SplitAttention(nn.HybridBlock):
             atten = F.reshape(F.softmax(F.reshape(atten, (0, self.radix, -1)), axis=1),
                               (0, -1, 1, 1))
         if self.native:
-            return F.gluon_resnest_sa_sum(x, atten, radix=self.radix, pool=int(self.pool))
+            return F.gluon_resnest_sa_sum(atten, x, radix=self.radix, pool=int(self.pool))
         # Weighted sum of the splits: one broadcast multiply over the (N, R, C, H, W) view, then
         # the sum over R as a batched (1 x R) @ (R x CHW) product, a single memory-bound pass
         # (MXNet's reduction over a middle axis is several times slower on CPU).

@@ -8,8 +8,15 @@
 // in one pass over the splits, optionally followed by the 3x3, stride 2, padding 1 average
 // pooling (padding counted) that a ResNeSt block with avd applies next. The output is uint8 in
 // the calibrated range [0, max_calib_range], with its (min, max) as the second and third outputs,
-// as MXNet's quantized operators expect. Inputs: x_0..x_{R-1}, min_0, max_0, ..., min_{R-1},
-// max_{R-1}, a. Attributes: radix, max_calib_range, pool (0 or 1).
+// as MXNet's quantized operators expect. Inputs: a, min_0, max_0, ..., min_{R-1}, max_{R-1},
+// x_0..x_{R-1}. Attributes: radix, max_calib_range, pool (0 or 1).
+//
+// Input order matters. MXNet 1.9 hands an operator library the shape of an input it had to
+// reorder out of a oneDNN layout through a pointer into a vector of reordered copies, and a later
+// reorder for the same call may reallocate that vector: only the last reordered input's shape is
+// sure to be intact. So every operator reads its dimensions from its outputs and from its last
+// input only (a tensor input whose shape decides the loop bounds goes last), and checks that input
+// against the outputs before using it.
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -72,7 +79,7 @@ MXReturnValue infer_type(const Attrs& attrs, std::vector<int>* in, std::vector<i
   int radix;
   if (!radix_of(attrs, &radix)) return mxnet::ext::MX_FAIL;
   for (int r = 0; r < radix; ++r) {
-    if ((*in)[r] != mxnet::ext::kUint8) {
+    if ((*in)[1 + 2 * radix + r] != mxnet::ext::kUint8) {
       MX_ERROR_MSG << "gluon_resnest_sa_sum_u8: split " << r << " must be uint8";
       return mxnet::ext::MX_FAIL;
     }
@@ -87,8 +94,8 @@ MXReturnValue infer_shape(const Attrs& attrs, std::vector<std::vector<unsigned>>
                           std::vector<std::vector<unsigned>>* out) {
   int radix;
   if (!radix_of(attrs, &radix)) return mxnet::ext::MX_FAIL;
-  const std::vector<unsigned>& x = (*in)[0];
-  const std::vector<unsigned>& a = (*in)[3 * radix];
+  const std::vector<unsigned>& x = (*in)[1 + 2 * radix];
+  const std::vector<unsigned>& a = (*in)[0];
   if (x.size() != 4 || a.size() != 4 || a[0] != x[0] || a[1] != radix * x[1] || a[2] != 1 ||
       a[3] != 1) {
     MX_ERROR_MSG << "gluon_resnest_sa_sum_u8: expected splits of shape (N, C, H, W) and an "
@@ -96,7 +103,7 @@ MXReturnValue infer_shape(const Attrs& attrs, std::vector<std::vector<unsigned>>
     return mxnet::ext::MX_FAIL;
   }
   for (int r = 1; r < radix; ++r) {
-    if ((*in)[r] != x) {
+    if ((*in)[1 + 2 * radix + r] != x) {
       MX_ERROR_MSG << "gluon_resnest_sa_sum_u8: the splits differ in shape";
       return mxnet::ext::MX_FAIL;
     }
@@ -110,6 +117,25 @@ MXReturnValue infer_shape(const Attrs& attrs, std::vector<std::vector<unsigned>>
   (*out)[1] = {1};
   (*out)[2] = {1};
   return mxnet::ext::MX_SUCCESS;
+}
+
+// The spatial size (H, W) of an input of shape (N, channels, H, W) whose output is y (N, ., Ho,
+// Wo), pooled 3x3/2 or not; false (with a message) when the input's shape does not fit y's.
+bool input_plane(const char* op, const MXTensor& x, const MXTensor& y, int64_t channels,
+                 bool pool, int64_t* H, int64_t* W) {
+  const std::vector<int64_t>& s = x.shape;
+  const std::vector<int64_t>& o = y.shape;
+  const bool fits = s.size() == 4 && o.size() == 4 && s[0] == o[0] && s[1] == channels &&
+                    s[2] > 0 && s[3] > 0 &&
+                    (pool ? (s[2] - 1) / 2 + 1 == o[2] && (s[3] - 1) / 2 + 1 == o[3]
+                          : s[2] == o[2] && s[3] == o[3]);
+  if (!fits) {
+    MX_ERROR_MSG << op << ": input shape does not match the output's";
+    return false;
+  }
+  *H = s[2];
+  *W = s[3];
+  return true;
 }
 
 inline uint8_t to_u8(float v) {  // v >= 0: round half up, saturate at 255
@@ -169,24 +195,27 @@ MXReturnValue forward(const Attrs& attrs, std::vector<MXTensor>* inputs,
     return mxnet::ext::MX_FAIL;
   }
   std::vector<MXTensor>& in = *inputs;
-  const int64_t N = in[0].shape[0], C = in[0].shape[1], H = in[0].shape[2], W = in[0].shape[3];
+  MXTensor& Y = (*outputs)[0];
+  const bool pool = pooled(attrs);
+  const int64_t N = Y.shape[0], C = Y.shape[1], Ho = Y.shape[2], Wo = Y.shape[3];
+  int64_t H, W;
+  if (!input_plane("gluon_resnest_sa_sum_u8", in[3 * radix], Y, C, pool, &H, &W))
+    return mxnet::ext::MX_FAIL;
   const int64_t HW = H * W;
   // Dequantization of split r (uint8, range max(|min|, |max|)) and requantization to
   // [0, out_max] fold into one factor per split.
   float scale[kMaxRadix];
   std::vector<const uint8_t*> x(radix);
   for (int r = 0; r < radix; ++r) {
-    const float lo = std::fabs(in[radix + 2 * r].data<float>()[0]);
-    const float hi = std::fabs(in[radix + 2 * r + 1].data<float>()[0]);
+    const float lo = std::fabs(in[1 + 2 * r].data<float>()[0]);
+    const float hi = std::fabs(in[2 + 2 * r].data<float>()[0]);
     scale[r] = std::max(lo, hi) / out_max;
-    x[r] = in[r].data<uint8_t>();
+    x[r] = in[1 + 2 * radix + r].data<uint8_t>();
   }
-  const float* a = in[3 * radix].data<float>();
-  uint8_t* y = (*outputs)[0].data<uint8_t>();
+  const float* a = in[0].data<float>();
+  uint8_t* y = Y.data<uint8_t>();
   (*outputs)[1].data<float>()[0] = 0.f;
   (*outputs)[2].data<float>()[0] = out_max;
-  const bool pool = pooled(attrs);
-  const int64_t Ho = pool ? (H - 1) / 2 + 1 : H, Wo = pool ? (W - 1) / 2 + 1 : W;
 
 #pragma omp parallel
   {
@@ -228,9 +257,9 @@ MXReturnValue backward(const Attrs& attrs, std::vector<MXTensor>* inputs,
 }
 
 // ---- float32: gluon_resnest_sa_sum (training and FP32 inference) ----
-// Inputs x (N, R*C, H, W), a (N, R*C, 1, 1), both radix-major; output
+// Inputs a (N, R*C, 1, 1), x (N, R*C, H, W), both radix-major; output
 // y[n, c] = sum_r a[n, r*C + c] * x[n, r*C + c], optionally 3x3/2 average pooled (pool=1).
-// Backward inputs: dy, x, a, y; outputs dx, da.
+// Backward inputs: dy, a, x, y; outputs da, dx.
 
 MXReturnValue f32_parse(const Attrs& attrs, int* num_in, int* num_out) {
   int radix;
@@ -253,8 +282,8 @@ MXReturnValue f32_shape(const Attrs& attrs, std::vector<std::vector<unsigned>>* 
                         std::vector<std::vector<unsigned>>* out) {
   int radix;
   if (!radix_of(attrs, &radix)) return mxnet::ext::MX_FAIL;
-  const std::vector<unsigned>& x = (*in)[0];
-  const std::vector<unsigned>& a = (*in)[1];
+  const std::vector<unsigned>& a = (*in)[0];
+  const std::vector<unsigned>& x = (*in)[1];
   if (x.size() != 4 || x[1] % radix || a.size() != 4 || a[0] != x[0] || a[1] != x[1] ||
       a[2] != 1 || a[3] != 1) {
     MX_ERROR_MSG << "gluon_resnest_sa_sum: expected x of shape (N, radix * C, H, W) and an "
@@ -329,14 +358,17 @@ MXReturnValue f32_forward(const Attrs& attrs, std::vector<MXTensor>* inputs,
                           std::vector<MXTensor>* outputs, const OpResource& res) {
   int radix;
   if (!radix_of(attrs, &radix)) return mxnet::ext::MX_FAIL;
-  std::vector<MXTensor>& in = *inputs;
-  const int64_t N = in[0].shape[0], C = in[0].shape[1] / radix, H = in[0].shape[2],
-                W = in[0].shape[3], HW = H * W;
+  std::vector<MXTensor>& in = *inputs;  // a, x
+  MXTensor& Y = (*outputs)[0];
   const bool pool = pooled(attrs);
-  const int64_t Ho = pool ? (H - 1) / 2 + 1 : H, Wo = pool ? (W - 1) / 2 + 1 : W;
-  const float* x = in[0].data<float>();
-  const float* a = in[1].data<float>();
-  float* y = (*outputs)[0].data<float>();
+  const int64_t N = Y.shape[0], C = Y.shape[1], Ho = Y.shape[2], Wo = Y.shape[3];
+  int64_t H, W;
+  if (!input_plane("gluon_resnest_sa_sum", in[1], Y, radix * C, pool, &H, &W))
+    return mxnet::ext::MX_FAIL;
+  const int64_t HW = H * W;
+  const float* a = in[0].data<float>();
+  const float* x = in[1].data<float>();
+  float* y = Y.data<float>();
 #pragma omp parallel
   {
     std::vector<float> plane(pool ? HW + W : 0);
@@ -358,16 +390,17 @@ MXReturnValue f32_backward(const Attrs& attrs, std::vector<MXTensor>* inputs,
                            std::vector<MXTensor>* outputs, const OpResource& res) {
   int radix;
   if (!radix_of(attrs, &radix)) return mxnet::ext::MX_FAIL;
-  std::vector<MXTensor>& in = *inputs;  // dy, x, a, y
-  const int64_t N = in[1].shape[0], C = in[1].shape[1] / radix, H = in[1].shape[2],
-                W = in[1].shape[3], HW = H * W;
+  std::vector<MXTensor>& in = *inputs;  // dy, a, x, y; outputs da, dx
+  MXTensor& DX = (*outputs)[1];
+  const int64_t N = DX.shape[0], C = DX.shape[1] / radix, H = DX.shape[2], W = DX.shape[3],
+                HW = H * W;
   const bool pool = pooled(attrs);
   const int64_t Ho = pool ? (H - 1) / 2 + 1 : H, Wo = pool ? (W - 1) / 2 + 1 : W;
   const float* dy = in[0].data<float>();
-  const float* x = in[1].data<float>();
-  const float* a = in[2].data<float>();
-  float* dx = (*outputs)[0].data<float>();
-  float* da = (*outputs)[1].data<float>();
+  const float* a = in[1].data<float>();
+  const float* x = in[2].data<float>();
+  float* da = (*outputs)[0].data<float>();
+  float* dx = DX.data<float>();
 #pragma omp parallel
   {
     std::vector<float> plane(pool ? HW : 0);
@@ -444,9 +477,15 @@ MXReturnValue gap_forward(const Attrs& attrs, std::vector<MXTensor>* inputs,
   int radix;
   if (!radix_of(attrs, &radix)) return mxnet::ext::MX_FAIL;
   MXTensor& X = (*inputs)[0];
-  const int64_t N = X.shape[0], C = X.shape[1] / radix, HW = X.shape[2] * X.shape[3];
+  MXTensor& G = (*outputs)[0];
+  const int64_t N = G.shape[0], C = G.shape[1];
+  if (X.shape.size() != 4 || X.shape[0] != N || X.shape[1] != radix * C) {
+    MX_ERROR_MSG << "gluon_resnest_sa_gap: input shape does not match the output's";
+    return mxnet::ext::MX_FAIL;
+  }
+  const int64_t HW = X.shape[2] * X.shape[3];
   const float* x = X.data<float>();
-  float* g = (*outputs)[0].data<float>();
+  float* g = G.data<float>();
 #pragma omp parallel for schedule(static)
   for (int64_t nc = 0; nc < N * C; ++nc) {
     const int64_t n = nc / C, c = nc % C;
@@ -461,10 +500,10 @@ MXReturnValue gap_backward(const Attrs& attrs, std::vector<MXTensor>* inputs,
                            std::vector<MXTensor>* outputs, const OpResource& res) {
   int radix;
   if (!radix_of(attrs, &radix)) return mxnet::ext::MX_FAIL;
-  MXTensor& X = (*inputs)[1];  // dg, x, g
-  const int64_t N = X.shape[0], C = X.shape[1] / radix, HW = X.shape[2] * X.shape[3];
+  MXTensor& DX = (*outputs)[0];  // inputs dg, x, g
+  const int64_t N = DX.shape[0], C = DX.shape[1] / radix, HW = DX.shape[2] * DX.shape[3];
   const float* dg = (*inputs)[0].data<float>();
-  float* dx = (*outputs)[0].data<float>();
+  float* dx = DX.data<float>();
 #pragma omp parallel for schedule(static)
   for (int64_t k = 0; k < N * radix * C; ++k) {
     const int64_t n = k / (radix * C), c = k % C;

@@ -34,9 +34,8 @@ from __future__ import annotations
 
 import functools
 import logging
-from typing import Any, Callable, Sequence, TypeVar
+from typing import Any, Callable, Sequence
 
-import cloudpickle
 import horovod.mxnet as hvd
 import mxnet as mx
 import numpy as np
@@ -44,46 +43,16 @@ from horovod.common.elastic import ObjectState, run_fn
 from horovod.common.exceptions import HorovodInternalError
 from mxnet import gluon
 
+from .collectives import broadcast_, broadcast_object, fenced
+
 __all__ = ['GluonState', 'broadcast_object', 'fenced', 'run']
 
 logger = logging.getLogger(__name__)
-
-T = TypeVar('T')
 
 
 def _reset() -> None:
     hvd.shutdown()
     hvd.init()
-
-
-def fenced(push: Callable[[], T]) -> T:
-    """Run ``push`` (which queues one Horovod operation) alone, and wait for its result.
-
-    Everything queued before is finished first, and ``push``'s operation and whatever it
-    writes are finished before returning, so a failure surfaces here, as an ``MXNetError``,
-    with nothing else in flight (see the module docstring).
-    """
-    mx.nd.waitall()
-    result = push()
-    mx.nd.waitall()
-    return result
-
-
-def broadcast_object(obj: Any, root_rank: int = 0, name: str | None = None) -> Any:
-    """``hvd.broadcast_object`` with each of its two operations :func:`fenced`."""
-    name = name or type(obj).__name__
-    if hvd.rank() == root_rank:
-        payload = np.frombuffer(cloudpickle.dumps(obj), dtype=np.uint8)
-        size = mx.nd.array([payload.size], dtype='int64')
-    else:
-        payload, size = None, mx.nd.zeros((1,), dtype='int64')
-    fenced(lambda: hvd.broadcast_(size, root_rank, name=f'{name}.size'))
-    data = (mx.nd.array(payload, dtype='uint8') if payload is not None
-            else mx.nd.zeros((int(size.asscalar()),), dtype='uint8'))
-    fenced(lambda: hvd.broadcast_(data, root_rank, name=f'{name}.data'))
-    if hvd.rank() == root_rank:
-        return obj
-    return cloudpickle.loads(data.asnumpy().tobytes())
 
 
 # How a lost peer shows in the MXNetError raised where a result is read: Horovod's own message
@@ -180,7 +149,7 @@ class GluonState(ObjectState):
             for dtype, names in sorted(by_dtype.items(), key=lambda item: item[0].str):
                 arrays = [self._params[name].data() for name in names]
                 flat = mx.nd.concat(*[a.reshape((-1,)) for a in arrays], dim=0)
-                fenced(lambda flat=flat, dtype=dtype: hvd.broadcast_(
+                fenced(lambda flat=flat, dtype=dtype: broadcast_(
                     flat, root_rank=0, name=f'elastic.params.{dtype.name}'))
                 offset = 0
                 for name, array in zip(names, arrays):

@@ -39,6 +39,7 @@ from ..params import copy_parameters, params_digest
 from ..progress import progress
 from .amp import check_amp, init_amp, loss_scaler_state, restore_loss_scaler
 from .checkpoint import latest_checkpoint, load_checkpoint, resume_checkpoint, save_checkpoint
+from .collectives import broadcast_object, broadcast_parameters, fenced
 from .metrics import append_metrics, plot_curves, read_metrics, truncate_metrics
 from .options import (
     EXIT_DIVERGED,
@@ -262,7 +263,7 @@ def build_model_and_trainer(run: Run) -> None:
         if not name.endswith('weight'):
             param.wd_mult = 0.0
     if not run.options.elastic:  # an elastic run syncs its state instead
-        hvd.broadcast_parameters(params, root_rank=0)
+        broadcast_parameters(params, root_rank=0)
     run.trainer = _make_trainer(run)
     run.loss_fn = gluon.loss.SoftmaxCrossEntropyLoss(sparse_label=False)
     run.net.hybridize(static_alloc=True, static_shape=True)
@@ -271,7 +272,7 @@ def build_model_and_trainer(run: Run) -> None:
 def _make_trainer(run: Run) -> gluon.Trainer:
     # For the current world size: Horovod's trainer fixes its gradient scale at construction.
     config = run.config
-    # An elastic run reduces all gradients as one operation (see elastic.fenced).
+    # An elastic run reduces all gradients as one operation (see collectives.fenced).
     trainer = hvd.DistributedTrainer(run.net.collect_params(), config['optimizer'], {
         'learning_rate': 0.0, 'momentum': config['momentum'], 'wd': config['weight_decay']},
         num_groups=1 if run.options.elastic else 0)
@@ -300,7 +301,8 @@ def resume(run: Run) -> None:
             if run.rank == 0:
                 loaded = resume_checkpoint(run.checkpoint_dir, run.net, run.trainer,
                                            ctx=run.ctx, run_id=run.identity['run_id'])
-            found = hvd.broadcast_object(str(loaded[0]) if loaded else '', root_rank=0)
+            found = broadcast_object(str(loaded[0]) if loaded else '', root_rank=0,
+                                     name='resume.checkpoint')
         if found:
             meta = loaded[1] if loaded else load_checkpoint(found, run.net, run.trainer,
                                                             ctx=run.ctx)
@@ -380,8 +382,6 @@ def _train_step(run: Run, data: mx.nd.NDArray, label: mx.nd.NDArray) -> float:
         else:
             loss.backward()
     if run.options.elastic:
-        from .elastic import fenced
-
         fenced(run.trainer.allreduce_grads)
         run.trainer.update(data.shape[0])
     else:
@@ -390,10 +390,8 @@ def _train_step(run: Run, data: mx.nd.NDArray, label: mx.nd.NDArray) -> float:
 
 
 def _sum_over_workers(run: Run, values: Sequence[float]) -> np.ndarray:
-    """:func:`allreduce_sum`, :func:`~.elastic.fenced` in an elastic run."""
+    """:func:`allreduce_sum`, :func:`~.collectives.fenced` in an elastic run."""
     if run.options.elastic:
-        from .elastic import fenced
-
         return fenced(lambda: allreduce_sum(values))
     return allreduce_sum(values)
 
@@ -604,7 +602,7 @@ def _check_finite(run: Run, value: float, epoch: int, step: int, lr: float) -> N
 def _sync_norm_statistics(net: gluon.Block) -> None:
     """Average BatchNorm running statistics over workers so every rank holds the same model.
 
-    One grouped Horovod operation, alone in the engine (as :func:`~.elastic.fenced` needs).
+    One grouped Horovod operation, alone in the engine (as :func:`~.collectives.fenced` needs).
     """
     if hvd.size() == 1:
         return

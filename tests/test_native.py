@@ -126,6 +126,68 @@ def test_quantized_network_uses_the_operator(small_net, tmp_path):
     np.testing.assert_array_equal(again(x).asnumpy(), out)
 
 
+@pytest.mark.parametrize('name', ['resnest14', 'resnest50_fast_4s1x64d'])  # radix 2 and 4
+def test_int8_operator_reads_onednn_layout_in_place(small_net, name):
+    """In a quantized network the splits arrive in oneDNN's N x H x W x C layout: the operator
+    reads them in place and gives the same bits as after a reorder to N x C x H x W."""
+    assert native.onednn_supported() is None  # MXNet 1.9.1 with oneDNN, as installed
+    assert native.onednn_loaded()
+    if name != 'resnest14':
+        small_net = get_model(name, classes=10)
+        small_net.initialize(mx.init.Xavier(magnitude=2))
+        randomize_norm_stats(small_net, seed=4)
+        small_net(mx.nd.zeros((1, 3, SIZE, SIZE)))
+    rng = np.random.RandomState(5)
+    calib = [mx.nd.array(rng.uniform(-2, 2, (8, 3, SIZE, SIZE)).astype(np.float32))
+             for _ in range(2)]
+    x = mx.nd.array(rng.uniform(-2, 2, (6, 3, SIZE, SIZE)).astype(np.float32))
+    fused = quantize_network(small_net, calib, native=True)
+    fused.hybridize(static_alloc=True, static_shape=True)
+    blocks = sum(isinstance(b, SplitAttention) for b in _walk(small_net))
+    before = native.onednn_calls()
+    in_place = fused(x).asnumpy()
+    after = native.onednn_calls()
+    assert blocks > 0
+    assert after['nhwc'] - before['nhwc'] == blocks and after['nchw'] == before['nchw']
+    os.environ['GLUON_RESNEST_NATIVE_LAYOUT'] = 'nchw'
+    try:
+        plain = fused(x).asnumpy()
+    finally:
+        del os.environ['GLUON_RESNEST_NATIVE_LAYOUT']
+    assert native.onednn_calls()['nchw'] - after['nchw'] == blocks
+    np.testing.assert_array_equal(in_place, plain)
+
+
+def test_operator_library_fallback_gives_the_same_bits(tmp_path):
+    """GLUON_RESNEST_NATIVE_ONEDNN=0: the operator-library version runs instead, bit for bit."""
+    rng = np.random.RandomState(7)
+    radix, shape = 2, (2, 16, 9, 7)
+    xs = _splits(rng, radix, shape)
+    atten = mx.nd.array(rng.uniform(0, 1, (2, radix * 16, 1, 1)).astype(np.float32))
+    ranges = [mx.nd.array([v]) for v in (0.0, 2.5, -1.0, 1.5)]
+    args = [atten] + ranges + xs
+    want = mx.nd.gluon_resnest_sa_sum_u8(*args, radix=radix, max_calib_range=2.0, pool=1)[0]
+    path = str(tmp_path / 'inputs.npz')
+    np.savez(path, *[a.asnumpy() for a in args])
+    script = (
+        'import sys\n'
+        'import mxnet as mx, numpy as np\n'
+        'from gluon_resnest import native\n'
+        'native.load(required=True)\n'
+        'assert not native.onednn_loaded()\n'
+        f'saved = np.load({path!r})\n'
+        'args = [mx.nd.array(saved[f"arr_{i}"], dtype=saved[f"arr_{i}"].dtype)\n'
+        '        for i in range(len(saved.files))]\n'
+        'y = mx.nd.gluon_resnest_sa_sum_u8(*args, radix=2, max_calib_range=2.0, pool=1)[0]\n'
+        'sys.stdout.write(y.asnumpy().tobytes().hex())\n'
+    )
+    env = dict(os.environ, GLUON_RESNEST_NATIVE_ONEDNN='0')
+    proc = subprocess.run([sys.executable, '-c', script], capture_output=True, text=True,
+                          timeout=300, cwd=REPO, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout == want.asnumpy().tobytes().hex()
+
+
 def test_disabled_library_keeps_mxnet_operators(small_net, tmp_path):
     """GLUON_RESNEST_NATIVE=0: quantization stays portable; a native export says what it needs."""
     rng = np.random.RandomState(0)
@@ -196,8 +258,10 @@ def test_module_entry_point_prints_the_library():
     proc = subprocess.run([sys.executable, '-m', 'gluon_resnest.native'], capture_output=True,
                           text=True, timeout=600, cwd=REPO)
     assert proc.returncode == 0, proc.stderr
-    path = proc.stdout.strip()
-    assert path.endswith('.so') and os.path.isfile(path)
+    paths = proc.stdout.strip().splitlines()
+    assert [os.path.basename(p) for p in paths] == ['libgluon_resnest_ops.so',
+                                                   'libgluon_resnest_onednn.so']
+    assert all(os.path.isfile(p) for p in paths)
 
 
 def _reference_sum(x, a, radix, pool):

@@ -15,14 +15,22 @@ The library is compiled from ``split_attention.cc`` (shipped with the package) a
 installed MXNet's operator-library interface (``mxnet/include/mxnet/lib_api.h`` and
 ``mxnet/src/lib_api.cc``) with the C++ compiler ``$CXX`` (default ``g++``), once per source,
 MXNet version and compiler, into ``$GLUON_RESNEST_CACHE_DIR`` (default
-``~/.cache/gluon_resnest``). ``make install`` builds it; ``python -m gluon_resnest.native``
-builds it and prints its path. Set ``GLUON_RESNEST_NATIVE=0`` to never build or load it: INT8
-quantization then keeps MXNet's own operators. A network exported with the operator needs the
-library in the process that loads it: :func:`gluon_resnest.deploy.load_exported` loads it
+``~/.cache/gluon_resnest``). With MXNet 1.9.1 built with oneDNN, ``gluon_resnest_sa_sum_u8``
+comes instead from a second library, ``split_attention_onednn.cc`` built against the C++
+headers the wheel ships and registered in MXNet's own operator registry: it reads and writes
+the N x H x W x C layout of oneDNN's INT8 convolutions in place, where an operator-library
+operator gets every input reordered to N x C x H x W first (the same results, bit for bit).
+If that library cannot be built or loaded (or ``GLUON_RESNEST_NATIVE_ONEDNN=0``), the
+operator-library version is used. ``make install`` builds them; ``python -m
+gluon_resnest.native`` builds and loads them and prints their paths. Set
+``GLUON_RESNEST_NATIVE=0`` to never build or load either: INT8 quantization then keeps MXNet's
+own operators. A network exported with the operators needs the libraries in the process that
+loads it: :func:`gluon_resnest.deploy.load_exported` loads it
 itself; with plain ``mx.gluon.SymbolBlock.imports`` call :func:`load` first.
 """
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import logging
 import os
@@ -32,7 +40,8 @@ import sys
 import tempfile
 import threading
 
-__all__ = ['OPERATORS', 'NativeBuildError', 'build', 'enabled', 'load', 'loaded', 'operators_in',
+__all__ = ['OPERATORS', 'NativeBuildError', 'build', 'build_onednn', 'enabled', 'library_paths',
+           'load', 'loaded', 'onednn_calls', 'onednn_loaded', 'onednn_supported', 'operators_in',
            'uses_native']
 
 logger = logging.getLogger(__name__)
@@ -40,10 +49,22 @@ logger = logging.getLogger(__name__)
 #: Operators the library registers.
 OPERATORS = ('gluon_resnest_sa_sum_u8', 'gluon_resnest_sa_sum', 'gluon_resnest_sa_gap')
 
-_SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'split_attention.cc')
+_HERE = os.path.dirname(os.path.abspath(__file__))
+_SOURCE = os.path.join(_HERE, 'split_attention.cc')
+_ONEDNN_SOURCE = os.path.join(_HERE, 'split_attention_onednn.cc')
+_HEADER = os.path.join(_HERE, 'split_attention_u8.h')
 _LIBRARY = 'libgluon_resnest_ops.so'
+_ONEDNN_LIBRARY = 'libgluon_resnest_onednn.so'
+#: The MXNet whose C++ ABI split_attention_onednn.cc was written against.
+_ONEDNN_MXNET = '1.9.1'
+_FLAGS = ['-O3', '-std=c++17', '-shared', '-fPIC', '-fopenmp',
+          # The two layouts' kernels must round alike: no fused multiply-adds.
+          '-ffp-contract=off',
+          # Bind each library's own symbols to itself: another extension loaded with
+          # RTLD_GLOBAL (Horovod's) must not stand in for them.
+          '-Wl,-Bsymbolic']
 _lock = threading.Lock()
-_state: dict[str, object] = {'loaded': None, 'error': None}
+_state: dict[str, object] = {'loaded': None, 'error': None, 'onednn': None, 'onednn_path': None}
 
 
 class NativeBuildError(RuntimeError):
@@ -90,35 +111,32 @@ def _mxnet_dirs() -> tuple[str, str, str]:
     return include, lib_api, mx.__version__
 
 
-def build(force: bool = False) -> str:
-    """Compile the library if this source, MXNet and compiler have no build yet; its path.
-
-    Raises:
-        NativeBuildError: no compiler, or the compiler failed (its output is in the message).
-    """
-    include, lib_api, mx_version = _mxnet_dirs()
+def _compiler() -> str:
     cxx = os.environ.get('CXX', 'g++')
     compiler = shutil.which(cxx)
     if compiler is None:
         raise NativeBuildError(f'no C++ compiler ({cxx!r} is not on PATH; set CXX)')
-    flags = ['-O3', '-std=c++17', '-shared', '-fPIC', '-fopenmp',
-             # Bind the library's own symbols (its copy of lib_api.cc) to itself: another
-             # extension loaded with RTLD_GLOBAL (Horovod's) must not stand in for them.
-             '-Wl,-Bsymbolic']
+    return compiler
+
+
+def _compile(name: str, inputs: list[str], flags: list[str], mx_version: str,
+             force: bool) -> str:
+    """Compile ``inputs`` into the cache (once per sources, flags, MXNet and compiler)."""
+    compiler = _compiler()
     digest = hashlib.sha256(' '.join(flags).encode())
-    for path in (_SOURCE, lib_api):
+    for path in (*inputs, _HEADER):
         with open(path, 'rb') as handle:
             digest.update(handle.read())
     digest.update(f'{mx_version}|{os.path.realpath(compiler)}|{sys.platform}'.encode())
     folder = os.path.join(_cache_dir(), f'native-{digest.hexdigest()[:16]}')
-    target = os.path.join(folder, _LIBRARY)
+    target = os.path.join(folder, name)
     if os.path.isfile(target) and not force:
         return target
     os.makedirs(folder, exist_ok=True)
     # Several processes may build at once: each writes its own file and renames it into place.
     fd, tmp = tempfile.mkstemp(suffix='.so', prefix='.build-', dir=folder)
     os.close(fd)
-    cmd = [compiler, *flags, f'-I{include}', lib_api, _SOURCE, '-o', tmp]
+    cmd = [compiler, *inputs, *flags, '-o', tmp]
     logger.info('building %s', target)
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
@@ -131,6 +149,91 @@ def build(force: bool = False) -> str:
         if os.path.exists(tmp):
             os.unlink(tmp)
     return target
+
+
+def build(force: bool = False, int8_operator: bool = True) -> str:
+    """Compile the operator library if this source, MXNet and compiler have no build yet; its
+    path. ``int8_operator=False`` leaves ``gluon_resnest_sa_sum_u8`` out (the oneDNN library
+    registers it).
+
+    Raises:
+        NativeBuildError: no compiler, or the compiler failed (its output is in the message).
+    """
+    include, lib_api, mx_version = _mxnet_dirs()
+    flags = [*_FLAGS, f'-DGLUON_RESNEST_LIB_API_U8={int(int8_operator)}', f'-I{include}']
+    return _compile(_LIBRARY, [lib_api, _SOURCE], flags, mx_version, force)
+
+
+def onednn_supported() -> str | None:
+    """Why the oneDNN-layout INT8 operator cannot be built here, or None when it can."""
+    import mxnet as mx
+    from mxnet.runtime import Features
+
+    if mx.__version__ != _ONEDNN_MXNET:
+        return f'it is written for MXNet {_ONEDNN_MXNET}, this is {mx.__version__}'
+    if not Features().is_enabled('MKLDNN'):
+        return 'this MXNet has no oneDNN'
+    base = os.path.dirname(os.path.abspath(mx.__file__))
+    for path in ('include/mxnet/ndarray.h', 'include/nnvm/op.h', 'include/mkldnn/dnnl.hpp',
+                 'libmxnet.so'):
+        if not os.path.isfile(os.path.join(base, path)):
+            return f'this MXNet ships no {path}'
+    return None
+
+
+def build_onednn(force: bool = False) -> str:
+    """Compile the oneDNN-layout ``gluon_resnest_sa_sum_u8`` library (see the module text)."""
+    import mxnet as mx
+
+    reason = onednn_supported()
+    if reason is not None:
+        raise NativeBuildError(f'the oneDNN-layout INT8 operator is unavailable: {reason}')
+    base = os.path.dirname(os.path.abspath(mx.__file__))
+    include = os.path.join(base, 'include')
+    # libmxnet.so was built with the pre-C++11 std::string ABI and exports no oneDNN functions.
+    flags = [*_FLAGS, '-D_GLIBCXX_USE_CXX11_ABI=0', '-DMXNET_USE_MKLDNN=1',
+             '-DMSHADOW_USE_CBLAS=0', '-DMSHADOW_USE_MKL=0', '-DMSHADOW_USE_CUDA=0',
+             '-DDMLC_USE_CXX11=1', f'-I{include}', f'-I{os.path.join(include, "mkldnn")}',
+             f'-L{base}', '-l:libmxnet.so', '-ldl', '-Wl,--no-undefined', f'-Wl,-rpath,{base}']
+    return _compile(_ONEDNN_LIBRARY, [_ONEDNN_SOURCE], flags, mx.__version__, force)
+
+
+def _load_onednn() -> bool:
+    """Load the oneDNN-layout INT8 operator; False (with the reason logged) when it cannot."""
+    if os.environ.get('GLUON_RESNEST_NATIVE_ONEDNN', '1') == '0':
+        return False
+    try:
+        path = build_onednn()
+        handle = ctypes.CDLL(path, mode=ctypes.RTLD_LOCAL)
+    except (NativeBuildError, OSError) as err:
+        logger.info('gluon_resnest: INT8 Split-Attention operator through the operator-library '
+                    'interface instead: %s', err)
+        return False
+    _state['onednn_path'] = path
+    handle.gluon_resnest_onednn_calls.restype = ctypes.c_int64
+    handle.gluon_resnest_onednn_calls.argtypes = [ctypes.c_int]
+    _state['onednn'] = handle
+    return True
+
+
+def onednn_loaded() -> bool:
+    """True when ``gluon_resnest_sa_sum_u8`` is the oneDNN-layout version in this process."""
+    return bool(_state['onednn'])
+
+
+def library_paths() -> list[str]:
+    """The libraries this process loaded: the operator library, then the oneDNN one if any."""
+    return [str(p) for p in (_state['loaded'], _state.get('onednn_path')) if p]
+
+
+def onednn_calls() -> dict[str, int]:
+    """How often the oneDNN-layout operator ran in this process, per path: ``nhwc`` (splits read
+    in oneDNN's N x H x W x C layout in place) and ``nchw`` (the plain layout)."""
+    handle = _state['onednn']
+    if not handle:
+        raise NativeBuildError('the oneDNN-layout INT8 operator is not loaded')
+    return {'nchw': int(handle.gluon_resnest_onednn_calls(0)),
+            'nhwc': int(handle.gluon_resnest_onednn_calls(1))}
 
 
 def load(required: bool = False) -> bool:
@@ -151,7 +254,9 @@ def load(required: bool = False) -> bool:
             try:
                 import mxnet as mx
 
-                path = build()
+                # The oneDNN library first: it registers gluon_resnest_sa_sum_u8 itself, and
+                # mx.library.load then refreshes mx.nd/mx.sym for both.
+                path = build(int8_operator=not _load_onednn())
                 mx.library.load(path, verbose=False)
                 _state['loaded'] = path
             except (NativeBuildError, OSError) as err:

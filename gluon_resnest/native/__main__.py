@@ -1,9 +1,10 @@
-"""``python -m gluon_resnest.native``: build (if needed) and load the operator library."""
+"""``python -m gluon_resnest.native``: build (if needed) and load the operator libraries; print
+their paths, one per line."""
 from __future__ import annotations
 
 import sys
 
-from . import NativeBuildError, build, enabled, load
+from . import NativeBuildError, enabled, library_paths, load
 
 
 def main() -> int:
@@ -11,12 +12,11 @@ def main() -> int:
         print('GLUON_RESNEST_NATIVE=0: the operator library is disabled')
         return 0
     try:
-        path = build()
         load(required=True)
     except NativeBuildError as err:
         print(f'gluon_resnest.native: error: {err}', file=sys.stderr)
         return 1
-    print(path)
+    print('\n'.join(library_paths()))
     return 0
 
 

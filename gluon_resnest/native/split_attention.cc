@@ -26,22 +26,16 @@
 #include <vector>
 
 #include "mxnet/lib_api.h"
+#include "split_attention_u8.h"
 
 using mxnet::ext::MXReturnValue;
 using mxnet::ext::MXTensor;
 using mxnet::ext::OpResource;
 using Attrs = std::unordered_map<std::string, std::string>;
 
-// The elementwise loops are compiled for AVX-512, AVX2 and the baseline; the loader picks one.
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define GR_MULTIVERSION __attribute__((target_clones("arch=skylake-avx512", "avx2", "default")))
-#else
-#define GR_MULTIVERSION
-#endif
-
 namespace {
 
-constexpr int kMaxRadix = 64;
+using gluon_resnest::kMaxRadix;
 
 bool radix_of(const Attrs& attrs, int* radix) {
   auto it = attrs.find("radix");
@@ -138,53 +132,6 @@ bool input_plane(const char* op, const MXTensor& x, const MXTensor& y, int64_t c
   return true;
 }
 
-inline uint8_t to_u8(float v) {  // v >= 0: round half up, saturate at 255
-  v += 0.5f;
-  v = v < 255.f ? v : 255.f;
-  return static_cast<uint8_t>(static_cast<int>(v));
-}
-
-GR_MULTIVERSION
-void sum2_u8(const uint8_t* x0, const uint8_t* x1, float s0, float s1, uint8_t* y, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) y[i] = to_u8(s0 * x0[i] + s1 * x1[i]);
-}
-
-GR_MULTIVERSION
-void axpy_u8(const uint8_t* x, float s, float* acc, int64_t n, bool first) {
-  if (first) {
-    for (int64_t i = 0; i < n; ++i) acc[i] = s * x[i];
-  } else {
-    for (int64_t i = 0; i < n; ++i) acc[i] += s * x[i];
-  }
-}
-
-GR_MULTIVERSION
-void store_u8(const float* acc, uint8_t* y, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) y[i] = to_u8(acc[i]);
-}
-
-// 3x3 average of a uint8 plane, stride 2, padding 1, divisor 9 (padding counted), as MXNet's
-// quantized pooling computes it. col: W ints of scratch.
-void avg_pool_3s2(const uint8_t* in, int64_t H, int64_t W, uint8_t* out, int64_t Ho, int64_t Wo,
-                  int32_t* col) {
-  for (int64_t oh = 0; oh < Ho; ++oh) {
-    const int64_t h = 2 * oh;  // rows h - 1, h, h + 1
-    const uint8_t* mid = in + h * W;
-    const uint8_t* up = h > 0 ? mid - W : nullptr;
-    const uint8_t* down = h + 1 < H ? mid + W : nullptr;
-    for (int64_t w = 0; w < W; ++w) col[w] = mid[w];
-    if (up) for (int64_t w = 0; w < W; ++w) col[w] += up[w];
-    if (down) for (int64_t w = 0; w < W; ++w) col[w] += down[w];
-    for (int64_t ow = 0; ow < Wo; ++ow) {
-      const int64_t w = 2 * ow;
-      int32_t sum = col[w];
-      if (w > 0) sum += col[w - 1];
-      if (w + 1 < W) sum += col[w + 1];
-      out[oh * Wo + ow] = to_u8(static_cast<float>(sum) * (1.f / 9.f));
-    }
-  }
-}
-
 MXReturnValue forward(const Attrs& attrs, std::vector<MXTensor>* inputs,
                       std::vector<MXTensor>* outputs, const OpResource& res) {
   int radix;
@@ -196,51 +143,25 @@ MXReturnValue forward(const Attrs& attrs, std::vector<MXTensor>* inputs,
   }
   std::vector<MXTensor>& in = *inputs;
   MXTensor& Y = (*outputs)[0];
-  const bool pool = pooled(attrs);
-  const int64_t N = Y.shape[0], C = Y.shape[1], Ho = Y.shape[2], Wo = Y.shape[3];
-  int64_t H, W;
-  if (!input_plane("gluon_resnest_sa_sum_u8", in[3 * radix], Y, C, pool, &H, &W))
+  gluon_resnest::SaSumU8 p;
+  p.radix = radix;
+  p.pool = pooled(attrs);
+  p.N = Y.shape[0], p.C = Y.shape[1], p.Ho = Y.shape[2], p.Wo = Y.shape[3];
+  if (!input_plane("gluon_resnest_sa_sum_u8", in[3 * radix], Y, p.C, p.pool, &p.H, &p.W))
     return mxnet::ext::MX_FAIL;
-  const int64_t HW = H * W;
   // Dequantization of split r (uint8, range max(|min|, |max|)) and requantization to
   // [0, out_max] fold into one factor per split.
-  float scale[kMaxRadix];
-  std::vector<const uint8_t*> x(radix);
   for (int r = 0; r < radix; ++r) {
     const float lo = std::fabs(in[1 + 2 * r].data<float>()[0]);
     const float hi = std::fabs(in[2 + 2 * r].data<float>()[0]);
-    scale[r] = std::max(lo, hi) / out_max;
-    x[r] = in[1 + 2 * radix + r].data<uint8_t>();
+    p.scale[r] = std::max(lo, hi) / out_max;
+    p.x[r] = in[1 + 2 * radix + r].data<uint8_t>();
   }
-  const float* a = in[0].data<float>();
-  uint8_t* y = Y.data<uint8_t>();
+  p.a = in[0].data<float>();
+  p.y = Y.data<uint8_t>();
   (*outputs)[1].data<float>()[0] = 0.f;
   (*outputs)[2].data<float>()[0] = out_max;
-
-#pragma omp parallel
-  {
-    // Per thread: the float sum of one plane (radix > 2), its uint8 requantization (pool) and
-    // the pooling's column sums.
-    std::vector<float> acc(radix > 2 ? HW : 0);
-    std::vector<uint8_t> plane(pool ? HW : 0);
-    std::vector<int32_t> col(pool ? W : 0);
-#pragma omp for schedule(static)
-    for (int64_t nc = 0; nc < N * C; ++nc) {
-      const int64_t n = nc / C, c = nc % C;
-      const float* an = a + n * radix * C + c;
-      // The requantized sum goes to the output, or (pool) to a plane the pooling then reads:
-      // MXNet's graph quantizes before it pools.
-      uint8_t* sum = pool ? plane.data() : y + nc * HW;
-      if (radix == 2) {
-        sum2_u8(x[0] + nc * HW, x[1] + nc * HW, an[0] * scale[0], an[C] * scale[1], sum, HW);
-      } else {
-        for (int r = 0; r < radix; ++r)
-          axpy_u8(x[r] + nc * HW, an[r * C] * scale[r], acc.data(), HW, r == 0);
-        store_u8(acc.data(), sum, HW);
-      }
-      if (pool) avg_pool_3s2(plane.data(), H, W, y + nc * Ho * Wo, Ho, Wo, col.data());
-    }
-  }
+  gluon_resnest::sa_sum_u8_nchw(p);
   return mxnet::ext::MX_SUCCESS;
 }
 
@@ -514,12 +435,14 @@ MXReturnValue gap_backward(const Attrs& attrs, std::vector<MXTensor>* inputs,
 
 }  // namespace
 
+#if GLUON_RESNEST_LIB_API_U8
 REGISTER_OP(gluon_resnest_sa_sum_u8)
     .setParseAttrs(parse_attrs)
     .setInferType(infer_type)
     .setInferShape(infer_shape)
     .setForward(forward, "cpu")
     .setBackward(backward, "cpu");
+#endif
 
 REGISTER_OP(gluon_resnest_sa_sum)
     .setParseAttrs(f32_parse)

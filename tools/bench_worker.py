@@ -140,17 +140,26 @@ def _mxnet_runner(args: argparse.Namespace) -> _Runner:
         model.hybridize(static_alloc=True, static_shape=True)
         runner.setting = 'bf16 (AMP), oneDNN fusion'
     else:
-        # The deployment path: get_model + optimize_for_inference, exported and reloaded as a
-        # SymbolBlock (the file a user ships).
+        # The deployment path: get_model + fast_inference (oneDNN 3 convolutions and the
+        # native Split-Attention in N x H x W x C; optimize_for_inference where those are
+        # unavailable), exported and reloaded as a SymbolBlock (the file a user ships).
+        from gluon_resnest import native
         from gluon_resnest.deploy.inference import optimize_for_inference
-        optimize_for_inference(net, data=state['x'])
+        fast = native.fast_inference_available()
+        if fast:
+            from gluon_resnest.deploy.fast_inference import fast_inference
+            net = fast_inference(net, state['x'])
+        else:
+            optimize_for_inference(net, data=state['x'])
         with tempfile.TemporaryDirectory() as tmp:
             prefix = os.path.join(tmp, 'model')
             net.export(prefix)
             model = gluon.SymbolBlock.imports(f'{prefix}-symbol.json', ['data'],
                                               f'{prefix}-0000.params', ctx=mx.cpu())
         model.hybridize(static_alloc=True, static_shape=True)
-        runner.setting = 'exported, oneDNN fusion, static memory plan'
+        runner.setting = ('exported, ' + ('oneDNN 3 convolutions, native Split-Attention '
+                                          '(NHWC)' if fast else 'oneDNN fusion') +
+                          ', static memory plan')
         del net
 
     def infer() -> Any:

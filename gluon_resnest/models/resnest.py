@@ -97,16 +97,25 @@ class Bottleneck(nn.HybridBlock):
         if avd:
             self.avd_layer = nn.AvgPool2D(3, strides, padding=1)
         # The native Split-Attention operator pools its own output (3x3, stride 2, padding 1).
-        self.pool_in_conv2 = (native and radix > 1 and avd and not avd_first and strides == 2
-                              and not self.use_dropblock)
-        if self.pool_in_conv2:
-            self.conv2.pool = True
+        self._avd_strides = strides if avd else 1
+        self.pool_in_conv2 = False
+        self.set_native(native)
         self.relu3 = nn.Activation('relu')
         self.downsample = downsample
         if self.use_dropblock:
             self.dropblock1 = DropBlock(dropblock_prob, 3)
             self.dropblock2 = DropBlock(dropblock_prob, 3)
             self.dropblock3 = DropBlock(dropblock_prob, 3)
+
+    def set_native(self, native: bool) -> None:
+        """Compute the Split-Attention with gluon_resnest's native operators (or not); the
+        parameters are the same either way."""
+        if not isinstance(self.conv2, SplitAttention):
+            return
+        self.conv2.native = native and self.radix > 1
+        self.pool_in_conv2 = (self.conv2.native and self.avd and not self.avd_first
+                              and self._avd_strides == 2 and not self.use_dropblock)
+        self.conv2.pool = self.pool_in_conv2
 
     def hybrid_forward(self, F, x):  # noqa: N803 - MXNet's convention
         out = self.bn1(self.conv1(x))

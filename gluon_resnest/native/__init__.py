@@ -47,12 +47,15 @@ __all__ = ['OPERATORS', 'NativeBuildError', 'build', 'build_onednn', 'enabled', 
 logger = logging.getLogger(__name__)
 
 #: Operators the library registers.
-OPERATORS = ('gluon_resnest_sa_sum_u8', 'gluon_resnest_sa_sum', 'gluon_resnest_sa_gap')
+OPERATORS = ('gluon_resnest_sa_sum_u8', 'gluon_resnest_sa_sum', 'gluon_resnest_sa_gap',
+             'gluon_resnest_conv', 'gluon_resnest_sa_sum_nhwc', 'gluon_resnest_sa_gap_nhwc')
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 _SOURCE = os.path.join(_HERE, 'split_attention.cc')
 _ONEDNN_SOURCE = os.path.join(_HERE, 'split_attention_onednn.cc')
 _HEADER = os.path.join(_HERE, 'split_attention_u8.h')
+_CONV_SOURCE = os.path.join(_HERE, 'conv_dnnl3.cc')
+_CONV_LIBRARY = 'libgluon_resnest_dnnl3.so'
 _LIBRARY = 'libgluon_resnest_ops.so'
 _ONEDNN_LIBRARY = 'libgluon_resnest_onednn.so'
 #: The MXNet whose C++ ABI split_attention_onednn.cc was written against.
@@ -64,7 +67,8 @@ _FLAGS = ['-O3', '-std=c++17', '-shared', '-fPIC', '-fopenmp',
           # RTLD_GLOBAL (Horovod's) must not stand in for them.
           '-Wl,-Bsymbolic']
 _lock = threading.Lock()
-_state: dict[str, object] = {'loaded': None, 'error': None, 'onednn': None, 'onednn_path': None}
+_state: dict[str, object] = {'loaded': None, 'error': None, 'onednn': None, 'onednn_path': None,
+                             'conv_path': None, 'conv_error': None}
 
 
 class NativeBuildError(RuntimeError):
@@ -198,14 +202,81 @@ def build_onednn(force: bool = False) -> str:
     return _compile(_ONEDNN_LIBRARY, [_ONEDNN_SOURCE], flags, mx.__version__, force)
 
 
+def dnnl3_dirs() -> tuple[str, str] | None:
+    """``(include, lib)`` of the oneDNN 3 the ``onednn-cpu-gomp`` and ``onednn-devel-cpu-gomp``
+    wheels install into this environment, or None when they are not installed."""
+    for prefix in dict.fromkeys((sys.prefix, sys.base_prefix)):
+        include = os.path.join(prefix, 'include')
+        lib = os.path.join(prefix, 'lib')
+        if os.path.isfile(os.path.join(include, 'oneapi', 'dnnl', 'dnnl.hpp')) and \
+                os.path.isfile(os.path.join(lib, 'libdnnl.so.3')):
+            return include, lib
+    return None
+
+
+def build_conv(force: bool = False) -> str:
+    """Compile the oneDNN 3 convolution library (``conv_dnnl3.cc``) of the float32 inference
+    graph (:func:`gluon_resnest.deploy.fast_inference`); its path.
+
+    Raises:
+        NativeBuildError: oneDNN 3 is not installed (``pip install onednn-cpu-gomp
+            onednn-devel-cpu-gomp``), no compiler, or the compiler failed.
+    """
+    import mxnet as mx
+
+    dirs = dnnl3_dirs()
+    if dirs is None:
+        raise NativeBuildError('oneDNN 3 is not installed in this environment (pip install '
+                               'onednn-cpu-gomp==2023.2.0 onednn-devel-cpu-gomp==2023.2.0)')
+    include, lib = dirs
+    flags = ['-O3', '-std=c++17', '-shared', '-fPIC', '-Wl,-Bsymbolic', f'-I{include}',
+             f'-L{lib}', '-l:libdnnl.so.3', '-Wl,--no-undefined', f'-Wl,-rpath,{lib}']
+    return _compile(_CONV_LIBRARY, [_CONV_SOURCE], flags, mx.__version__, force)
+
+
+def _load_conv(handle: ctypes.CDLL) -> None:
+    """Build the oneDNN 3 convolution library and hand it to the oneDNN-layout library."""
+    try:
+        path = build_conv()
+    except NativeBuildError as err:
+        _state['conv_error'] = str(err)
+        logger.info('gluon_resnest: float32 inference keeps MXNet\'s convolutions: %s', err)
+        return
+    handle.gluon_resnest_set_conv_library.argtypes = [ctypes.c_char_p]
+    handle.gluon_resnest_conv_library_error.restype = ctypes.c_char_p
+    if handle.gluon_resnest_set_conv_library(path.encode()) != 0:
+        _state['conv_error'] = handle.gluon_resnest_conv_library_error().decode()
+        logger.info('gluon_resnest: float32 inference keeps MXNet\'s convolutions: %s',
+                    _state['conv_error'])
+        return
+    _state['conv_path'] = path
+
+
+def fast_inference_available() -> bool:
+    """True when this process has the float32 inference operators on oneDNN 3
+    (``gluon_resnest_conv`` and the N x H x W x C Split-Attention operators)."""
+    load()
+    return bool(_state['conv_path'])
+
+
+def fast_inference_unavailable_reason() -> str | None:
+    """Why :func:`fast_inference_available` is False, or None."""
+    if fast_inference_available():
+        return None
+    return str(_state['conv_error'] or _state['error'] or
+               'the oneDNN-layout operator library is not loaded')
+
+
 def _load_onednn() -> bool:
     """Load the oneDNN-layout INT8 operator; False (with the reason logged) when it cannot."""
     if os.environ.get('GLUON_RESNEST_NATIVE_ONEDNN', '1') == '0':
+        _state['conv_error'] = 'GLUON_RESNEST_NATIVE_ONEDNN=0 leaves the oneDNN-layout library out'
         return False
     try:
         path = build_onednn()
         handle = ctypes.CDLL(path, mode=ctypes.RTLD_LOCAL)
     except (NativeBuildError, OSError) as err:
+        _state['conv_error'] = f'the oneDNN-layout library is unavailable: {err}'
         logger.info('gluon_resnest: INT8 Split-Attention operator through the operator-library '
                     'interface instead: %s', err)
         return False
@@ -213,6 +284,10 @@ def _load_onednn() -> bool:
     handle.gluon_resnest_onednn_calls.restype = ctypes.c_int64
     handle.gluon_resnest_onednn_calls.argtypes = [ctypes.c_int]
     _state['onednn'] = handle
+    for name in ('gluon_resnest_conv_calls', 'gluon_resnest_sa_sum_nhwc_calls'):
+        getattr(handle, name).restype = ctypes.c_int64
+        getattr(handle, name).argtypes = [ctypes.c_int]
+    _load_conv(handle)
     return True
 
 
@@ -223,7 +298,8 @@ def onednn_loaded() -> bool:
 
 def library_paths() -> list[str]:
     """The libraries this process loaded: the operator library, then the oneDNN one if any."""
-    return [str(p) for p in (_state['loaded'], _state.get('onednn_path')) if p]
+    return [str(p) for p in (_state['loaded'], _state.get('onednn_path'), _state['conv_path'])
+            if p]
 
 
 def onednn_calls() -> dict[str, int]:
@@ -233,7 +309,11 @@ def onednn_calls() -> dict[str, int]:
     if not handle:
         raise NativeBuildError('the oneDNN-layout INT8 operator is not loaded')
     return {'nchw': int(handle.gluon_resnest_onednn_calls(0)),
-            'nhwc': int(handle.gluon_resnest_onednn_calls(1))}
+            'nhwc': int(handle.gluon_resnest_onednn_calls(1)),
+            'conv_nchw': int(handle.gluon_resnest_conv_calls(0)),
+            'conv_nhwc': int(handle.gluon_resnest_conv_calls(1)),
+            'sa_sum_f32_nchw': int(handle.gluon_resnest_sa_sum_nhwc_calls(0)),
+            'sa_sum_f32_nhwc': int(handle.gluon_resnest_sa_sum_nhwc_calls(1))}
 
 
 def load(required: bool = False) -> bool:

@@ -35,7 +35,9 @@
 #include <cstdlib>
 #include <cstring>
 #include <functional>
+#include <mutex>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 #include "split_attention_u8.h"
@@ -272,6 +274,535 @@ nnvm::FGradient zero_gradients() {
 extern "C" int64_t gluon_resnest_onednn_calls(int nhwc) {
   return calls[nhwc ? 1 : 0].load(std::memory_order_relaxed);
 }
+
+
+// ---- float32 inference: convolutions on oneDNN 3, Split-Attention in N x H x W x C ----
+//
+// gluon_resnest_conv runs a convolution (with its bias, optionally the residual sum and the
+// ReLU) through conv_dnnl3.cc's library, which this library opens when the package hands it
+// the path (gluon_resnest_set_conv_library). Its output is N x H x W x C, declared to MXNet as
+// a oneDNN layout, and an N x H x W x C input is read in place. gluon_resnest_sa_gap_nhwc and
+// gluon_resnest_sa_sum_nhwc are the float32 Split-Attention operators of split_attention.cc,
+// forward only, reading and writing that layout in place (any other layout is reordered to
+// N x C x H x W first).
+namespace {
+
+struct ConvSpec {  // mirrors grc_conv_spec in conv_dnnl3.cc
+  int64_t n, ic, ih, iw, oc, oh, ow, kh, kw, sh, sw, pt, pl, pb, pr, dh, dw, groups;
+  int32_t src_nhwc, relu, sum, has_bias;
+};
+
+struct ConvLib {
+  void* (*create)(const ConvSpec*, const float*, const float*, char*, int) = nullptr;
+  int (*run)(void*, const float*, float*) = nullptr;
+  const char* (*impl)(const void*) = nullptr;
+  void (*release)(void*) = nullptr;
+  int (*reorder)(const float*, float*, int64_t, int64_t, int64_t, int64_t, int) = nullptr;
+};
+ConvLib conv_lib;
+std::string conv_lib_error = "gluon_resnest_set_conv_library was not called";
+
+constexpr char kConv[] = "gluon_resnest_conv";
+
+// "(3, 3)", "3" or "[3,3]" -> {3, 3}; fallback when the attribute is absent.
+std::vector<int64_t> tuple_attr(const nnvm::NodeAttrs& attrs, const char* key,
+                                std::vector<int64_t> fallback) {
+  auto it = attrs.dict.find(key);
+  if (it == attrs.dict.end() || it->second.empty() || it->second == "()") return fallback;
+  std::vector<int64_t> v;
+  const char* p = it->second.c_str();
+  while (*p) {
+    if ((*p >= '0' && *p <= '9') || *p == '-') {
+      char* end;
+      v.push_back(std::strtoll(p, &end, 10));
+      p = end;
+    } else {
+      ++p;
+    }
+  }
+  if (v.size() == 1) v.push_back(v[0]);
+  CHECK(v.size() == 2) << kConv << ": attribute " << key << " must hold two integers, got "
+                       << it->second;
+  return v;
+}
+
+int64_t int_attr(const nnvm::NodeAttrs& attrs, const char* key, int64_t fallback) {
+  auto it = attrs.dict.find(key);
+  if (it == attrs.dict.end()) return fallback;
+  if (it->second == "True") return 1;
+  if (it->second == "False") return 0;
+  return std::strtoll(it->second.c_str(), nullptr, 10);
+}
+
+struct ConvAttrs {
+  std::vector<int64_t> kernel, stride, pad, dilate;
+  int64_t num_filter, groups;
+  bool relu, sum;
+};
+
+ConvAttrs conv_attrs(const nnvm::NodeAttrs& attrs) {
+  ConvAttrs a;
+  a.kernel = tuple_attr(attrs, "kernel", {});
+  CHECK(a.kernel.size() == 2) << kConv << ": attribute 'kernel' is required";
+  a.stride = tuple_attr(attrs, "stride", {1, 1});
+  a.pad = tuple_attr(attrs, "pad", {0, 0});
+  a.dilate = tuple_attr(attrs, "dilate", {1, 1});
+  a.num_filter = int_attr(attrs, "num_filter", 0);
+  CHECK(a.num_filter > 0) << kConv << ": attribute 'num_filter' must be positive";
+  a.groups = int_attr(attrs, "num_group", 1);
+  a.relu = int_attr(attrs, "relu", 0) != 0;
+  a.sum = int_attr(attrs, "sum", 0) != 0;
+  return a;
+}
+
+uint32_t conv_num_inputs(const nnvm::NodeAttrs& attrs) {
+  return int_attr(attrs, "sum", 0) != 0 ? 4 : 3;
+}
+
+void assign_shape(mxnet::ShapeVector* shapes, size_t i, const TShape& s, const char* op) {
+  TShape& have = (*shapes)[i];
+  if (!mxnet::shape_is_known(have)) {
+    have = s;
+  } else {
+    CHECK(have == s) << op << ": shape " << have << " where " << s << " is expected";
+  }
+}
+
+bool conv_infer_shape(const nnvm::NodeAttrs& attrs, mxnet::ShapeVector* in,
+                      mxnet::ShapeVector* out) {
+  const ConvAttrs a = conv_attrs(attrs);
+  const TShape x = (*in)[0];
+  if (!mxnet::shape_is_known(x)) return false;
+  CHECK(x.ndim() == 4) << kConv << ": expected an input of shape (N, C, H, W), got " << x;
+  CHECK(x[1] % a.groups == 0 && a.num_filter % a.groups == 0)
+      << kConv << ": channels are not divisible by num_group";
+  TShape w(4, -1);
+  w[0] = a.num_filter, w[1] = x[1] / a.groups, w[2] = a.kernel[0], w[3] = a.kernel[1];
+  assign_shape(in, 1, w, kConv);
+  assign_shape(in, 2, TShape(1, a.num_filter), kConv);
+  TShape y(4, -1);
+  y[0] = x[0], y[1] = a.num_filter;
+  for (int i = 0; i < 2; ++i) {
+    const int64_t extent = a.dilate[i] * (a.kernel[i] - 1) + 1;
+    y[2 + i] = (x[2 + i] + 2 * a.pad[i] - extent) / a.stride[i] + 1;
+    CHECK(y[2 + i] > 0) << kConv << ": the kernel does not fit the input " << x;
+  }
+  if (a.sum) assign_shape(in, 3, y, kConv);
+  assign_shape(out, 0, y, kConv);
+  return true;
+}
+
+bool f32_infer_type(const nnvm::NodeAttrs& attrs, std::vector<int>* in, std::vector<int>* out) {
+  for (int& t : *in) {
+    CHECK(t == -1 || t == mshadow::kFloat32) << attrs.op->name << ": inputs must be float32";
+    t = mshadow::kFloat32;
+  }
+  for (int& t : *out) t = mshadow::kFloat32;
+  return true;
+}
+
+std::vector<std::pair<int, int>> conv_inplace(const nnvm::NodeAttrs& attrs) {
+  if (int_attr(attrs, "sum", 0) != 0) return {{3, 0}};
+  return {};
+}
+
+std::atomic<int64_t> conv_calls[2];
+std::atomic<int64_t> sum_copies;  // per input layout: 0 N x C x H x W, 1 N x H x W x C
+
+// Whether a is a float32 tensor in N x H x W x C, as oneDNN knows it.
+bool is_nhwc(const NDArray& a) {
+  return !force_plain() && a.IsMKLDNNData() &&
+         a.GetMKLDNNData(plain_desc(a.shape(), dnnl_f32, true)) != nullptr;
+}
+
+// a's data as N x C x H x W (reordered into a new array when a holds another layout).
+NDArray as_plain(const NDArray& a) { return a.IsMKLDNNData() ? a.Reorder2Default() : a; }
+
+float* scratch(int slot, size_t n) {
+  static thread_local std::vector<float> buffers[3];
+  if (buffers[slot].size() < n) buffers[slot].resize(n);
+  return buffers[slot].data();
+}
+
+struct ConvEntry {
+  void* conv = nullptr;
+  size_t weight_version = 0, bias_version = 0;
+};
+
+// The primitive of this node's geometry and weights, made (weights reordered) on first use and
+// again when the weights changed.
+void* conv_primitive(const ConvSpec& spec, const NDArray& weight, const NDArray& bias) {
+  static std::mutex lock;
+  static std::unordered_map<std::string, ConvEntry> cache;
+  const NDArray w = as_plain(weight), b = as_plain(bias);
+  const float* wp = data_of<float>(w);
+  const float* bp = data_of<float>(b);
+  std::string key(reinterpret_cast<const char*>(&spec), sizeof spec);
+  key.append(reinterpret_cast<const char*>(&wp), sizeof wp);
+  key.append(reinterpret_cast<const char*>(&bp), sizeof bp);
+  std::lock_guard<std::mutex> guard(lock);
+  ConvEntry& e = cache[key];
+  const size_t wv = weight.version(), bv = bias.version();
+  if (e.conv != nullptr && (e.weight_version != wv || e.bias_version != bv)) {
+    conv_lib.release(e.conv);
+    e.conv = nullptr;
+  }
+  if (e.conv == nullptr) {
+    char err[512] = {0};
+    e.conv = conv_lib.create(&spec, wp, bp, err, sizeof err);
+    CHECK(e.conv != nullptr) << kConv << ": oneDNN 3 made no convolution: " << err;
+    e.weight_version = wv, e.bias_version = bv;
+  }
+  return e.conv;
+}
+
+void conv_forward(const nnvm::NodeAttrs& attrs, const mxnet::OpContext& ctx,
+                  const std::vector<NDArray>& in, const std::vector<mxnet::OpReqType>& req,
+                  const std::vector<NDArray>& out) {
+  CHECK(conv_lib.create != nullptr) << kConv << ": the oneDNN 3 library is not loaded ("
+                                    << conv_lib_error << ")";
+  if (req[0] == mxnet::kNullOp) return;
+  const ConvAttrs a = conv_attrs(attrs);
+  const TShape& xs = in[0].shape();
+  const TShape& ys = out[0].shape();
+  ConvSpec spec;
+  std::memset(&spec, 0, sizeof spec);
+  spec.n = xs[0], spec.ic = xs[1], spec.ih = xs[2], spec.iw = xs[3];
+  spec.oc = ys[1], spec.oh = ys[2], spec.ow = ys[3];
+  spec.kh = a.kernel[0], spec.kw = a.kernel[1], spec.sh = a.stride[0], spec.sw = a.stride[1];
+  spec.pt = a.pad[0], spec.pl = a.pad[1];
+  spec.pb = (spec.oh - 1) * spec.sh + a.dilate[0] * (spec.kh - 1) + 1 - spec.ih - spec.pt;
+  spec.pr = (spec.ow - 1) * spec.sw + a.dilate[1] * (spec.kw - 1) + 1 - spec.iw - spec.pl;
+  spec.dh = a.dilate[0] - 1, spec.dw = a.dilate[1] - 1, spec.groups = a.groups;
+  spec.relu = a.relu, spec.sum = a.sum, spec.has_bias = 1;
+  // The input: N x H x W x C in place, any other layout reordered to it (oneDNN's fast
+  // kernels read only that layout).
+  NDArray x_plain;
+  const float* src;
+  spec.src_nhwc = 1;
+  const bool in_place = is_nhwc(in[0]);
+  if (in_place) {
+    src = data_of<float>(in[0]);
+  } else {
+    x_plain = as_plain(in[0]);
+    float* t = scratch(0, xs.Size());
+    CHECK_EQ(conv_lib.reorder(data_of<float>(x_plain), t, xs[0], xs[1], xs[2], xs[3], 1), 0);
+    src = t;
+  }
+  conv_calls[in_place ? 1 : 0].fetch_add(1, std::memory_order_relaxed);
+  void* conv = conv_primitive(spec, in[1], in[2]);
+  NDArray& y = const_cast<NDArray&>(out[0]);
+  const dnnl::memory::desc y_nhwc = plain_desc(ys, dnnl_f32, true);
+  float* dst = nullptr;
+  if (a.sum) {
+    // The residual, copied into the output unless the output is it (in place) already.
+    const NDArray& r = in[3];
+    const bool r_nhwc = is_nhwc(r);
+    NDArray r_plain;
+    const float* rp;
+    if (r_nhwc) {
+      rp = data_of<float>(r);
+    } else {
+      r_plain = as_plain(r);
+      rp = data_of<float>(r_plain);
+    }
+    // Read the residual before the output is declared N x H x W x C (it may be the same memory).
+    float* staged = nullptr;
+    if (!r_nhwc) {
+      staged = scratch(1, ys.Size());
+      CHECK_EQ(conv_lib.reorder(rp, staged, ys[0], ys[1], ys[2], ys[3], 1), 0);
+    }
+    const bool direct = y.CreateMKLDNNData(y_nhwc) != nullptr;
+    dst = direct ? data_of<float>(y) : scratch(2, ys.Size());
+    if (staged != nullptr) {
+      std::memcpy(dst, staged, sizeof(float) * ys.Size());
+    } else if (dst != rp) {
+      sum_copies.fetch_add(1, std::memory_order_relaxed);
+      std::memcpy(dst, rp, sizeof(float) * ys.Size());
+    }
+    CHECK_EQ(conv_lib.run(conv, src, dst), 0) << kConv << ": the convolution failed";
+    if (!direct) CHECK_EQ(conv_lib.reorder(dst, data_of<float>(y), ys[0], ys[1], ys[2], ys[3], 0), 0);
+    return;
+  }
+  // A view cannot take a oneDNN layout: then the output is reordered into it.
+  const bool direct = y.CreateMKLDNNData(y_nhwc) != nullptr;
+  dst = direct ? data_of<float>(y) : scratch(2, ys.Size());
+  CHECK_EQ(conv_lib.run(conv, src, dst), 0) << kConv << ": the convolution failed";
+  if (!direct) CHECK_EQ(conv_lib.reorder(dst, data_of<float>(y), ys[0], ys[1], ys[2], ys[3], 0), 0);
+}
+
+// ---- gluon_resnest_sa_gap_nhwc: y[n, c] = mean over (h, w) of sum_r x[n, r*C + c, h, w] ----
+
+constexpr char kGap[] = "gluon_resnest_sa_gap_nhwc";
+constexpr char kSum[] = "gluon_resnest_sa_sum_nhwc";
+
+int f32_radix(const nnvm::NodeAttrs& attrs, const char* op) {
+  const int64_t radix = int_attr(attrs, "radix", 0);
+  CHECK(radix >= 1 && radix <= kMaxRadix) << op << ": radix must be in [1, " << kMaxRadix << "]";
+  return static_cast<int>(radix);
+}
+
+bool gap_infer_shape(const nnvm::NodeAttrs& attrs, mxnet::ShapeVector* in,
+                     mxnet::ShapeVector* out) {
+  const int radix = f32_radix(attrs, kGap);
+  const TShape x = (*in)[0];
+  if (!mxnet::shape_is_known(x)) return false;
+  CHECK(x.ndim() == 4 && x[1] % radix == 0)
+      << kGap << ": expected x of shape (N, radix * C, H, W), got " << x;
+  TShape y(4, 1);
+  y[0] = x[0], y[1] = x[1] / radix;
+  assign_shape(out, 0, y, kGap);
+  return true;
+}
+
+void gap_forward(const nnvm::NodeAttrs& attrs, const mxnet::OpContext& ctx,
+                 const std::vector<NDArray>& in, const std::vector<mxnet::OpReqType>& req,
+                 const std::vector<NDArray>& out) {
+  if (req[0] == mxnet::kNullOp) return;
+  const int radix = f32_radix(attrs, kGap);
+  const TShape& xs = in[0].shape();
+  const int64_t N = xs[0], RC = xs[1], C = RC / radix, HW = xs[2] * xs[3];
+  float* yp = data_of<float>(out[0]);
+  const float inv = 1.f / static_cast<float>(HW);
+  if (is_nhwc(in[0])) {
+    const float* x = data_of<float>(in[0]);
+#pragma omp parallel for
+    for (int64_t n = 0; n < N; ++n) {
+      std::vector<float> acc(RC, 0.f);
+      const float* xn = x + n * HW * RC;
+      for (int64_t p = 0; p < HW; ++p) {
+        const float* row = xn + p * RC;
+#pragma omp simd
+        for (int64_t c = 0; c < RC; ++c) acc[c] += row[c];
+      }
+      for (int64_t c = 0; c < C; ++c) {
+        float s = 0.f;
+        for (int r = 0; r < radix; ++r) s += acc[r * C + c];
+        yp[n * C + c] = s * inv;
+      }
+    }
+    return;
+  }
+  const NDArray xa = as_plain(in[0]);
+  const float* x = data_of<float>(xa);
+#pragma omp parallel for
+  for (int64_t nc = 0; nc < N * C; ++nc) {
+    const int64_t n = nc / C, c = nc % C;
+    float s = 0.f;
+    for (int r = 0; r < radix; ++r) {
+      const float* plane = x + (n * RC + r * C + c) * HW;
+      float t = 0.f;
+      for (int64_t p = 0; p < HW; ++p) t += plane[p];
+      s += t;
+    }
+    yp[nc] = s * inv;
+  }
+}
+
+// ---- gluon_resnest_sa_sum_nhwc: y[n, c] = sum_r a[n, r*C + c] * x[n, r*C + c], optionally
+// 3x3/2 average pooled with padding 1 (padding counted, as the avd pooling) ----
+
+bool sum_infer_shape(const nnvm::NodeAttrs& attrs, mxnet::ShapeVector* in,
+                     mxnet::ShapeVector* out) {
+  const int radix = f32_radix(attrs, kSum);
+  const TShape a = (*in)[0], x = (*in)[1];
+  if (!mxnet::shape_is_known(x) || !mxnet::shape_is_known(a)) return false;
+  CHECK(x.ndim() == 4 && a.ndim() == 4 && a[0] == x[0] && a[1] == x[1] && a[2] == 1 &&
+        a[3] == 1 && x[1] % radix == 0)
+      << kSum << ": expected an attention of shape (N, radix * C, 1, 1) and x of shape "
+      << "(N, radix * C, H, W), got " << a << " and " << x;
+  TShape y = x;
+  y[1] = x[1] / radix;
+  if (pooled(attrs)) {
+    y[2] = (x[2] - 1) / 2 + 1;
+    y[3] = (x[3] - 1) / 2 + 1;
+  }
+  assign_shape(out, 0, y, kSum);
+  return true;
+}
+
+std::atomic<int64_t> sum_calls[2];
+
+void sum_forward(const nnvm::NodeAttrs& attrs, const mxnet::OpContext& ctx,
+                 const std::vector<NDArray>& in, const std::vector<mxnet::OpReqType>& req,
+                 const std::vector<NDArray>& out) {
+  if (req[0] == mxnet::kNullOp) return;
+  const int radix = f32_radix(attrs, kSum);
+  const bool pool = pooled(attrs);
+  const TShape& xs = in[1].shape();
+  const TShape& ys = out[0].shape();
+  const int64_t N = xs[0], RC = xs[1], C = RC / radix, H = xs[2], W = xs[3];
+  const int64_t Ho = ys[2], Wo = ys[3];
+  const NDArray a_plain = as_plain(in[0]);
+  const float* a = data_of<float>(a_plain);
+  NDArray& y = const_cast<NDArray&>(out[0]);
+  bool nhwc = is_nhwc(in[1]);
+  if (nhwc) nhwc = y.CreateMKLDNNData(plain_desc(ys, dnnl_f32, true)) != nullptr;
+  sum_calls[nhwc ? 1 : 0].fetch_add(1, std::memory_order_relaxed);
+  if (nhwc) {
+    const float* x = data_of<float>(in[1]);
+    float* yp = data_of<float>(y);
+    float* plane = pool ? scratch(1, N * H * W * C) : yp;
+#pragma omp parallel for
+    for (int64_t nh = 0; nh < N * H; ++nh) {
+      const int64_t n = nh / H;
+      const float* an = a + n * RC;
+      for (int64_t w = 0; w < W; ++w) {
+        const float* row = x + (nh * W + w) * RC;
+        float* o = plane + (nh * W + w) * C;
+#pragma omp simd
+        for (int64_t c = 0; c < C; ++c) o[c] = an[c] * row[c];
+        for (int r = 1; r < radix; ++r) {
+#pragma omp simd
+          for (int64_t c = 0; c < C; ++c) o[c] += an[r * C + c] * row[r * C + c];
+        }
+      }
+    }
+    if (!pool) return;
+#pragma omp parallel for
+    for (int64_t nh = 0; nh < N * Ho; ++nh) {
+      const int64_t n = nh / Ho, oh = nh % Ho;
+      for (int64_t ow = 0; ow < Wo; ++ow) {
+        float* o = yp + (nh * Wo + ow) * C;
+        for (int64_t c = 0; c < C; ++c) o[c] = 0.f;
+        for (int64_t ih = 2 * oh - 1; ih <= 2 * oh + 1; ++ih) {
+          if (ih < 0 || ih >= H) continue;
+          for (int64_t iw = 2 * ow - 1; iw <= 2 * ow + 1; ++iw) {
+            if (iw < 0 || iw >= W) continue;
+            const float* p = plane + ((n * H + ih) * W + iw) * C;
+#pragma omp simd
+            for (int64_t c = 0; c < C; ++c) o[c] += p[c];
+          }
+        }
+#pragma omp simd
+        for (int64_t c = 0; c < C; ++c) o[c] *= 1.f / 9.f;
+      }
+    }
+    return;
+  }
+  CHECK(y.CreateMKLDNNData(plain_desc(ys, dnnl_f32, false)) != nullptr);
+  const NDArray xa = as_plain(in[1]);
+  const float* x = data_of<float>(xa);
+  float* yp = data_of<float>(y);
+  const int64_t HW = H * W;
+#pragma omp parallel for
+  for (int64_t nc = 0; nc < N * C; ++nc) {
+    const int64_t n = nc / C, c = nc % C;
+    std::vector<float> buf(pool ? HW : 0);
+    float* o = pool ? buf.data() : yp + nc * HW;
+    for (int64_t p = 0; p < HW; ++p) o[p] = 0.f;
+    for (int r = 0; r < radix; ++r) {
+      const float ar = a[n * RC + r * C + c];
+      const float* plane = x + (n * RC + r * C + c) * HW;
+      for (int64_t p = 0; p < HW; ++p) o[p] += ar * plane[p];
+    }
+    if (!pool) continue;
+    float* yo = yp + nc * Ho * Wo;
+    for (int64_t oh = 0; oh < Ho; ++oh) {
+      for (int64_t ow = 0; ow < Wo; ++ow) {
+        float s = 0.f;
+        for (int64_t ih = 2 * oh - 1; ih <= 2 * oh + 1; ++ih) {
+          if (ih < 0 || ih >= H) continue;
+          for (int64_t iw = 2 * ow - 1; iw <= 2 * ow + 1; ++iw) {
+            if (iw >= 0 && iw < W) s += o[ih * W + iw];
+          }
+        }
+        yo[oh * Wo + ow] = s * (1.f / 9.f);
+      }
+    }
+  }
+}
+
+template <typename T>
+bool load_symbol(void* lib, const char* name, T* fn) {
+  *fn = reinterpret_cast<T>(dlsym(lib, name));
+  return *fn != nullptr;
+}
+
+}  // namespace
+
+// Opens conv_dnnl3.cc's library; 0 on success, else 1 (the reason in gluon_resnest_conv's
+// error messages and gluon_resnest_conv_library_error()).
+extern "C" int gluon_resnest_set_conv_library(const char* path) {
+  void* lib = dlopen(path, RTLD_NOW | RTLD_LOCAL);
+  if (lib == nullptr) {
+    const char* e = dlerror();
+    conv_lib_error = e != nullptr ? e : "dlopen failed";
+    return 1;
+  }
+  ConvLib l;
+  if (!load_symbol(lib, "grc_conv_create", &l.create) || !load_symbol(lib, "grc_conv_run", &l.run) ||
+      !load_symbol(lib, "grc_conv_impl", &l.impl) || !load_symbol(lib, "grc_conv_free", &l.release) ||
+      !load_symbol(lib, "grc_reorder", &l.reorder)) {
+    conv_lib_error = std::string(path) + " lacks the grc_* functions";
+    return 1;
+  }
+  conv_lib = l;
+  conv_lib_error.clear();
+  return 0;
+}
+
+extern "C" const char* gluon_resnest_conv_library_error() { return conv_lib_error.c_str(); }
+
+// Calls of the float32 operators per input layout (nhwc = 1: read in place).
+extern "C" int64_t gluon_resnest_conv_calls(int nhwc) {
+  return conv_calls[nhwc ? 1 : 0].load(std::memory_order_relaxed);
+}
+extern "C" int64_t gluon_resnest_conv_sum_copies() { return sum_copies.load(); }
+extern "C" int64_t gluon_resnest_sa_sum_nhwc_calls(int nhwc) {
+  return sum_calls[nhwc ? 1 : 0].load(std::memory_order_relaxed);
+}
+
+NNVM_REGISTER_OP(gluon_resnest_conv)
+    .describe("Float32 inference convolution on oneDNN 3 with its bias, optionally the residual "
+              "sum and the ReLU, writing N x H x W x C. Inputs: data, weight, bias[, sum].")
+    .set_num_inputs(conv_num_inputs)
+    .set_num_outputs(1)
+    .set_attr<mxnet::FInferShape>("FInferShape", legacy(&conv_infer_shape))
+    .set_attr<nnvm::FInferType>("FInferType", legacy(&f32_infer_type))
+    .set_attr<mxnet::FInferStorageType>("FInferStorageType", legacy(&infer_storage))
+    .set_attr<nnvm::FInplaceOption>("FInplaceOption", conv_inplace)
+    .set_attr<bool>("TIsMKLDNN", true)
+    .set_attr<mxnet::FComputeEx>("FComputeEx<cpu>", conv_forward)
+    .set_attr<nnvm::FGradient>("FGradient", zero_gradients())
+    .add_argument("data", "NDArray-or-Symbol[]", "data, weight, bias[, residual]")
+    .add_argument("kernel", "Shape", "kernel size (h, w)")
+    .add_argument("stride", "Shape", "stride (h, w)")
+    .add_argument("pad", "Shape", "padding (h, w) on both sides")
+    .add_argument("dilate", "Shape", "dilation (h, w)")
+    .add_argument("num_filter", "int", "output channels")
+    .add_argument("num_group", "int", "groups")
+    .add_argument("relu", "int", "1: ReLU at the end")
+    .add_argument("sum", "int", "1: add the residual (fourth input) before the ReLU");
+
+NNVM_REGISTER_OP(gluon_resnest_sa_gap_nhwc)
+    .describe("Float32 Split-Attention pooled input (inference): the mean over the feature map "
+              "of the sum of the radix splits.")
+    .set_num_inputs(1)
+    .set_num_outputs(1)
+    .set_attr<mxnet::FInferShape>("FInferShape", legacy(&gap_infer_shape))
+    .set_attr<nnvm::FInferType>("FInferType", legacy(&f32_infer_type))
+    .set_attr<mxnet::FInferStorageType>("FInferStorageType", legacy(&infer_storage))
+    .set_attr<bool>("TIsMKLDNN", true)
+    .set_attr<mxnet::FComputeEx>("FComputeEx<cpu>", gap_forward)
+    .set_attr<nnvm::FGradient>("FGradient", zero_gradients())
+    .add_argument("data", "NDArray-or-Symbol", "x, (N, radix * C, H, W)")
+    .add_argument("radix", "int", "number of splits");
+
+NNVM_REGISTER_OP(gluon_resnest_sa_sum_nhwc)
+    .describe("Float32 Split-Attention weighted sum of the splits (inference), optionally with "
+              "the avd 3x3/2 average pooling. Inputs: attention, x.")
+    .set_num_inputs(2)
+    .set_num_outputs(1)
+    .set_attr<mxnet::FInferShape>("FInferShape", legacy(&sum_infer_shape))
+    .set_attr<nnvm::FInferType>("FInferType", legacy(&f32_infer_type))
+    .set_attr<mxnet::FInferStorageType>("FInferStorageType", legacy(&infer_storage))
+    .set_attr<bool>("TIsMKLDNN", true)
+    .set_attr<mxnet::FComputeEx>("FComputeEx<cpu>", sum_forward)
+    .set_attr<nnvm::FGradient>("FGradient", zero_gradients())
+    .add_argument("data", "NDArray-or-Symbol[]", "attention, x")
+    .add_argument("radix", "int", "number of splits")
+    .add_argument("pool", "int", "1: apply the 3x3, stride 2, padding 1 average pooling");
 
 NNVM_REGISTER_OP(gluon_resnest_sa_sum_u8)
     .describe("INT8 Split-Attention weighted sum (optionally with the avd 3x3/2 average "

@@ -1,0 +1,208 @@
+"""Float32 CPU inference on oneDNN 3: the network's graph with gluon_resnest's native operators.
+
+MXNet 1.9.1 runs its convolutions on the oneDNN 2.4 it ships. :func:`fast_inference` rewrites
+a ResNeSt's inference graph so that
+
+* every convolution over a feature map becomes ``gluon_resnest_conv`` (oneDNN 3 from the
+  ``onednn-cpu-gomp`` wheel), with its folded BatchNorm as the bias and the ReLU, and the
+  residual sum of a bottleneck, fused into it;
+* the Split-Attention's pooled input and weighted sum become ``gluon_resnest_sa_gap_nhwc`` and
+  ``gluon_resnest_sa_sum_nhwc``;
+
+and all of these read and write N x H x W x C in place, so the feature maps are not reordered
+between operators. The attention's small convolutions (on 1 x 1 maps), the pooling layers and
+the classifier stay MXNet's. The outputs equal the MXNet graph's up to float32 rounding.
+
+The native operators must be loaded in the process that runs the graph (this module loads
+them; see :mod:`gluon_resnest.native`).
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import mxnet as mx
+from mxnet.gluon import nn
+
+from .. import native
+from .graph import Graph
+from .inference import fold_batchnorm
+
+__all__ = ['fast_inference', 'fast_inference_graph']
+
+logger = logging.getLogger(__name__)
+
+_CONV_KEYS = ('kernel', 'stride', 'pad', 'dilate', 'num_filter', 'num_group')
+
+
+def _native_blocks(net: nn.Block) -> list[Any]:
+    found = []
+
+    def visit(block: nn.Block) -> None:
+        if hasattr(block, 'set_native') and hasattr(block, 'pool_in_conv2'):
+            found.append(block)
+        for child in block._children.values():  # pylint: disable=protected-access
+            visit(child)
+    visit(net)
+    return found
+
+
+def _symbol_with_native_split_attention(net: nn.HybridBlock) -> mx.sym.Symbol:
+    """``net``'s symbol with the Split-Attention on the native operators."""
+    blocks = _native_blocks(net)
+    before = [getattr(b.conv2, 'native', False) for b in blocks]
+    try:
+        for block in blocks:
+            block.set_native(True)
+        out = net(mx.sym.var('data'))
+    finally:
+        for block, was_native in zip(blocks, before):
+            block.set_native(was_native)
+    return out[0] if isinstance(out, (list, tuple)) else out
+
+
+def _spatial_inputs(symbol: mx.sym.Symbol, data_shape: tuple[int, ...]) -> dict[str, int]:
+    """Convolution name -> H * W of its input, for the given input shape."""
+    internals = symbol.get_internals()
+    shapes = {}
+    names = internals.list_outputs()
+    _, out_shapes, _ = internals.infer_shape_partial(data=data_shape)
+    for name, shape in zip(names, out_shapes):
+        shapes[name] = shape
+    graph = Graph(symbol)
+    result = {}
+    for node in graph.nodes:
+        if node['op'] != 'Convolution':
+            continue
+        src = graph.nodes[node['inputs'][0][0]]
+        key = src['name'] if src['op'] == 'null' else f"{src['name']}_output"
+        if src['op'] != 'null' and key not in shapes:
+            key = f"{src['name']}_output{node['inputs'][0][1]}"
+        shape = shapes.get(key)
+        result[node['name']] = shape[2] * shape[3] if shape and len(shape) == 4 else 0
+    return result
+
+
+def fast_inference_graph(symbol: mx.sym.Symbol, arg_params: dict[str, mx.nd.NDArray],
+                         aux_params: dict[str, mx.nd.NDArray],
+                         data_shape: tuple[int, int, int, int] = (1, 3, 224, 224)
+                         ) -> tuple[mx.sym.Symbol, dict[str, mx.nd.NDArray],
+                                    dict[str, mx.nd.NDArray], dict[str, int]]:
+    """Rewrite an inference symbol (Split-Attention on the native operators, BatchNorms not yet
+    folded) onto the oneDNN 3 operators (see the module text).
+
+    Returns:
+        ``(symbol, arg_params, aux_params, counts)``; ``counts`` says how many convolutions,
+        fused ReLUs, fused residual sums and Split-Attention operators were rewritten.
+    """
+    symbol, args, aux = fold_batchnorm(symbol, arg_params, aux_params)
+    spatial = _spatial_inputs(symbol, data_shape)
+    graph = Graph(symbol)
+    nodes = graph.nodes
+    counts = {'conv': 0, 'relu': 0, 'sum': 0, 'split_attention': 0}
+
+    def sole(i: int) -> int | None:
+        users = graph.consumers.get(i, [])
+        return users[0] if len(users) == 1 and users[0] >= 0 else None
+
+    def is_relu(i: int | None) -> bool:
+        return i is not None and nodes[i]['op'] == 'Activation' and \
+            graph.attrs(i).get('act_type') == 'relu'
+
+    convs = {i for i, n in enumerate(nodes)
+             if n['op'] == 'Convolution' and spatial.get(n['name'], 0) > 1
+             and len(n['inputs']) >= 2 and graph.attrs(i).get('layout', 'NCHW') == 'NCHW'
+             and len(_tuple(graph.attrs(i).get('kernel', '()'))) == 2}
+    relu_of: dict[int, int] = {}   # conv -> the Activation folded into it
+    sum_of: dict[int, tuple[int, int]] = {}   # conv -> (elemwise_add, other operand's index)
+    absorbed: dict[int, int] = {}  # dropped node -> conv whose output replaces it
+    for i in sorted(convs):
+        user = sole(i)
+        if is_relu(user):
+            relu_of[i] = user
+            absorbed[user] = i
+        elif user is not None and nodes[user]['op'] in ('elemwise_add', '_Plus') \
+                and user not in absorbed:
+            operands = [e[0] for e in nodes[user]['inputs']]
+            if operands.count(i) == 1:
+                sum_of[i] = (user, 1 - operands.index(i))
+                absorbed[user] = i
+                after = sole(user)
+                if is_relu(after):
+                    relu_of[i] = after
+                    absorbed[after] = i
+    def emit(i: int) -> None:
+        node = nodes[i]
+        attrs = graph.attrs(i)
+        inputs = [graph.remap(e) for e in node['inputs']]
+        if len(inputs) < 3:  # no bias: a zero one
+            name = f"{node['name']}_bias"
+            args[name] = mx.nd.zeros((int(attrs['num_filter']),))
+            inputs.append(graph.variable(name))
+        new_attrs = {k: attrs[k] for k in _CONV_KEYS if k in attrs}
+        new_attrs['relu'] = '1' if i in relu_of else '0'
+        if i in sum_of:
+            add, k = sum_of[i]
+            inputs.append(graph.remap(nodes[add]['inputs'][k]))
+            new_attrs['sum'] = '1'
+            counts['sum'] += 1
+        counts['conv'] += 1
+        counts['relu'] += i in relu_of
+        graph.index[i] = graph.add({'op': 'gluon_resnest_conv', 'name': node['name'],
+                                    'attrs': new_attrs, 'inputs': inputs})
+
+    # A convolution with a fused sum is placed where the sum was: its residual may come later.
+    at_add = {add: conv for conv, (add, _) in sum_of.items()}
+    for i, node in enumerate(nodes):
+        if i in at_add:
+            emit(at_add[i])
+        if i in absorbed:
+            graph.drop(i, [[graph.index[absorbed[i]], 0, 0]])
+            continue
+        if i in convs:
+            if i not in sum_of:
+                emit(i)
+            continue
+        if node['op'] in ('gluon_resnest_sa_gap', 'gluon_resnest_sa_sum'):
+            counts['split_attention'] += 1
+            graph.index[i] = graph.add({'op': node['op'] + '_nhwc', 'name': node['name'],
+                                        'attrs': dict(graph.attrs(i)),
+                                        'inputs': [graph.remap(e) for e in node['inputs']]})
+            continue
+        graph.keep(i)
+    new = graph.to_symbol()
+    used = set(new.list_arguments()) | set(new.list_auxiliary_states())
+    return (new, {k: v for k, v in args.items() if k in used},
+            {k: v for k, v in aux.items() if k in used}, counts)
+
+
+def _tuple(text: str) -> tuple[int, ...]:
+    return tuple(int(t) for t in text.strip('()[] ').replace(' ', '').split(',') if t)
+
+
+def fast_inference(net: nn.HybridBlock, data: mx.nd.NDArray) -> mx.gluon.SymbolBlock:
+    """``net`` (an initialised ResNeSt) as a ``SymbolBlock`` that runs float32 inference on the
+    oneDNN 3 operators, statically planned for ``data``'s shape; ``net`` is not changed.
+
+    Raises:
+        gluon_resnest.native.NativeBuildError: the operators are unavailable here (the message
+            says why; ``make install`` installs oneDNN 3 and builds them).
+    """
+    reason = native.fast_inference_unavailable_reason()
+    if reason is not None:
+        raise native.NativeBuildError(f'float32 inference on oneDNN 3 is unavailable: {reason}')
+    symbol = _symbol_with_native_split_attention(net)
+    params = {name: p.data() for name, p in net.collect_params().items()}
+    aux_names = set(symbol.list_auxiliary_states())
+    args = {k: v for k, v in params.items() if k not in aux_names}
+    aux = {k: v for k, v in params.items() if k in aux_names}
+    symbol, args, aux, counts = fast_inference_graph(symbol, args, aux, tuple(data.shape))
+    logger.debug('fast_inference: %s', counts)
+    block = mx.gluon.SymbolBlock(symbol, [mx.sym.var('data')])
+    block_params = block.collect_params()
+    for name, value in list(args.items()) + list(aux.items()):
+        if name in block_params:
+            block_params[name]._load_init(value, mx.cpu())  # pylint: disable=protected-access
+    block.hybridize(static_alloc=True, static_shape=True)
+    block(data).wait_to_read()
+    return block

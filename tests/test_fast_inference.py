@@ -1,0 +1,172 @@
+"""Float32 inference on oneDNN 3 (gluon_resnest.deploy.fast_inference) against MXNet's own."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import mxnet as mx
+import numpy as np
+import pytest
+
+from conftest import assert_close_to_largest, randomize_norm_stats
+from gluon_resnest import get_model, native
+from gluon_resnest.deploy import load_exported
+from gluon_resnest.deploy.fast_inference import fast_inference
+
+pytestmark = pytest.mark.skipif(not native.fast_inference_available(),
+                                reason=f'oneDNN 3 operators unavailable: '
+                                       f'{native.fast_inference_unavailable_reason()}')
+
+
+def _net(name, seed=0):
+    mx.random.seed(seed)
+    net = get_model(name, classes=10)
+    net.initialize(mx.init.Xavier())
+    randomize_norm_stats(net, seed)
+    return net
+
+
+def _input(shape, seed=0):
+    return mx.nd.array(np.random.RandomState(seed).uniform(-1, 1, shape).astype(np.float32))
+
+
+def _ops(block):
+    return [n['op'] for n in json.loads(block(mx.sym.var('data')).tojson())['nodes']]
+
+
+# radix 2 with the avd pooling in the weighted sum; radix 4 and cardinality 2 with avd first;
+# radix 1 (sigmoid attention, MXNet's operators); ResNet-D (no Split-Attention).
+@pytest.mark.parametrize('name,radix', [('resnest14', 2), ('resnest50_fast_4s2x40d', 4),
+                                        ('resnest50_fast_1s1x64d', 1), ('resnetd50', 0)])
+def test_matches_mxnet_inference(name, radix):
+    net = _net(name)
+    x = _input((2, 3, 64, 64))
+    want = net(x).asnumpy()
+    plain_ops = _ops(net)
+    before = native.onednn_calls()
+    fast = fast_inference(net, x)
+    got = fast(x).asnumpy()
+    calls = {k: v - before[k] for k, v in native.onednn_calls().items()}
+    assert_close_to_largest(got, want, 1e-4)
+    ops = _ops(fast)
+    # Every convolution over a feature map is oneDNN 3's; only the attention's convolutions on
+    # 1 x 1 maps stay MXNet's. No BatchNorm is left (folded into the convolutions).
+    attention_convs = 2 * plain_ops.count('broadcast_mul') if radix == 1 else \
+        2 * plain_ops.count('batch_dot')
+    assert ops.count('gluon_resnest_conv') == plain_ops.count('Convolution') - attention_convs
+    assert ops.count('Convolution') == attention_convs
+    assert 'BatchNorm' not in ops
+    blocks = sum(1 for b in _walk(net) if hasattr(b, 'pool_in_conv2'))
+    assert ops.count('elemwise_add') == 0 and blocks > 0  # residual sums fused
+    if radix > 1:
+        assert ops.count('gluon_resnest_sa_sum_nhwc') == ops.count('gluon_resnest_sa_gap_nhwc') \
+            == blocks
+        # Read and written in N x H x W x C: no split went through a reorder.
+        assert calls['sa_sum_f32_nhwc'] == 2 * blocks and calls['sa_sum_f32_nchw'] == 0
+    # Only the stem's first convolution reads the plain input layout; (two runs: the planning
+    # one inside fast_inference and ours).
+    assert calls['conv_nchw'] == 2
+    if radix != 1:
+        assert calls['conv_nhwc'] == 2 * (ops.count('gluon_resnest_conv') - 1)
+    # The network itself is unchanged.
+    assert _ops(net) == plain_ops
+    assert_close_to_largest(net(x).asnumpy(), want, 1e-6)
+
+
+def test_other_batch_sizes_and_export_reload(tmp_path):
+    net = _net('resnest14', seed=1)
+    x = _input((4, 3, 64, 64), seed=1)
+    fast = fast_inference(net, x)
+    got = fast(x).asnumpy()
+    one = _input((1, 3, 64, 64), seed=2)
+    assert_close_to_largest(fast(one).asnumpy(), net(one).asnumpy(), 1e-4)
+    prefix = str(tmp_path / 'fast')
+    fast.export(prefix)
+    text = open(f'{prefix}-symbol.json', encoding='utf-8').read()
+    assert set(native.operators_in(text)) == {'gluon_resnest_conv', 'gluon_resnest_sa_sum_nhwc',
+                                              'gluon_resnest_sa_gap_nhwc'}
+    loaded, _ = load_exported(prefix)
+    loaded.hybridize(static_alloc=True, static_shape=True)
+    np.testing.assert_array_equal(loaded(x).asnumpy(), got)
+
+
+def _walk(block):
+    yield block
+    for child in block._children.values():
+        yield from _walk(child)
+
+
+def _conv_graph(relu, with_sum):
+    nodes = [{'op': 'null', 'name': n, 'inputs': []} for n in ('data', 'weight', 'bias')]
+    inputs = [[0, 0, 0], [1, 0, 0], [2, 0, 0]]
+    if with_sum:
+        nodes.append({'op': 'null', 'name': 'residual', 'inputs': []})
+        inputs.append([3, 0, 0])
+    return nodes, inputs
+
+
+@pytest.mark.parametrize('kernel,stride,pad,dilate,groups,relu,with_sum', [
+    (3, 1, 1, 1, 1, True, False),
+    (3, 2, 1, 1, 2, True, False),   # grouped, strided
+    (3, 1, 2, 2, 1, False, False),  # dilated
+    (1, 1, 0, 1, 1, True, True),    # the bottleneck's last convolution with the residual
+    (7, 2, 3, 1, 1, False, True),
+])
+def test_operator_matches_mxnet_convolution(kernel, stride, pad, dilate, groups, relu, with_sum):
+    rng = np.random.RandomState(kernel + stride + groups)
+    x = rng.uniform(-1, 1, (2, 8, 13, 11)).astype(np.float32)
+    w = rng.uniform(-1, 1, (16, 8 // groups, kernel, kernel)).astype(np.float32)
+    b = rng.uniform(-1, 1, (16,)).astype(np.float32)
+    attrs = {'kernel': f'({kernel}, {kernel})', 'stride': f'({stride}, {stride})',
+             'pad': f'({pad}, {pad})', 'dilate': f'({dilate}, {dilate})', 'num_filter': '16',
+             'num_group': str(groups)}
+    want = mx.nd.Convolution(mx.nd.array(x), mx.nd.array(w), mx.nd.array(b), **{
+        k: eval(v) if k not in ('num_filter', 'num_group') else int(v)  # noqa: S307
+        for k, v in attrs.items()})
+    feeds = {'data': mx.nd.array(x), 'weight': mx.nd.array(w), 'bias': mx.nd.array(b)}
+    if with_sum:
+        residual = rng.uniform(-1, 1, want.shape).astype(np.float32)
+        want = want + mx.nd.array(residual)
+        feeds['residual'] = mx.nd.array(residual)
+    if relu:
+        want = mx.nd.relu(want)
+    nodes, inputs = _conv_graph(relu, with_sum)
+    nodes.append({'op': 'gluon_resnest_conv', 'name': 'conv', 'inputs': inputs,
+                  'attrs': dict(attrs, relu=str(int(relu)), sum=str(int(with_sum)))})
+    symbol = mx.sym.load_json(json.dumps({'nodes': nodes, 'heads': [[len(nodes) - 1, 0, 0]],
+                                          'arg_nodes': list(range(len(nodes) - 1))}))
+    got = symbol.eval(ctx=mx.cpu(), **feeds)[0]
+    assert got.shape == want.shape
+    np.testing.assert_allclose(got.asnumpy(), want.asnumpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_operator_rejects_a_weight_of_the_wrong_shape():
+    nodes, inputs = _conv_graph(False, False)
+    nodes.append({'op': 'gluon_resnest_conv', 'name': 'conv', 'inputs': inputs,
+                  'attrs': {'kernel': '(3, 3)', 'num_filter': '4'}})
+    symbol = mx.sym.load_json(json.dumps({'nodes': nodes, 'heads': [[3, 0, 0]],
+                                          'arg_nodes': [0, 1, 2]}))
+    with pytest.raises(mx.base.MXNetError, match=r'gluon_resnest_conv: shape \[4,2,3,3\] where '
+                                                 r'\[4,3,3,3\] is expected'):
+        symbol.eval(ctx=mx.cpu(), data=mx.nd.ones((1, 3, 8, 8)), weight=mx.nd.ones((4, 2, 3, 3)),
+                    bias=mx.nd.ones((4,)))[0].wait_to_read()
+
+
+def test_unavailable_operators_are_reported(tmp_path):
+    """Without the oneDNN-layout library fast_inference says why instead of failing later."""
+    code = ('import mxnet as mx\n'
+            'from gluon_resnest import get_model, native\n'
+            'from gluon_resnest.deploy.fast_inference import fast_inference\n'
+            'assert not native.fast_inference_available()\n'
+            'net = get_model("resnest14", classes=10); net.initialize()\n'
+            'try:\n'
+            '    fast_inference(net, mx.nd.ones((1, 3, 32, 32)))\n'
+            'except native.NativeBuildError as err:\n'
+            '    print("ERROR", err)\n')
+    env = dict(os.environ, GLUON_RESNEST_NATIVE_ONEDNN='0')
+    proc = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, env=env,
+                          check=False, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert 'ERROR float32 inference on oneDNN 3 is unavailable' in proc.stdout

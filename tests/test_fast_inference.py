@@ -170,3 +170,31 @@ def test_unavailable_operators_are_reported(tmp_path):
                           check=False, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert 'ERROR float32 inference on oneDNN 3 is unavailable' in proc.stdout
+
+
+def test_export_tool_fast_graph_predicts_like_the_plain_export(tmp_path):
+    """``tools/export.py --fast`` writes a graph on the oneDNN 3 operators; ``tools/predict.py``
+    loads it (and the libraries) and gives the plain export's answers."""
+    from PIL import Image
+    from tools_cli import run_tool
+
+    net = _net('resnest14', seed=3)
+    net.save_parameters(str(tmp_path / 'net.params'))
+    image = tmp_path / 'photo.jpg'
+    Image.fromarray(np.random.RandomState(3).randint(0, 256, (80, 100, 3), np.uint8)).save(
+        image, quality=95)
+    answers = []
+    for flags in ([], ['--fast']):
+        prefix = tmp_path / ('fast' if flags else 'plain') / 'net'
+        done = run_tool('export', '--model', 'resnest14', '--params', tmp_path / 'net.params',
+                        '--input-size', '64', '--preprocess', '--prefix', prefix, *flags)
+        assert done.returncode == 0, done.stderr
+        text = (prefix.parent / 'net-symbol.json').read_text()
+        assert ('"gluon_resnest_conv"' in text) is bool(flags)
+        done = run_tool('predict', '--prefix', prefix, '--json', image)
+        assert done.returncode == 0, done.stderr
+        answers.append(json.loads(done.stdout))
+    plain, fast = answers
+    assert [r['index'] for r in fast[str(image)]] == [r['index'] for r in plain[str(image)]]
+    np.testing.assert_allclose([r['probability'] for r in fast[str(image)]],
+                               [r['probability'] for r in plain[str(image)]], atol=1e-5)

@@ -260,7 +260,8 @@ def test_module_entry_point_prints_the_library():
     assert proc.returncode == 0, proc.stderr
     paths = proc.stdout.strip().splitlines()
     assert [os.path.basename(p) for p in paths] == ['libgluon_resnest_ops.so',
-                                                   'libgluon_resnest_onednn.so']
+                                                   'libgluon_resnest_onednn.so',
+                                                   'libgluon_resnest_dnnl3.so']
     assert all(os.path.isfile(p) for p in paths)
 
 

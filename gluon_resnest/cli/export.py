@@ -5,7 +5,10 @@
 writes ``out/resnest50-symbol.json``, ``out/resnest50-0000.params`` and
 ``out/resnest50-meta.json`` (input size, mean/std, whether normalisation is in the graph). The
 files load with ``mx.gluon.SymbolBlock.imports`` and ``mx.mod.Module``; ``tools/predict.py`` and
-``tools/evaluate.py`` read the meta file to feed the network correctly.
+``tools/evaluate.py`` read the meta file to feed the network correctly. With ``--fast`` the
+graph is the float32 CPU inference graph on gluon_resnest's oneDNN 3 operators
+(``gluon_resnest.deploy.fast_inference``): faster on CPU, and it needs gluon_resnest's native
+libraries wherever it is loaded (``gluon_resnest.deploy.load_exported`` loads them).
 """
 from __future__ import annotations
 
@@ -20,6 +23,7 @@ from gluon_resnest.deploy import (
     read_model_spec,
 )
 from gluon_resnest.errors import ToolParser, image_size, int_in, run_tool
+from gluon_resnest.native import NativeBuildError
 
 PROG = 'export'
 logger = logging.getLogger('export')
@@ -41,6 +45,10 @@ def _main(argv: list[str] | None = None) -> int:
                         help='number in PREFIX-%%04d.params')
     parser.add_argument('--preprocess', action='store_true',
                         help='embed mean/std normalisation: the export takes 0-255 RGB input')
+    parser.add_argument('--fast', action='store_true',
+                        help='export the float32 CPU inference graph on gluon_resnest\'s oneDNN 3 '
+                             'operators (faster on CPU; loading it needs gluon_resnest\'s '
+                             'native libraries)')
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format='%(message)s')
     try:
@@ -57,8 +65,9 @@ def _main(argv: list[str] | None = None) -> int:
                                preprocess=args.preprocess, classes=names,
                                model_name=args.model.lower(),
                                model_kwargs=(read_model_spec(args.params) or {}).get(
-                                   'model_kwargs') if args.params else None)
-    except (FileNotFoundError, ValueError) as err:
+                                   'model_kwargs') if args.params else None,
+                               fast=args.fast)
+    except (FileNotFoundError, ValueError, NativeBuildError) as err:
         print(f'export: error: {err}', file=sys.stderr)
         return 2
     for path in files:

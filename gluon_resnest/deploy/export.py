@@ -48,7 +48,8 @@ def export_network(net: nn.HybridBlock, prefix: str, input_size: int = 224, epoc
                    preprocess: bool = False, classes: int | Sequence[str] | None = None,
                    mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
                    model_name: str | None = None,
-                   model_kwargs: dict[str, Any] | None = None) -> tuple[str, str]:
+                   model_kwargs: dict[str, Any] | None = None,
+                   fast: bool = False) -> tuple[str, str]:
     """Export an initialised network to ``PREFIX-symbol.json``/``PREFIX-%04d.params`` + meta.
 
     Side effects on ``net``: it is hybridized, and every :class:`~gluon_resnest.layers.DropBlock`
@@ -69,6 +70,9 @@ def export_network(net: nn.HybridBlock, prefix: str, input_size: int = 224, epoc
         model_name: Recorded in the meta file; defaults to ``net.model_name`` when present.
         model_kwargs: Architecture arguments the network was built with, recorded in the meta
             file so the model can be rebuilt from it.
+        fast: Export the float32 CPU inference graph on gluon_resnest's oneDNN 3 operators
+            (:func:`~gluon_resnest.deploy.fast_inference.fast_inference`; BatchNorms folded).
+            Loading it needs those operators (:func:`load_exported` loads them).
 
     Returns:
         ``(symbol_file, params_file)``.
@@ -92,6 +96,9 @@ def export_network(net: nn.HybridBlock, prefix: str, input_size: int = 224, epoc
             raise ValueError('export_network needs an initialised network: call '
                              'net.initialize() or load parameters first') from None
         raise
+    if fast:
+        from .fast_inference import fast_inference
+        block = fast_inference(block, data)
     folder = os.path.dirname(os.path.abspath(prefix))
     os.makedirs(folder, exist_ok=True)
     block.export(prefix, epoch=epoch)

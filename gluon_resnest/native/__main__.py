@@ -1,10 +1,11 @@
 """``python -m gluon_resnest.native``: build (if needed) and load the operator libraries; print
-their paths, one per line."""
+their paths, one per line (the operator library, the oneDNN-layout library and its oneDNN 3
+convolution library)."""
 from __future__ import annotations
 
 import sys
 
-from . import NativeBuildError, enabled, library_paths, load
+from . import NativeBuildError, enabled, fast_inference_unavailable_reason, library_paths, load
 
 
 def main() -> int:
@@ -17,6 +18,10 @@ def main() -> int:
         print(f'gluon_resnest.native: error: {err}', file=sys.stderr)
         return 1
     print('\n'.join(library_paths()))
+    reason = fast_inference_unavailable_reason()
+    if reason is not None:
+        print(f'gluon_resnest.native: float32 inference keeps MXNet\'s convolutions: {reason}',
+              file=sys.stderr)
     return 0
 
 

@@ -4,7 +4,7 @@ from .cpu import enable_amx
 enable_amx()  # before MXNet's first oneDNN call (see gluon_resnest.cpu)
 
 from . import layers, models  # noqa: E402
-from .deploy import optimize_for_inference  # noqa: E402
+from .deploy import fast_inference, optimize_for_inference  # noqa: E402
 from .gluoncv_bridge import gluoncv_override, register_gluoncv, unregister_gluoncv  # noqa: E402
 from .layers import set_drop_prob  # noqa: E402
 from .model_zoo import get_model  # noqa: E402
@@ -13,6 +13,6 @@ from .registry import list_models  # noqa: E402
 
 __version__ = '0.1.0'
 
-__all__ = ['enable_amx', 'get_model', 'gluoncv_override', 'layers', 'list_models', 'models',
-           'model_info', 'optimize_for_inference', 'register_gluoncv', 'set_drop_prob',
-           'unregister_gluoncv', '__version__']
+__all__ = ['enable_amx', 'fast_inference', 'get_model', 'gluoncv_override', 'layers',
+           'list_models', 'models', 'model_info', 'optimize_for_inference', 'register_gluoncv',
+           'set_drop_prob', 'unregister_gluoncv', '__version__']

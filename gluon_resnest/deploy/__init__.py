@@ -8,6 +8,7 @@ Modules:
 * :mod:`~gluon_resnest.deploy.onnx_export`: ONNX conversion and its check;
 * :mod:`~gluon_resnest.deploy.graph`: the JSON-graph rewriting every graph pass uses;
 * :mod:`~gluon_resnest.deploy.inference`: oneDNN fusion, BatchNorm folding;
+* :mod:`~gluon_resnest.deploy.fast_inference`: float32 CPU inference on oneDNN 3;
 * :mod:`~gluon_resnest.deploy.quantization`: INT8 post-training quantization;
 * :mod:`~gluon_resnest.deploy.torch_checkpoint`: PyTorch checkpoints read without PyTorch.
 
@@ -23,6 +24,7 @@ from .export import (
     read_export,
     read_model_spec,
 )
+from .fast_inference import fast_inference, fast_inference_graph
 from .graph import Graph
 from .inference import fold_batchnorm, optimize_for_inference, subgraph_backend_available
 from .meta import META_DEFAULTS, check_export, export_paths, read_meta, write_meta
@@ -72,7 +74,8 @@ __all__ = ['CALIB_MODES', 'CROP_RATIO', 'Graph', 'IMAGENET_MEAN', 'IMAGENET_STD'
            'MODEL_SPEC', 'MXNET_ONNX_OPSET', 'Normalize', 'OpaqueObject', 'TIMM_MODEL_NAMES',
            'build_network', 'calibration_batches', 'check_export', 'convert_checkpoint',
            'convert_state_dict', 'eval_transform', 'export_network', 'export_onnx', 'export_paths',
-           'extract_state_dict', 'fold_batchnorm', 'fold_network', 'fuse_split_attention_int8',
+           'extract_state_dict', 'fast_inference', 'fast_inference_graph', 'fold_batchnorm',
+           'fold_network', 'fuse_split_attention_int8',
            'grouped_convolutions',
            'initializers_as_constants',
            'load_class_names', 'load_exported', 'load_image', 'load_network',

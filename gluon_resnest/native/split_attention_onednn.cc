@@ -565,19 +565,29 @@ void gap_forward(const nnvm::NodeAttrs& attrs, const mxnet::OpContext& ctx,
   float* yp = data_of<float>(out[0]);
   const float inv = 1.f / static_cast<float>(HW);
   if (is_nhwc(in[0])) {
+    // Column sums over the feature map in blocks of channels (so that a batch of one still
+    // spreads over the threads), then the sum over the splits.
     const float* x = data_of<float>(in[0]);
+    constexpr int64_t kBlock = 64;
+    const int64_t blocks = (RC + kBlock - 1) / kBlock;
+    float* acc = scratch(1, N * RC);
 #pragma omp parallel for
-    for (int64_t n = 0; n < N; ++n) {
-      std::vector<float> acc(RC, 0.f);
+    for (int64_t nb = 0; nb < N * blocks; ++nb) {
+      const int64_t n = nb / blocks, c0 = (nb % blocks) * kBlock;
+      const int64_t c1 = std::min(RC, c0 + kBlock);
+      float* a = acc + n * RC;
+      for (int64_t c = c0; c < c1; ++c) a[c] = 0.f;
       const float* xn = x + n * HW * RC;
       for (int64_t p = 0; p < HW; ++p) {
         const float* row = xn + p * RC;
 #pragma omp simd
-        for (int64_t c = 0; c < RC; ++c) acc[c] += row[c];
+        for (int64_t c = c0; c < c1; ++c) a[c] += row[c];
       }
+    }
+    for (int64_t n = 0; n < N; ++n) {
       for (int64_t c = 0; c < C; ++c) {
         float s = 0.f;
-        for (int r = 0; r < radix; ++r) s += acc[r * C + c];
+        for (int r = 0; r < radix; ++r) s += acc[n * RC + r * C + c];
         yp[n * C + c] = s * inv;
       }
     }

@@ -58,8 +58,8 @@ $(VENV)/.installed: pyproject.toml $(CONSTRAINTS) | gpu-check
 	$(PIP) install -q -c $(CONSTRAINTS) -e ".[$(MXNET_EXTRA),test,train]"
 	$(HOROVOD_ENV) $(PIP) install -q -c $(CONSTRAINTS) --no-build-isolation horovod
 	$(PY) -c "$(INSTALL_CHECK)"
-	$(PY) -m gluon_resnest.native || echo "warning: gluon_resnest's native INT8 operator did" \
-		"not build (INT8 networks use MXNet's operators instead)" >&2
+	$(PY) -m gluon_resnest.native || echo "warning: gluon_resnest's native operators did" \
+		"not build (networks use MXNet's operators instead)" >&2
 	touch $@
 
 # On a GPU host: stop before installing anything when the CUDA toolkit or NCCL is missing.

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from conftest import assert_close_to_largest, randomize_norm_stats
-from gluon_resnest import get_model, native
+from gluon_resnest import get_model, list_models, native
 from gluon_resnest.deploy import load_exported
 from gluon_resnest.deploy.fast_inference import fast_inference
 
@@ -198,3 +198,22 @@ def test_export_tool_fast_graph_predicts_like_the_plain_export(tmp_path):
     assert [r['index'] for r in fast[str(image)]] == [r['index'] for r in plain[str(image)]]
     np.testing.assert_allclose([r['probability'] for r in fast[str(image)]],
                                [r['probability'] for r in plain[str(image)]], atol=1e-5)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('name', list_models())
+def test_zoo_matches_mxnet_inference(name):
+    """Every registered model at 224x224, 1000 classes, batch 2: fast_inference equals MXNet."""
+    from tools_cli import tame_residual_branches
+
+    mx.random.seed(1)
+    net = get_model(name, classes=1000)
+    net.initialize(mx.init.Xavier())
+    randomize_norm_stats(net, 1)
+    tame_residual_branches(net, 1)
+    x = _input((2, 3, 224, 224), seed=2)
+    want = net(x).asnumpy()
+    got = fast_inference(net, x)(x).asnumpy()
+    err, scale = float(np.abs(got - want).max()), float(np.abs(want).max())
+    print(f'{name}: max abs error {err:.3g}, largest output {scale:.3g}')
+    assert err <= 1e-4 * max(scale, 1.0), (err, scale)

@@ -19,6 +19,7 @@ them; see :mod:`gluon_resnest.native`).
 from __future__ import annotations
 
 import logging
+import warnings
 from typing import Any
 
 import mxnet as mx
@@ -131,6 +132,7 @@ def fast_inference_graph(symbol: mx.sym.Symbol, arg_params: dict[str, mx.nd.NDAr
                 if is_relu(after):
                     relu_of[i] = after
                     absorbed[after] = i
+
     def emit(i: int) -> None:
         node = nodes[i]
         attrs = graph.attrs(i)
@@ -198,7 +200,10 @@ def fast_inference(net: nn.HybridBlock, data: mx.nd.NDArray) -> mx.gluon.SymbolB
     aux = {k: v for k, v in params.items() if k in aux_names}
     symbol, args, aux, counts = fast_inference_graph(symbol, args, aux, tuple(data.shape))
     logger.debug('fast_inference: %s', counts)
-    block = mx.gluon.SymbolBlock(symbol, [mx.sym.var('data')])
+    with warnings.catch_warnings():
+        # SymbolBlock warns that the input's type is unknown; it is float32.
+        warnings.filterwarnings('ignore', message='Cannot decide type')
+        block = mx.gluon.SymbolBlock(symbol, [mx.sym.var('data')])
     block_params = block.collect_params()
     for name, value in list(args.items()) + list(aux.items()):
         if name in block_params:

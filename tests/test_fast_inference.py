@@ -217,3 +217,31 @@ def test_zoo_matches_mxnet_inference(name):
     err, scale = float(np.abs(got - want).max()), float(np.abs(want).max())
     print(f'{name}: max abs error {err:.3g}, largest output {scale:.3g}')
     assert err <= 1e-4 * max(scale, 1.0), (err, scale)
+
+
+def test_new_weights_take_effect():
+    """The operator caches each convolution's reordered weights; weights set afterwards (or a
+    new network of the same shape) must be used, not the cached copy."""
+    net = _net('resnest14', seed=4)
+    x = _input((2, 3, 32, 32), seed=4)
+    fast = fast_inference(net, x)
+    before = fast(x).asnumpy()
+    params = fast.collect_params()
+    scaled = [name for name, param in params.items()
+              if name.endswith('weight') and param.data().ndim == 4 and param.data().shape[2] == 3]
+    assert scaled
+    for name in scaled:
+        params[name].set_data(params[name].data() * 0.5)
+    after = fast(x).asnumpy()
+    assert np.abs(after - before).max() > 1e-3
+    # The Gluon network with the same weights scaled (BatchNorm folding is linear in them).
+    originals = net.collect_params()
+    for name in scaled:
+        originals[name].set_data(originals[name].data() * 0.5)
+    assert_close_to_largest(after, net(x).asnumpy(), 1e-4)
+    # Another network of the same geometry, its own answers.
+    for seed in (5, 6):
+        other = _net('resnest14', seed=seed)
+        got = fast_inference(other, x)(x).asnumpy()
+        assert_close_to_largest(got, other(x).asnumpy(), 1e-4)
+        del other

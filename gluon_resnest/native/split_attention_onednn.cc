@@ -427,23 +427,40 @@ float* scratch(int slot, size_t n) {
 struct ConvEntry {
   void* conv = nullptr;
   size_t weight_version = 0, bias_version = 0;
+  std::vector<float> fingerprint;
 };
 
+// Values spread over the weights and the bias. A freed network's weights may leave their memory
+// to another network's of the same geometry; their values tell the two apart.
+std::vector<float> fingerprint(const float* w, size_t nw, const float* b, size_t nb) {
+  constexpr size_t kSamples = 256;
+  std::vector<float> f;
+  f.reserve(2 * kSamples + 2);
+  for (size_t i = 0; i < kSamples; ++i) f.push_back(w[i * nw / kSamples]);
+  f.push_back(w[nw - 1]);
+  for (size_t i = 0; i < kSamples && i < nb; ++i) f.push_back(b[i * nb / std::min(kSamples, nb)]);
+  f.push_back(b[nb - 1]);
+  return f;
+}
+
 // The primitive of this node's geometry and weights, made (weights reordered) on first use and
-// again when the weights changed.
+// again when the weights changed (their version, or the values of fingerprint()).
 void* conv_primitive(const ConvSpec& spec, const NDArray& weight, const NDArray& bias) {
   static std::mutex lock;
-  static std::unordered_map<std::string, ConvEntry> cache;
+  static auto* cache = new std::unordered_map<std::string, ConvEntry>;  // kept until exit
   const NDArray w = as_plain(weight), b = as_plain(bias);
   const float* wp = data_of<float>(w);
   const float* bp = data_of<float>(b);
   std::string key(reinterpret_cast<const char*>(&spec), sizeof spec);
   key.append(reinterpret_cast<const char*>(&wp), sizeof wp);
   key.append(reinterpret_cast<const char*>(&bp), sizeof bp);
+  std::vector<float> print = fingerprint(wp, w.shape().Size(), bp, b.shape().Size());
   std::lock_guard<std::mutex> guard(lock);
-  ConvEntry& e = cache[key];
+  ConvEntry& e = (*cache)[key];
   const size_t wv = weight.version(), bv = bias.version();
-  if (e.conv != nullptr && (e.weight_version != wv || e.bias_version != bv)) {
+  if (e.conv != nullptr &&
+      (e.weight_version != wv || e.bias_version != bv ||
+       std::memcmp(e.fingerprint.data(), print.data(), print.size() * sizeof(float)) != 0)) {
     conv_lib.release(e.conv);
     e.conv = nullptr;
   }
@@ -452,6 +469,7 @@ void* conv_primitive(const ConvSpec& spec, const NDArray& weight, const NDArray&
     e.conv = conv_lib.create(&spec, wp, bp, err, sizeof err);
     CHECK(e.conv != nullptr) << kConv << ": oneDNN 3 made no convolution: " << err;
     e.weight_version = wv, e.bias_version = bv;
+    e.fingerprint = std::move(print);
   }
   return e.conv;
 }

@@ -245,3 +245,10 @@ def test_new_weights_take_effect():
         got = fast_inference(other, x)(x).asnumpy()
         assert_close_to_largest(got, other(x).asnumpy(), 1e-4)
         del other
+
+
+def test_rejects_a_sample_that_is_not_a_float32_image_batch():
+    net = _net('resnest14')
+    with pytest.raises(ValueError, match=r'float32 batch of shape \(N, C, H, W\), got float16 of '
+                                         r'shape \(2, 3, 32\)'):
+        fast_inference(net, mx.nd.zeros((2, 3, 32), dtype='float16'))

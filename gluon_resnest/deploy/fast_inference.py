@@ -23,6 +23,7 @@ import warnings
 from typing import Any
 
 import mxnet as mx
+import numpy as np
 from mxnet.gluon import nn
 
 from .. import native
@@ -187,9 +188,16 @@ def fast_inference(net: nn.HybridBlock, data: mx.nd.NDArray) -> mx.gluon.SymbolB
     oneDNN 3 operators, statically planned for ``data``'s shape; ``net`` is not changed.
 
     Raises:
+        ValueError: ``data`` is not a float32 N x C x H x W batch on the CPU.
         gluon_resnest.native.NativeBuildError: the operators are unavailable here (the message
             says why; ``make install`` installs oneDNN 3 and builds them).
     """
+    if data.context.device_type != 'cpu':
+        raise ValueError(f'fast_inference runs on the CPU; the sample batch is on {data.context} '
+                         '(use optimize_for_inference on GPUs)')
+    if data.ndim != 4 or data.dtype != np.float32:
+        raise ValueError(f'fast_inference needs a float32 batch of shape (N, C, H, W), got '
+                         f'{np.dtype(data.dtype).name} of shape {data.shape}')
     reason = native.fast_inference_unavailable_reason()
     if reason is not None:
         raise native.NativeBuildError(f'float32 inference on oneDNN 3 is unavailable: {reason}')

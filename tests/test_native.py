@@ -365,3 +365,24 @@ def _walk(block):
     yield block
     for child in block._children.values():
         yield from _walk(child)
+
+
+def test_loading_keeps_mxnet_operator_functions_for_gluoncv():
+    """Loading the library must not replace MXNet's operator functions that code imported
+    before: GluonCV's FPN compares ``mx.sym.contrib.SyncBatchNorm`` by identity."""
+    code = ('import gluoncv.nn.feature as feature\n'
+            'from gluoncv.model_zoo import get_model\n'
+            'import mxnet as mx\n'
+            'before = mx.sym.contrib.SyncBatchNorm\n'
+            'from gluon_resnest import native\n'
+            'assert native.load(required=True)\n'
+            'assert mx.sym.contrib.SyncBatchNorm is before is feature.SyncBatchNorm\n'
+            'assert callable(mx.nd.gluon_resnest_sa_sum)\n'
+            'assert callable(mx.sym.gluon_resnest_sa_gap)\n'
+            'get_model("faster_rcnn_fpn_syncbn_resnest50_coco", pretrained=False,\n'
+            '          pretrained_base=False)\n'
+            'print("OK")\n')
+    proc = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
+                          timeout=600, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip().endswith('OK')

@@ -316,6 +316,35 @@ def onednn_calls() -> dict[str, int]:
             'sa_sum_f32_nhwc': int(handle.gluon_resnest_sa_sum_nhwc_calls(1))}
 
 
+def _operator_functions() -> dict[str, dict[str, object]]:
+    """MXNet's generated operator functions, per module (``mx.nd``, ``mx.sym`` and theirs)."""
+    prefixes = ('mxnet.ndarray', 'mxnet.symbol', 'mxnet.contrib.ndarray', 'mxnet.contrib.symbol')
+    found = {}
+    for name, module in list(sys.modules.items()):
+        if module is None or not name.startswith(prefixes):
+            continue
+        found[name] = {key: value for key, value in vars(module).items()
+                       if callable(value) and getattr(value, '__module__', None) == name}
+    return found
+
+
+def _library_load(path: str) -> None:
+    """``mx.library.load``, keeping MXNet's existing operator functions as they were.
+
+    It regenerates every function of ``mx.nd``/``mx.sym``; code that imported one before (and
+    compares it by identity, as GluonCV's FPN does with ``mx.sym.contrib.SyncBatchNorm``) would
+    then hold a stale object. Only the library's own operators get new functions.
+    """
+    import mxnet as mx
+
+    before = _operator_functions()
+    mx.library.load(path, verbose=False)
+    for name, functions in before.items():
+        module = sys.modules.get(name)
+        for key, value in functions.items():
+            setattr(module, key, value)
+
+
 def load(required: bool = False) -> bool:
     """Build (if needed) and load the library into this process, once; True when loaded.
 
@@ -332,12 +361,10 @@ def load(required: bool = False) -> bool:
             return False
         if _state['error'] is None:
             try:
-                import mxnet as mx
-
                 # The oneDNN library first: it registers gluon_resnest_sa_sum_u8 itself, and
-                # mx.library.load then refreshes mx.nd/mx.sym for both.
+                # mx.library.load then adds functions to mx.nd/mx.sym for both.
                 path = build(int8_operator=not _load_onednn())
-                mx.library.load(path, verbose=False)
+                _library_load(path)
                 _state['loaded'] = path
             except (NativeBuildError, OSError) as err:
                 _state['error'] = str(err)

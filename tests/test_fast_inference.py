@@ -36,6 +36,30 @@ def _ops(block):
     return [n['op'] for n in json.loads(block(mx.sym.var('data')).tojson())['nodes']]
 
 
+def _has_avx512():
+    with open('/proc/cpuinfo', encoding='utf-8') as info:
+        return ' avx512f ' in info.read()
+
+
+AVX512 = _has_avx512()
+
+
+def _winograd_convs(block):
+    """Convolutions of ``block``'s graph that run as Winograd on an AVX-512 CPU: marked for it
+    (3 x 3, stride 1, padding 1) with channels per group divisible by 16."""
+    graph = json.loads(block(mx.sym.var('data')).tojson())
+    params = block.collect_params()
+    found = 0
+    for node in graph['nodes']:
+        attrs = node.get('attrs', {})
+        if node['op'] != 'gluon_resnest_conv' or attrs.get('winograd') != '1':
+            continue
+        weight = params[graph['nodes'][node['inputs'][1][0]]['name']].data().shape
+        groups = int(attrs.get('num_group', '1'))
+        found += weight[1] % 16 == 0 and weight[0] // groups % 16 == 0
+    return found
+
+
 # radix 2 with the avd pooling in the weighted sum; radix 4 and cardinality 2 with avd first;
 # radix 1 (sigmoid attention, MXNet's operators); ResNet-D (no Split-Attention).
 @pytest.mark.parametrize('name,radix', [('resnest14', 2), ('resnest50_fast_4s2x40d', 4),
@@ -70,9 +94,29 @@ def test_matches_mxnet_inference(name, radix):
     assert calls['conv_nchw'] == 2
     if radix != 1:
         assert calls['conv_nhwc'] == 2 * (ops.count('gluon_resnest_conv') - 1)
+    # The 3 x 3 convolutions of stride 1 with channels per group divisible by 16 ran as Winograd
+    # (the stem's second and third, and the Split-Attention's where its groups are wide enough).
+    winograd = _winograd_convs(fast)
+    assert winograd >= (2 if name != 'resnest50_fast_4s2x40d' else 1)
+    assert calls['conv_winograd'] == (2 * winograd if AVX512 else 0)
     # The network itself is unchanged.
     assert _ops(net) == plain_ops
     assert_close_to_largest(net(x).asnumpy(), want, 1e-6)
+
+
+def test_direct_convolutions_without_winograd():
+    net = _net('resnest14', seed=7)
+    x = _input((2, 3, 48, 40), seed=7)
+    want = net(x).asnumpy()
+    before = native.onednn_calls()['conv_winograd']
+    direct = fast_inference(net, x, winograd=False)
+    got = direct(x).asnumpy()
+    assert native.onednn_calls()['conv_winograd'] == before
+    assert _winograd_convs(direct) == 0
+    assert_close_to_largest(got, want, 1e-4)
+    winograd = fast_inference(net, x)
+    assert_close_to_largest(winograd(x).asnumpy(), want, 1e-4)
+    assert native.onednn_calls()['conv_winograd'] > before or not AVX512
 
 
 def test_other_batch_sizes_and_export_reload(tmp_path):
@@ -115,13 +159,42 @@ def _conv_graph(relu, with_sum):
     (7, 2, 3, 1, 1, False, True),
 ])
 def test_operator_matches_mxnet_convolution(kernel, stride, pad, dilate, groups, relu, with_sum):
-    rng = np.random.RandomState(kernel + stride + groups)
-    x = rng.uniform(-1, 1, (2, 8, 13, 11)).astype(np.float32)
-    w = rng.uniform(-1, 1, (16, 8 // groups, kernel, kernel)).astype(np.float32)
-    b = rng.uniform(-1, 1, (16,)).astype(np.float32)
+    _check_operator((2, 8, 13, 11), 16, kernel, stride, pad, dilate, groups, relu, with_sum,
+                    winograd=False)
+
+
+# Winograd F(4 x 4, 3 x 3): map sizes that are not multiples of the 4 x 4 tile, a last block
+# of tiles that is not full (3 x 6 x 5 = 90 tiles in blocks of 23), blocks of 2 tiles (one
+# 7 x 7 map), groups, the fused sum.
+@pytest.mark.parametrize('shape,filters,groups,relu,with_sum', [
+    ((2, 32, 13, 11), 64, 2, True, False),
+    ((3, 48, 21, 17), 32, 1, False, True),
+    ((1, 64, 7, 7), 128, 4, True, True),
+])
+def test_operator_winograd_matches_mxnet_convolution(shape, filters, groups, relu, with_sum):
+    before = native.onednn_calls()['conv_winograd']
+    _check_operator(shape, filters, 3, 1, 1, 1, groups, relu, with_sum, winograd=True)
+    assert native.onednn_calls()['conv_winograd'] == before + (1 if AVX512 else 0)
+
+
+def test_operator_winograd_falls_back_to_direct():
+    """Marked for Winograd but 8 channels per group (the transforms take 16 at a time), or a
+    stride of 2: direct, and still right."""
+    before = native.onednn_calls()['conv_winograd']
+    _check_operator((2, 8, 13, 11), 16, 3, 1, 1, 1, 1, True, False, winograd=True)
+    _check_operator((2, 32, 13, 11), 32, 3, 2, 1, 1, 1, True, False, winograd=True)
+    assert native.onednn_calls()['conv_winograd'] == before
+
+
+def _check_operator(shape, filters, kernel, stride, pad, dilate, groups, relu, with_sum,
+                    winograd):
+    rng = np.random.RandomState(kernel + stride + groups + shape[1])
+    x = rng.uniform(-1, 1, shape).astype(np.float32)
+    w = rng.uniform(-1, 1, (filters, shape[1] // groups, kernel, kernel)).astype(np.float32)
+    b = rng.uniform(-1, 1, (filters,)).astype(np.float32)
     attrs = {'kernel': f'({kernel}, {kernel})', 'stride': f'({stride}, {stride})',
-             'pad': f'({pad}, {pad})', 'dilate': f'({dilate}, {dilate})', 'num_filter': '16',
-             'num_group': str(groups)}
+             'pad': f'({pad}, {pad})', 'dilate': f'({dilate}, {dilate})',
+             'num_filter': str(filters), 'num_group': str(groups)}
     want = mx.nd.Convolution(mx.nd.array(x), mx.nd.array(w), mx.nd.array(b), **{
         k: eval(v) if k not in ('num_filter', 'num_group') else int(v)  # noqa: S307
         for k, v in attrs.items()})
@@ -134,12 +207,17 @@ def test_operator_matches_mxnet_convolution(kernel, stride, pad, dilate, groups,
         want = mx.nd.relu(want)
     nodes, inputs = _conv_graph(relu, with_sum)
     nodes.append({'op': 'gluon_resnest_conv', 'name': 'conv', 'inputs': inputs,
-                  'attrs': dict(attrs, relu=str(int(relu)), sum=str(int(with_sum)))})
+                  'attrs': dict(attrs, relu=str(int(relu)), sum=str(int(with_sum)),
+                                winograd=str(int(winograd)))})
     symbol = mx.sym.load_json(json.dumps({'nodes': nodes, 'heads': [[len(nodes) - 1, 0, 0]],
                                           'arg_nodes': list(range(len(nodes) - 1))}))
     got = symbol.eval(ctx=mx.cpu(), **feeds)[0]
     assert got.shape == want.shape
-    np.testing.assert_allclose(got.asnumpy(), want.asnumpy(), rtol=1e-5, atol=1e-5)
+    if winograd:
+        # Its transforms round differently: judged against the largest output.
+        assert_close_to_largest(got.asnumpy(), want.asnumpy(), 1e-5)
+    else:
+        np.testing.assert_allclose(got.asnumpy(), want.asnumpy(), rtol=1e-5, atol=1e-5)
 
 
 def test_operator_rejects_a_weight_of_the_wrong_shape():

@@ -49,7 +49,13 @@ def _main(argv: list[str] | None = None) -> int:
                         help='export the float32 CPU inference graph on gluon_resnest\'s oneDNN 3 '
                              'operators (faster on CPU; loading it needs gluon_resnest\'s '
                              'native libraries)')
+    parser.add_argument('--no-winograd', action='store_true',
+                        help='with --fast: run every convolution direct, the 3x3 ones of '
+                             'stride 1 too (by default they run as Winograd F(4x4, 3x3), which '
+                             'is faster on CPUs with AVX-512)')
     args = parser.parse_args(argv)
+    if args.no_winograd and not args.fast:
+        parser.error('--no-winograd applies to the --fast graph only; add --fast')
     logging.basicConfig(level=logging.INFO, format='%(message)s')
     try:
         names = load_class_names(args.class_names) if args.class_names else None
@@ -66,7 +72,7 @@ def _main(argv: list[str] | None = None) -> int:
                                model_name=args.model.lower(),
                                model_kwargs=(read_model_spec(args.params) or {}).get(
                                    'model_kwargs') if args.params else None,
-                               fast=args.fast)
+                               fast=args.fast, winograd=not args.no_winograd)
     except (FileNotFoundError, ValueError, NativeBuildError) as err:
         print(f'export: error: {err}', file=sys.stderr)
         return 2

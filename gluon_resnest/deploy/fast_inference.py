@@ -11,7 +11,12 @@ a ResNeSt's inference graph so that
 
 and all of these read and write N x H x W x C in place, so the feature maps are not reordered
 between operators. The attention's small convolutions (on 1 x 1 maps), the pooling layers and
-the classifier stay MXNet's. The outputs equal the MXNet graph's up to float32 rounding.
+the classifier stay MXNet's.
+
+With ``winograd=True`` (the default) the 3 x 3 convolutions of stride 1 and padding 1 run as
+Winograd F(4 x 4, 3 x 3), which needs a quarter of the multiplications (on CPUs with AVX-512,
+for channels per group divisible by 16; the others run direct). It rounds differently from a
+direct convolution; ``docs/deployment.md`` gives the measured differences.
 
 The native operators must be loaded in the process that runs the graph (this module loads
 them; see :mod:`gluon_resnest.native`).
@@ -87,7 +92,8 @@ def _spatial_inputs(symbol: mx.sym.Symbol, data_shape: tuple[int, ...]) -> dict[
 
 def fast_inference_graph(symbol: mx.sym.Symbol, arg_params: dict[str, mx.nd.NDArray],
                          aux_params: dict[str, mx.nd.NDArray],
-                         data_shape: tuple[int, int, int, int] = (1, 3, 224, 224)
+                         data_shape: tuple[int, int, int, int] = (1, 3, 224, 224),
+                         winograd: bool = True
                          ) -> tuple[mx.sym.Symbol, dict[str, mx.nd.NDArray],
                                     dict[str, mx.nd.NDArray], dict[str, int]]:
     """Rewrite an inference symbol (Split-Attention on the native operators, BatchNorms not yet
@@ -95,13 +101,14 @@ def fast_inference_graph(symbol: mx.sym.Symbol, arg_params: dict[str, mx.nd.NDAr
 
     Returns:
         ``(symbol, arg_params, aux_params, counts)``; ``counts`` says how many convolutions,
-        fused ReLUs, fused residual sums and Split-Attention operators were rewritten.
+        fused ReLUs, fused residual sums and Split-Attention operators were rewritten, and how
+        many convolutions may run as Winograd.
     """
     symbol, args, aux = fold_batchnorm(symbol, arg_params, aux_params)
     spatial = _spatial_inputs(symbol, data_shape)
     graph = Graph(symbol)
     nodes = graph.nodes
-    counts = {'conv': 0, 'relu': 0, 'sum': 0, 'split_attention': 0}
+    counts = {'conv': 0, 'relu': 0, 'sum': 0, 'split_attention': 0, 'winograd': 0}
 
     def sole(i: int) -> int | None:
         users = graph.consumers.get(i, [])
@@ -144,6 +151,9 @@ def fast_inference_graph(symbol: mx.sym.Symbol, arg_params: dict[str, mx.nd.NDAr
             inputs.append(graph.variable(name))
         new_attrs = {k: attrs[k] for k in _CONV_KEYS if k in attrs}
         new_attrs['relu'] = '1' if i in relu_of else '0'
+        if winograd and _winograd_shape(new_attrs):
+            new_attrs['winograd'] = '1'
+            counts['winograd'] += 1
         if i in sum_of:
             add, k = sum_of[i]
             inputs.append(graph.remap(nodes[add]['inputs'][k]))
@@ -183,9 +193,20 @@ def _tuple(text: str) -> tuple[int, ...]:
     return tuple(int(t) for t in text.strip('()[] ').replace(' ', '').split(',') if t)
 
 
-def fast_inference(net: nn.HybridBlock, data: mx.nd.NDArray) -> mx.gluon.SymbolBlock:
+def _winograd_shape(attrs: dict[str, str]) -> bool:
+    """A 3 x 3 convolution of stride 1, padding 1 and no dilation."""
+    def pair(key: str, default: tuple[int, int]) -> tuple[int, ...]:
+        value = _tuple(attrs.get(key, '()')) or default
+        return value * 2 if len(value) == 1 else value
+    return pair('kernel', (0, 0)) == (3, 3) and pair('stride', (1, 1)) == (1, 1) and \
+        pair('pad', (0, 0)) == (1, 1) and pair('dilate', (1, 1)) == (1, 1)
+
+
+def fast_inference(net: nn.HybridBlock, data: mx.nd.NDArray,
+                   winograd: bool = True) -> mx.gluon.SymbolBlock:
     """``net`` (an initialised ResNeSt) as a ``SymbolBlock`` that runs float32 inference on the
     oneDNN 3 operators, statically planned for ``data``'s shape; ``net`` is not changed.
+    ``winograd=False`` runs every convolution direct (see the module text).
 
     Raises:
         ValueError: ``data`` is not a float32 N x C x H x W batch on the CPU.
@@ -206,7 +227,8 @@ def fast_inference(net: nn.HybridBlock, data: mx.nd.NDArray) -> mx.gluon.SymbolB
     aux_names = set(symbol.list_auxiliary_states())
     args = {k: v for k, v in params.items() if k not in aux_names}
     aux = {k: v for k, v in params.items() if k in aux_names}
-    symbol, args, aux, counts = fast_inference_graph(symbol, args, aux, tuple(data.shape))
+    symbol, args, aux, counts = fast_inference_graph(symbol, args, aux, tuple(data.shape),
+                                                     winograd=winograd)
     logger.debug('fast_inference: %s', counts)
     with warnings.catch_warnings():
         # SymbolBlock warns that the input's type is unknown; it is float32.

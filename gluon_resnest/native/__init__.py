@@ -229,7 +229,7 @@ def build_conv(force: bool = False) -> str:
         raise NativeBuildError('oneDNN 3 is not installed in this environment (pip install '
                                'onednn-cpu-gomp==2023.2.0 onednn-devel-cpu-gomp==2023.2.0)')
     include, lib = dirs
-    flags = ['-O3', '-std=c++17', '-shared', '-fPIC', '-Wl,-Bsymbolic', f'-I{include}',
+    flags = ['-O3', '-std=c++17', '-shared', '-fPIC', '-fopenmp', '-Wl,-Bsymbolic', f'-I{include}',
              f'-L{lib}', '-l:libdnnl.so.3', '-Wl,--no-undefined', f'-Wl,-rpath,{lib}']
     return _compile(_CONV_LIBRARY, [_CONV_SOURCE], flags, mx.__version__, force)
 
@@ -313,7 +313,18 @@ def onednn_calls() -> dict[str, int]:
             'conv_nchw': int(handle.gluon_resnest_conv_calls(0)),
             'conv_nhwc': int(handle.gluon_resnest_conv_calls(1)),
             'sa_sum_f32_nchw': int(handle.gluon_resnest_sa_sum_nhwc_calls(0)),
-            'sa_sum_f32_nhwc': int(handle.gluon_resnest_sa_sum_nhwc_calls(1))}
+            'sa_sum_f32_nhwc': int(handle.gluon_resnest_sa_sum_nhwc_calls(1)),
+            'conv_winograd': _winograd_runs()}
+
+
+def _winograd_runs() -> int:
+    """How many ``gluon_resnest_conv`` runs were Winograd (0 without the oneDNN 3 library)."""
+    path = _state['conv_path']
+    if not path:
+        return 0
+    runs = ctypes.CDLL(path).grc_winograd_runs  # the library loaded already: the same handle
+    runs.restype = ctypes.c_int64
+    return int(runs())
 
 
 def _operator_functions() -> dict[str, dict[str, object]]:

@@ -9,8 +9,21 @@
 // Activations are N x H x W x C in memory (the first convolution may read N x C x H x W); the
 // weights are MXNet's (O, I/G, KH, KW), reordered once into the kernel's layout when the
 // primitive is made.
+//
+// 3 x 3 convolutions of stride 1 and padding 1 may instead run as Winograd F(4 x 4, 3 x 3)
+// (grc_conv_spec.winograd): 36 multiplications per 4 x 4 outputs and input channel instead of
+// 144. The output is split into 4 x 4 tiles; each thread takes blocks of tiles and, with the
+// block held in its cache, transforms the 6 x 6 input windows (B^T d B), multiplies them by the
+// transformed weights (G g G^T, made once) in one batched oneDNN matmul, and transforms the
+// products back (A^T m A) with the bias, the residual sum and the ReLU. The transforms use
+// AVX-512 on 16 channels at a time, so the path needs AVX-512 and channels per group that are
+// multiples of 16; the other convolutions run direct.
+#include <immintrin.h>
+#include <omp.h>
 #include <oneapi/dnnl/dnnl.hpp>
 
+#include <algorithm>
+#include <atomic>
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
@@ -18,6 +31,7 @@
 #include <mutex>
 #include <string>
 #include <unordered_map>
+#include <vector>
 
 namespace {
 
@@ -28,6 +42,114 @@ dnnl::engine& cpu_engine() {
 
 using tag = dnnl::memory::format_tag;
 using dt = dnnl::memory::data_type;
+
+std::atomic<int64_t> winograd_runs{0};
+
+// ---- Winograd F(4 x 4, 3 x 3) on 16 channels (one AVX-512 register) at a time ----
+#define GRC_AVX512 __attribute__((target("avx512f")))
+
+// o = B^T d for a column (or row) of six values.
+GRC_AVX512 inline void wino_bt(const __m512 d[6], __m512 o[6]) {
+  const __m512 c2 = _mm512_set1_ps(2.f), c4 = _mm512_set1_ps(4.f), c5 = _mm512_set1_ps(5.f);
+  o[0] = _mm512_fmadd_ps(c4, d[0], _mm512_fnmadd_ps(c5, d[2], d[4]));
+  const __m512 a = _mm512_fnmadd_ps(c4, d[2], d[4]);  // d4 - 4 d2
+  const __m512 b = _mm512_fnmadd_ps(c4, d[1], d[3]);  // d3 - 4 d1
+  o[1] = _mm512_add_ps(a, b);
+  o[2] = _mm512_sub_ps(a, b);
+  const __m512 e = _mm512_sub_ps(d[4], d[2]);
+  const __m512 f = _mm512_mul_ps(c2, _mm512_sub_ps(d[3], d[1]));
+  o[3] = _mm512_add_ps(e, f);
+  o[4] = _mm512_sub_ps(e, f);
+  o[5] = _mm512_fmadd_ps(c4, d[1], _mm512_fnmadd_ps(c5, d[3], d[5]));
+}
+
+// o = A^T m for six values to four.
+GRC_AVX512 inline void wino_at(const __m512 m[6], __m512 o[4]) {
+  const __m512 c2 = _mm512_set1_ps(2.f), c4 = _mm512_set1_ps(4.f), c8 = _mm512_set1_ps(8.f);
+  const __m512 s12 = _mm512_add_ps(m[1], m[2]), d12 = _mm512_sub_ps(m[1], m[2]);
+  const __m512 s34 = _mm512_add_ps(m[3], m[4]), d34 = _mm512_sub_ps(m[3], m[4]);
+  o[0] = _mm512_add_ps(_mm512_add_ps(m[0], s12), s34);
+  o[1] = _mm512_fmadd_ps(c2, d34, d12);
+  o[2] = _mm512_fmadd_ps(c4, s34, s12);
+  o[3] = _mm512_add_ps(_mm512_fmadd_ps(c8, d34, d12), m[5]);
+}
+
+// The 6 x 6 window at (y0, x0) of image n (N x H x W x C), channels c0..c0+15, zero outside the
+// image, to v[p * stride] for the 36 positions p.
+GRC_AVX512 void wino_in_tile(const float* src, int64_t h, int64_t w, int64_t c, int64_t n,
+                             int64_t y0, int64_t x0, int64_t c0, float* v, int64_t stride) {
+  alignas(64) float tmp[36 * 16];
+  for (int j = 0; j < 6; ++j) {
+    __m512 d[6], o[6];
+    const int64_t x = x0 + j;
+    for (int i = 0; i < 6; ++i) {
+      const int64_t y = y0 + i;
+      d[i] = (y < 0 || y >= h || x < 0 || x >= w)
+                 ? _mm512_setzero_ps()
+                 : _mm512_loadu_ps(src + ((n * h + y) * w + x) * c + c0);
+    }
+    wino_bt(d, o);
+    for (int i = 0; i < 6; ++i) _mm512_store_ps(tmp + (i * 6 + j) * 16, o[i]);
+  }
+  for (int i = 0; i < 6; ++i) {
+    __m512 d[6], o[6];
+    for (int j = 0; j < 6; ++j) d[j] = _mm512_load_ps(tmp + (i * 6 + j) * 16);
+    wino_bt(d, o);
+    for (int j = 0; j < 6; ++j) _mm512_storeu_ps(v + (i * 6 + j) * stride, o[j]);
+  }
+}
+
+// The 36 products m[p * stride] of one tile back to its 4 x 4 outputs at (y0, x0) (clipped to
+// the image), plus the bias, plus the output's prior contents (sum), then ReLU.
+GRC_AVX512 void wino_out_tile(const float* m, int64_t stride, float* dst, int64_t h, int64_t w,
+                              int64_t k, int64_t n, int64_t y0, int64_t x0, int64_t c0,
+                              const float* bias, bool sum, bool relu) {
+  alignas(64) float tmp[24 * 16];
+  for (int j = 0; j < 6; ++j) {
+    __m512 v[6], o[4];
+    for (int i = 0; i < 6; ++i) v[i] = _mm512_loadu_ps(m + (i * 6 + j) * stride);
+    wino_at(v, o);
+    for (int i = 0; i < 4; ++i) _mm512_store_ps(tmp + (i * 6 + j) * 16, o[i]);
+  }
+  const __m512 b = bias != nullptr ? _mm512_loadu_ps(bias + c0) : _mm512_setzero_ps();
+  const __m512 zero = _mm512_setzero_ps();
+  for (int i = 0; i < 4 && y0 + i < h; ++i) {
+    __m512 v[6], o[4];
+    for (int j = 0; j < 6; ++j) v[j] = _mm512_load_ps(tmp + (i * 6 + j) * 16);
+    wino_at(v, o);
+    for (int j = 0; j < 4 && x0 + j < w; ++j) {
+      float* q = dst + ((n * h + y0 + i) * w + x0 + j) * k + c0;
+      __m512 r = _mm512_add_ps(o[j], b);
+      if (sum) r = _mm512_add_ps(r, _mm512_loadu_ps(q));
+      if (relu) r = _mm512_max_ps(r, zero);
+      _mm512_storeu_ps(q, r);
+    }
+  }
+}
+
+// At most this many tiles per block: the block's transformed inputs and products stay in a
+// core's cache.
+constexpr int64_t kWinoTiles = 32;
+
+// Weights (K, C/G, 3, 3) to u[36][G][C/G][K/G] = G g G^T, in double precision.
+void wino_weights(const float* weight, float* u, int64_t k, int64_t c, int64_t groups) {
+  static const double g[6][3] = {{1 / 4., 0, 0},         {-1 / 6., -1 / 6., -1 / 6.},
+                                 {-1 / 6., 1 / 6., -1 / 6.}, {1 / 24., 1 / 12., 1 / 6.},
+                                 {1 / 24., -1 / 12., 1 / 6.}, {0, 0, 1}};
+  const int64_t cg = c / groups, kg = k / groups;
+  for (int64_t o = 0; o < k; ++o) {
+    for (int64_t i = 0; i < cg; ++i) {
+      const float* f = weight + (o * cg + i) * 9;
+      double t[6][3];
+      for (int a = 0; a < 6; ++a)
+        for (int b = 0; b < 3; ++b) t[a][b] = g[a][0] * f[b] + g[a][1] * f[3 + b] + g[a][2] * f[6 + b];
+      for (int a = 0; a < 6; ++a)
+        for (int b = 0; b < 6; ++b)
+          u[(((a * 6 + b) * groups + o / kg) * cg + i) * kg + o % kg] =
+              static_cast<float>(t[a][0] * g[b][0] + t[a][1] * g[b][1] + t[a][2] * g[b][2]);
+    }
+  }
+}
 
 }  // namespace
 
@@ -40,6 +162,8 @@ struct grc_conv_spec {
   int32_t relu;      // 1: ReLU after the bias (and after the sum)
   int32_t sum;       // 1: add the output buffer's prior contents before the ReLU
   int32_t has_bias;
+  int32_t winograd;  // 1: Winograd F(4 x 4, 3 x 3) where it applies (see the top of this file)
+  int32_t reserved;
 };
 
 struct grc_conv {
@@ -47,13 +171,131 @@ struct grc_conv {
   dnnl::memory::desc src_md, dst_md;
   dnnl::memory weights, bias;
   std::string impl;
+  // Winograd: the batched matmul of one block (36 x G products of tiles x C/G by C/G x K/G)
+  // and its reordered transformed weights; tiles per block.
+  bool winograd = false;
+  int64_t block_tiles = 0;
+  grc_conv_spec spec;
+  dnnl::matmul matmul;
+  dnnl::memory::desc scratch_md;
+  std::vector<float> bias_values;
 };
+
+}  // extern "C"
+
+namespace {
+
+bool winograd_applies(const grc_conv_spec* s) {
+  static const bool avx512 = __builtin_cpu_supports("avx512f");
+  const int64_t cg = s->ic / s->groups, kg = s->oc / s->groups;
+  return s->winograd && avx512 && s->src_nhwc && s->kh == 3 && s->kw == 3 && s->sh == 1 &&
+         s->sw == 1 && s->pt == 1 && s->pl == 1 && s->pb == 1 && s->pr == 1 && s->dh == 0 &&
+         s->dw == 0 && cg % 16 == 0 && kg % 16 == 0 && s->oh == s->ih && s->ow == s->iw;
+}
+
+grc_conv* winograd_create(const grc_conv_spec* s, const float* weight, const float* bias) {
+  auto& eng = cpu_engine();
+  dnnl::stream stream(eng);
+  const int64_t cg = s->ic / s->groups, kg = s->oc / s->groups, batch = 36 * s->groups;
+  // Blocks of at most kWinoTiles tiles, as many as a multiple of the threads, all but the last
+  // of one size.
+  const int64_t tiles = s->n * ((s->oh + 3) / 4) * ((s->ow + 3) / 4);
+  const int64_t threads = std::max(1, omp_get_max_threads());
+  int64_t blocks = (tiles + kWinoTiles - 1) / kWinoTiles;
+  blocks = std::min(tiles, (blocks + threads - 1) / threads * threads);
+  const int64_t tb = (tiles + blocks - 1) / blocks;
+  std::vector<float> u(36 * s->oc * cg);
+  wino_weights(weight, u.data(), s->oc, s->ic, s->groups);
+  dnnl::primitive_attr attr;
+  attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);  // one per thread, see grc_conv_run
+  dnnl::matmul::primitive_desc pd(eng, {{batch, tb, cg}, dt::f32, tag::abc},
+                                  {{batch, cg, kg}, dt::f32, tag::any},
+                                  {{batch, tb, kg}, dt::f32, tag::abc}, attr);
+  auto* c = new grc_conv;
+  c->winograd = true;
+  c->block_tiles = tb;
+  c->spec = *s;
+  c->matmul = dnnl::matmul(pd);
+  c->scratch_md = pd.scratchpad_desc();
+  c->impl = std::string("winograd_f4x4_3x3+") + pd.impl_info_str();
+  dnnl::memory user_u({{batch, cg, kg}, dt::f32, tag::abc}, eng, u.data());
+  c->weights = dnnl::memory(pd.weights_desc(), eng);
+  dnnl::reorder(user_u, c->weights).execute(stream, user_u, c->weights);
+  stream.wait();
+  if (s->has_bias) c->bias_values.assign(bias, bias + s->oc);
+  return c;
+}
+
+GRC_AVX512 void winograd_run(grc_conv* c, const float* src, float* dst) {
+  const grc_conv_spec& s = c->spec;
+  const int64_t cg = s.ic / s.groups, kg = s.oc / s.groups, g = s.groups;
+  const int64_t th = (s.oh + 3) / 4, tw = (s.ow + 3) / 4, tiles = s.n * th * tw;
+  const int64_t tb = c->block_tiles, blocks = (tiles + tb - 1) / tb;
+  const int64_t vsize = 36 * g * tb * cg, msize = 36 * g * tb * kg;
+  const size_t scratch = c->scratch_md.get_size();
+  const float* bias = c->bias_values.empty() ? nullptr : c->bias_values.data();
+  const bool sum = s.sum != 0, relu = s.relu != 0;
+  auto& eng = cpu_engine();
+#pragma omp parallel
+  {
+    // Each thread's block buffers, kept for the thread's life and grown to the largest use.
+    thread_local std::vector<float> buffer;
+    const size_t need = vsize + msize + scratch / sizeof(float) + 32;
+    if (buffer.size() < need) buffer.resize(need);
+    float* base = reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(buffer.data()) + 63) &
+                                           ~uintptr_t{63});
+    float* v = base;
+    float* m = v + vsize;
+    dnnl::stream stream(eng);
+    dnnl::memory vm({{36 * g, tb, cg}, dt::f32, tag::abc}, eng, v);
+    dnnl::memory mm({{36 * g, tb, kg}, dt::f32, tag::abc}, eng, m);
+    dnnl::memory sm(c->scratch_md, eng, m + msize);
+    const std::unordered_map<int, dnnl::memory> args{{DNNL_ARG_SRC, vm},
+                                                     {DNNL_ARG_WEIGHTS, c->weights},
+                                                     {DNNL_ARG_DST, mm},
+                                                     {DNNL_ARG_SCRATCHPAD, sm}};
+    // v and m hold [36][G][tiles of the block][channels of the group].
+    const int64_t vstride = g * tb * cg, mstride = g * tb * kg;
+#pragma omp for schedule(static)
+    for (int64_t blk = 0; blk < blocks; ++blk) {
+      for (int64_t b = 0; b < tb; ++b) {
+        const int64_t t = blk * tb + b;
+        const int64_t n = t / (th * tw), ty = t % (th * tw) / tw, tx = t % tw;
+        for (int64_t c0 = 0; c0 < s.ic; c0 += 16) {
+          float* q = v + (c0 / cg * tb + b) * cg + c0 % cg;
+          if (t >= tiles) {  // past the last tile: zeros
+            for (int p = 0; p < 36; ++p) _mm512_storeu_ps(q + p * vstride, _mm512_setzero_ps());
+          } else {
+            wino_in_tile(src, s.ih, s.iw, s.ic, n, ty * 4 - 1, tx * 4 - 1, c0, q, vstride);
+          }
+        }
+      }
+      // Inside a parallel region oneDNN runs the matmul on the calling thread alone.
+      c->matmul.execute(stream, args);
+      for (int64_t b = 0; b < tb && blk * tb + b < tiles; ++b) {
+        const int64_t t = blk * tb + b;
+        const int64_t n = t / (th * tw), ty = t % (th * tw) / tw, tx = t % tw;
+        for (int64_t c0 = 0; c0 < s.oc; c0 += 16) {
+          wino_out_tile(m + (c0 / kg * tb + b) * kg + c0 % kg, mstride, dst, s.oh, s.ow,
+                        s.oc, n, ty * 4, tx * 4, c0, bias, sum, relu);
+        }
+      }
+    }
+    stream.wait();
+  }
+  winograd_runs.fetch_add(1, std::memory_order_relaxed);
+}
+
+}  // namespace
+
+extern "C" {
 
 // Makes the primitive and reorders weight (and bias) into it. Null with a message in err when
 // oneDNN has no kernel for it.
 grc_conv* grc_conv_create(const grc_conv_spec* s, const float* weight, const float* bias,
                           char* err, int err_len) {
   try {
+    if (winograd_applies(s)) return winograd_create(s, weight, bias);
     auto& eng = cpu_engine();
     dnnl::stream stream(eng);
     const dnnl::memory::dims src{s->n, s->ic, s->ih, s->iw}, dst{s->n, s->oc, s->oh, s->ow};
@@ -105,6 +347,10 @@ grc_conv* grc_conv_create(const grc_conv_spec* s, const float* weight, const flo
 // dst = conv(src) (+ dst before the call, when made with sum).
 int grc_conv_run(grc_conv* c, const float* src, float* dst) {
   try {
+    if (c->winograd) {
+      winograd_run(c, src, dst);
+      return 0;
+    }
     auto& eng = cpu_engine();
     dnnl::stream stream(eng);
     dnnl::memory s(c->src_md, eng, const_cast<float*>(src)), d(c->dst_md, eng, dst);
@@ -122,6 +368,9 @@ int grc_conv_run(grc_conv* c, const float* src, float* dst) {
 const char* grc_conv_impl(const grc_conv* c) { return c->impl.c_str(); }
 
 void grc_conv_free(grc_conv* c) { delete c; }
+
+// How many convolutions ran as Winograd in this process.
+int64_t grc_winograd_runs() { return winograd_runs.load(std::memory_order_relaxed); }
 
 // Copies an N x C x H x W float32 tensor into N x H x W x C (or back, with to_nhwc = 0).
 int grc_reorder(const float* src, float* dst, int64_t n, int64_t c, int64_t h, int64_t w,

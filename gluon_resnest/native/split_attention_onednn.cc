@@ -289,7 +289,7 @@ namespace {
 
 struct ConvSpec {  // mirrors grc_conv_spec in conv_dnnl3.cc
   int64_t n, ic, ih, iw, oc, oh, ow, kh, kw, sh, sw, pt, pl, pb, pr, dh, dw, groups;
-  int32_t src_nhwc, relu, sum, has_bias;
+  int32_t src_nhwc, relu, sum, has_bias, winograd, reserved;
 };
 
 struct ConvLib {
@@ -337,7 +337,7 @@ int64_t int_attr(const nnvm::NodeAttrs& attrs, const char* key, int64_t fallback
 struct ConvAttrs {
   std::vector<int64_t> kernel, stride, pad, dilate;
   int64_t num_filter, groups;
-  bool relu, sum;
+  bool relu, sum, winograd;
 };
 
 ConvAttrs conv_attrs(const nnvm::NodeAttrs& attrs) {
@@ -352,6 +352,7 @@ ConvAttrs conv_attrs(const nnvm::NodeAttrs& attrs) {
   a.groups = int_attr(attrs, "num_group", 1);
   a.relu = int_attr(attrs, "relu", 0) != 0;
   a.sum = int_attr(attrs, "sum", 0) != 0;
+  a.winograd = int_attr(attrs, "winograd", 0) != 0;
   return a;
 }
 
@@ -492,7 +493,7 @@ void conv_forward(const nnvm::NodeAttrs& attrs, const mxnet::OpContext& ctx,
   spec.pb = (spec.oh - 1) * spec.sh + a.dilate[0] * (spec.kh - 1) + 1 - spec.ih - spec.pt;
   spec.pr = (spec.ow - 1) * spec.sw + a.dilate[1] * (spec.kw - 1) + 1 - spec.iw - spec.pl;
   spec.dh = a.dilate[0] - 1, spec.dw = a.dilate[1] - 1, spec.groups = a.groups;
-  spec.relu = a.relu, spec.sum = a.sum, spec.has_bias = 1;
+  spec.relu = a.relu, spec.sum = a.sum, spec.has_bias = 1, spec.winograd = a.winograd;
   // The input: N x H x W x C in place, any other layout reordered to it (oneDNN's fast
   // kernels read only that layout).
   NDArray x_plain;
@@ -801,7 +802,10 @@ NNVM_REGISTER_OP(gluon_resnest_conv)
     .add_argument("num_filter", "int", "output channels")
     .add_argument("num_group", "int", "groups")
     .add_argument("relu", "int", "1: ReLU at the end")
-    .add_argument("sum", "int", "1: add the residual (fourth input) before the ReLU");
+    .add_argument("sum", "int", "1: add the residual (fourth input) before the ReLU")
+    .add_argument("winograd", "int",
+                  "1: Winograd F(4x4, 3x3) for a 3x3 convolution of stride 1 and padding 1 "
+                  "(with AVX-512 and channels per group divisible by 16; direct otherwise)");
 
 NNVM_REGISTER_OP(gluon_resnest_sa_gap_nhwc)
     .describe("Float32 Split-Attention pooled input (inference): the mean over the feature map "

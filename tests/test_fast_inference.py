@@ -44,10 +44,15 @@ def _has_avx512():
 AVX512 = _has_avx512()
 
 
-def _winograd_convs(block):
-    """Convolutions of ``block``'s graph that run as Winograd on an AVX-512 CPU: marked for it
-    (3 x 3, stride 1, padding 1) with channels per group divisible by 16."""
-    graph = json.loads(block(mx.sym.var('data')).tojson())
+def _winograd_convs(block, data_shape):
+    """Convolutions of ``block``'s graph that run as Winograd on an AVX-512 CPU for an input of
+    ``data_shape``: marked for it (3 x 3, stride 1, padding 1), channels per group divisible by
+    16, and at least 16 output tiles of 4 x 4."""
+    symbol = block(mx.sym.var('data'))
+    graph = json.loads(symbol.tojson())
+    internals = symbol.get_internals()
+    _, shapes, _ = internals.infer_shape(data=data_shape)
+    shape_of = dict(zip(internals.list_outputs(), shapes))
     params = block.collect_params()
     found = 0
     for node in graph['nodes']:
@@ -56,7 +61,9 @@ def _winograd_convs(block):
             continue
         weight = params[graph['nodes'][node['inputs'][1][0]]['name']].data().shape
         groups = int(attrs.get('num_group', '1'))
-        found += weight[1] % 16 == 0 and weight[0] // groups % 16 == 0
+        n, _, h, w = shape_of[node['name'] + '_output']
+        tiles = n * -(-h // 4) * -(-w // 4)
+        found += weight[1] % 16 == 0 and weight[0] // groups % 16 == 0 and tiles >= 16
     return found
 
 
@@ -96,7 +103,7 @@ def test_matches_mxnet_inference(name, radix):
         assert calls['conv_nhwc'] == 2 * (ops.count('gluon_resnest_conv') - 1)
     # The 3 x 3 convolutions of stride 1 with channels per group divisible by 16 ran as Winograd
     # (the stem's second and third, and the Split-Attention's where its groups are wide enough).
-    winograd = _winograd_convs(fast)
+    winograd = _winograd_convs(fast, x.shape)
     assert winograd >= (2 if name != 'resnest50_fast_4s2x40d' else 1)
     assert calls['conv_winograd'] == (2 * winograd if AVX512 else 0)
     # The network itself is unchanged.
@@ -112,7 +119,7 @@ def test_direct_convolutions_without_winograd():
     direct = fast_inference(net, x, winograd=False)
     got = direct(x).asnumpy()
     assert native.onednn_calls()['conv_winograd'] == before
-    assert _winograd_convs(direct) == 0
+    assert _winograd_convs(direct, x.shape) == 0
     assert_close_to_largest(got, want, 1e-4)
     winograd = fast_inference(net, x)
     assert_close_to_largest(winograd(x).asnumpy(), want, 1e-4)
@@ -164,12 +171,12 @@ def test_operator_matches_mxnet_convolution(kernel, stride, pad, dilate, groups,
 
 
 # Winograd F(4 x 4, 3 x 3): map sizes that are not multiples of the 4 x 4 tile, a last block
-# of tiles that is not full (3 x 6 x 5 = 90 tiles in blocks of 23), blocks of 2 tiles (one
-# 7 x 7 map), groups, the fused sum.
+# of tiles that is not full (3 x 6 x 5 = 90 tiles in blocks of 23), 7 x 7 maps (16 tiles in
+# blocks of 8), groups, the fused sum.
 @pytest.mark.parametrize('shape,filters,groups,relu,with_sum', [
     ((2, 32, 13, 11), 64, 2, True, False),
     ((3, 48, 21, 17), 32, 1, False, True),
-    ((1, 64, 7, 7), 128, 4, True, True),
+    ((4, 64, 7, 7), 128, 4, True, True),
 ])
 def test_operator_winograd_matches_mxnet_convolution(shape, filters, groups, relu, with_sum):
     before = native.onednn_calls()['conv_winograd']
@@ -178,11 +185,12 @@ def test_operator_winograd_matches_mxnet_convolution(shape, filters, groups, rel
 
 
 def test_operator_winograd_falls_back_to_direct():
-    """Marked for Winograd but 8 channels per group (the transforms take 16 at a time), or a
-    stride of 2: direct, and still right."""
+    """Marked for Winograd but 8 channels per group (the transforms take 16 at a time), a
+    stride of 2, or fewer than 16 output tiles (one 7 x 7 map has 4): direct, and still right."""
     before = native.onednn_calls()['conv_winograd']
     _check_operator((2, 8, 13, 11), 16, 3, 1, 1, 1, 1, True, False, winograd=True)
     _check_operator((2, 32, 13, 11), 32, 3, 2, 1, 1, 1, True, False, winograd=True)
+    _check_operator((1, 64, 7, 7), 128, 3, 1, 1, 1, 4, True, True, winograd=True)
     assert native.onednn_calls()['conv_winograd'] == before
 
 
@@ -262,20 +270,25 @@ def test_export_tool_fast_graph_predicts_like_the_plain_export(tmp_path):
     Image.fromarray(np.random.RandomState(3).randint(0, 256, (80, 100, 3), np.uint8)).save(
         image, quality=95)
     answers = []
-    for flags in ([], ['--fast']):
-        prefix = tmp_path / ('fast' if flags else 'plain') / 'net'
+    for flags in ([], ['--fast'], ['--fast', '--no-winograd']):
+        prefix = tmp_path / '_'.join(['plain'] + flags) / 'net'
         done = run_tool('export', '--model', 'resnest14', '--params', tmp_path / 'net.params',
                         '--input-size', '64', '--preprocess', '--prefix', prefix, *flags)
         assert done.returncode == 0, done.stderr
         text = (prefix.parent / 'net-symbol.json').read_text()
         assert ('"gluon_resnest_conv"' in text) is bool(flags)
+        assert ('"winograd": "1"' in text) is (flags == ['--fast'])
         done = run_tool('predict', '--prefix', prefix, '--json', image)
         assert done.returncode == 0, done.stderr
         answers.append(json.loads(done.stdout))
-    plain, fast = answers
-    assert [r['index'] for r in fast[str(image)]] == [r['index'] for r in plain[str(image)]]
-    np.testing.assert_allclose([r['probability'] for r in fast[str(image)]],
-                               [r['probability'] for r in plain[str(image)]], atol=1e-5)
+    plain = answers[0]
+    for fast in answers[1:]:
+        assert [r['index'] for r in fast[str(image)]] == [r['index'] for r in plain[str(image)]]
+        np.testing.assert_allclose([r['probability'] for r in fast[str(image)]],
+                                   [r['probability'] for r in plain[str(image)]], atol=1e-5)
+    done = run_tool('export', '--model', 'resnest14', '--prefix', tmp_path / 'x' / 'net',
+                    '--no-winograd')
+    assert done.returncode == 2 and 'applies to the --fast graph only' in done.stderr
 
 
 @pytest.mark.slow

@@ -17,7 +17,7 @@
 // transformed weights (G g G^T, made once) in one batched oneDNN matmul, and transforms the
 // products back (A^T m A) with the bias, the residual sum and the ReLU. The transforms use
 // AVX-512 on 16 channels at a time, so the path needs AVX-512 and channels per group that are
-// multiples of 16; the other convolutions run direct.
+// multiples of 16, and enough tiles (kWinoMinTiles); the other convolutions run direct.
 #include <immintrin.h>
 #include <omp.h>
 #include <oneapi/dnnl/dnnl.hpp>
@@ -130,6 +130,10 @@ GRC_AVX512 void wino_out_tile(const float* m, int64_t stride, float* dst, int64_
 // At most this many tiles per block: the block's transformed inputs and products stay in a
 // core's cache.
 constexpr int64_t kWinoTiles = 32;
+// Fewer output tiles than this run direct: each block reads all transformed weights (four
+// times the direct ones), which then outweighs the saved multiplications (a 7 x 7 map at
+// batch 1 has 4 tiles).
+constexpr int64_t kWinoMinTiles = 16;
 
 // Weights (K, C/G, 3, 3) to u[36][G][C/G][K/G] = G g G^T, in double precision.
 void wino_weights(const float* weight, float* u, int64_t k, int64_t c, int64_t groups) {
@@ -188,7 +192,8 @@ namespace {
 bool winograd_applies(const grc_conv_spec* s) {
   static const bool avx512 = __builtin_cpu_supports("avx512f");
   const int64_t cg = s->ic / s->groups, kg = s->oc / s->groups;
-  return s->winograd && avx512 && s->src_nhwc && s->kh == 3 && s->kw == 3 && s->sh == 1 &&
+  const int64_t tiles = s->n * ((s->oh + 3) / 4) * ((s->ow + 3) / 4);
+  return s->winograd && avx512 && tiles >= kWinoMinTiles && s->src_nhwc && s->kh == 3 && s->kw == 3 && s->sh == 1 &&
          s->sw == 1 && s->pt == 1 && s->pl == 1 && s->pb == 1 && s->pr == 1 && s->dh == 0 &&
          s->dw == 0 && cg % 16 == 0 && kg % 16 == 0 && s->oh == s->ih && s->ow == s->iw;
 }

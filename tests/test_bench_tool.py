@@ -8,6 +8,8 @@ import sys
 
 import pytest
 
+from gluon_resnest import native
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOOL = os.path.join(REPO, 'tools', 'benchmark.py')
 
@@ -70,6 +72,12 @@ def test_benchmark_onnxruntime_runs_our_onnx_export():
     assert peer['params'] == ours['params'] > 0
     assert 'ORT_ENABLE_ALL' in peer['setting'] and '1 intra-op threads' in peer['setting']
     assert 'oneDNN' in ours['setting']
+    # fast_inference's graph: its stem convolutions (16 x 16 maps, 32 tiles) run as Winograd
+    # on AVX-512 CPUs, and the setting says so.
+    with open('/proc/cpuinfo', encoding='utf-8') as info:
+        avx512 = ' avx512f ' in info.read()
+    if native.fast_inference_available():
+        assert ('Winograd' in ours['setting']) is avx512, ours['setting']
     assert len(peer['batch_seconds']) == 2 and peer['latency_ms'] > 0
     assert set(report['ratios']) == {'onnxruntime'}
 

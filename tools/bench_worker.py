@@ -146,9 +146,12 @@ def _mxnet_runner(args: argparse.Namespace) -> _Runner:
         from gluon_resnest import native
         from gluon_resnest.deploy.inference import optimize_for_inference
         fast = native.fast_inference_available()
+        winograd = False
         if fast:
             from gluon_resnest.deploy.fast_inference import fast_inference
+            before = native.onednn_calls()['conv_winograd']
             net = fast_inference(net, state['x'])
+            winograd = native.onednn_calls()['conv_winograd'] > before
         else:
             optimize_for_inference(net, data=state['x'])
         with tempfile.TemporaryDirectory() as tmp:
@@ -157,9 +160,10 @@ def _mxnet_runner(args: argparse.Namespace) -> _Runner:
             model = gluon.SymbolBlock.imports(f'{prefix}-symbol.json', ['data'],
                                               f'{prefix}-0000.params', ctx=mx.cpu())
         model.hybridize(static_alloc=True, static_shape=True)
-        runner.setting = ('exported, ' + ('oneDNN 3 convolutions, native Split-Attention '
-                                          '(NHWC)' if fast else 'oneDNN fusion') +
-                          ', static memory plan')
+        runner.setting = ('exported, ' + ('oneDNN 3 convolutions' +
+                                          (' (3x3 as Winograd F(4x4,3x3))' if winograd else '') +
+                                          ', native Split-Attention (NHWC)' if fast
+                                          else 'oneDNN fusion') + ', static memory plan')
         del net
 
     def infer() -> Any:

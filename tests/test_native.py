@@ -361,6 +361,127 @@ def test_training_step_uses_the_native_operators():
     assert 'broadcast_mul' not in ops
 
 
+def _train_step(net, x, y):
+    """One SGD step's loss, input gradient and parameter gradients (after ``mx.nd.waitall``)."""
+    from mxnet import autograd, gluon
+
+    x = x.copy()
+    x.attach_grad()
+    with autograd.record():
+        loss = gluon.loss.SoftmaxCrossEntropyLoss()(net(x), y)
+    loss.backward()
+    mx.nd.waitall()
+    return [loss.asnumpy(), x.grad.asnumpy()] + [
+        p.grad().asnumpy() for p in net.collect_params().values() if p.grad_req != 'null']
+
+
+def _assert_same_gradients(got, want):
+    """Loss and input gradient to their own scale, parameter gradients to the largest one (a
+    bias before a BatchNorm has a zero gradient up to rounding)."""
+    assert len(got) == len(want)
+    for g, w in zip(got[:2], want[:2]):
+        assert np.abs(g - w).max() <= 1e-4 * np.abs(w).max()
+    scale = max(np.abs(w).max() for w in want[2:])
+    for g, w in zip(got[2:], want[2:]):
+        assert g.shape == w.shape
+        assert np.abs(g - w).max() <= 1e-4 * scale
+
+
+def _training_net(native_ops):
+    mx.random.seed(0)
+    net = get_model('resnest14', classes=10, native=native_ops)
+    net.initialize(mx.init.Xavier())
+    net.hybridize(static_alloc=True, static_shape=True)
+    return net
+
+
+def test_training_operators_read_onednn_blocked_layout(monkeypatch):
+    """In a hybridized training step the four Split-Attention operators (sum and pooled input,
+    forward and backward) read MXNet's oneDNN nChw16c feature maps in place, and their results
+    are those of the operator-library path (every input reordered to N x C x H x W)."""
+    rng = np.random.RandomState(3)
+    x = mx.nd.array(rng.uniform(-1, 1, (4, 3, SIZE, SIZE)))
+    y = mx.nd.array(rng.randint(0, 10, 4))
+    results = {}
+    for layout in ('nchw16c', 'nchw'):
+        if layout == 'nchw':
+            monkeypatch.setenv('GLUON_RESNEST_NATIVE_LAYOUT', 'nchw')
+        net = _training_net(True)
+        _train_step(net, x, y)  # builds the graph and the oneDNN layouts
+        before = native.onednn_calls()
+        results[layout] = _train_step(net, x, y)
+        after = native.onednn_calls()
+        runs = {k: after[k] - before[k] for k in ('train_nchw16c', 'train_library')}
+        # resnest14: four Split-Attention blocks, four operators each (three of them pool)
+        if layout == 'nchw16c':
+            assert runs == {'train_nchw16c': 16, 'train_library': 0}
+        else:
+            assert runs == {'train_nchw16c': 0, 'train_library': 16}
+    _assert_same_gradients(results['nchw16c'], results['nchw'])
+
+
+def test_training_network_fuses_batchnorm_and_relu():
+    """``native=True`` (the CPU training network) runs each BatchNorm directly followed by a
+    ReLU as MXNet's fused oneDNN operator, with the loss and gradients of the same network with
+    separate operators; the default network keeps them separate."""
+    from gluon_resnest.layers import fuse_norm_relu
+
+    rng = np.random.RandomState(4)
+    x = mx.nd.array(rng.uniform(-1, 1, (4, 3, SIZE, SIZE)))
+    y = mx.nd.array(rng.randint(0, 10, 4))
+    ops = {}
+    results = {}
+    for name in ('fused', 'separate', 'default'):
+        mx.random.seed(0)
+        net = get_model('resnest14', classes=10, native=name != 'default')
+        if name == 'separate':
+            assert fuse_norm_relu(net, False) == 15
+            assert fuse_norm_relu(net, False) == 0
+        net.initialize(mx.init.Xavier())
+        net.hybridize(static_alloc=True, static_shape=True)
+        ops[name] = [n['op'] for n in json.loads(net(mx.sym.var('data')).tojson())['nodes']]
+        if name != 'default':
+            results[name] = _train_step(net, x, y)
+    # resnest14: the stem's three pairs, and three in each of the 4 blocks (conv1's and the
+    # Split-Attention's two) are fused; the block outputs (after the residual sum) keep theirs.
+    assert ops['fused'].count('_contrib_BatchNormWithReLU') == 15
+    assert ops['fused'].count('Activation') == 4
+    for name in ('separate', 'default'):
+        assert ops[name].count('_contrib_BatchNormWithReLU') == 0
+        assert ops[name].count('Activation') == 19
+        assert ops[name].count('BatchNorm') == ops['fused'].count('BatchNorm') + 15
+    _assert_same_gradients(results['fused'], results['separate'])
+
+
+def test_training_network_exports_separate_operators(tmp_path):
+    """An export (and the fast inference graph) of a ``native=True`` network holds MXNet's
+    BatchNorm and ReLU, and gives the default network's outputs; the network itself keeps
+    training with the fused operator."""
+    from gluon_resnest.deploy import fast_inference
+    from gluon_resnest.layers import unfused_norm_relu
+
+    net = _training_net(True)
+    plain = _training_net(False)
+    randomize_norm_stats(net, seed=5)
+    for name, param in plain.collect_params().items():
+        param.set_data(net.collect_params()[name].data())
+    x = mx.nd.array(np.random.RandomState(6).uniform(-1, 1, (2, 3, SIZE, SIZE)))
+    want = plain(x).asnumpy()
+    symbol_file, _ = export_network(net, str(tmp_path / 'm'), input_size=SIZE)
+    with open(symbol_file, encoding='utf-8') as handle:
+        exported = handle.read()
+    assert '_contrib_BatchNormWithReLU' not in exported and '"Activation"' in exported
+    got = load_exported(str(tmp_path / 'm'))[0](x).asnumpy()
+    assert np.abs(got - want).max() <= 1e-4 * np.abs(want).max()
+    fast = fast_inference(net, x)
+    assert np.abs(fast(x).asnumpy() - want).max() <= 1e-4 * np.abs(want).max()
+    traced = json.loads(net(mx.sym.var('data')).tojson())['nodes']
+    assert sum(n['op'] == '_contrib_BatchNormWithReLU' for n in traced) == 15
+    with unfused_norm_relu(net):
+        traced = json.loads(net(mx.sym.var('data')).tojson())['nodes']
+        assert not any(n['op'] == '_contrib_BatchNormWithReLU' for n in traced)
+
+
 def _walk(block):
     yield block
     for child in block._children.values():

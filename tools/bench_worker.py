@@ -77,8 +77,8 @@ def _mxnet_runner(args: argparse.Namespace) -> _Runner:
         net = get_model(args.model, classes=args.classes)
     else:
         from gluon_resnest import get_model, native
-        # Training as recipes/train.py does on CPU: the native Split-Attention operator
-        # when it loads.
+        # Training as recipes/train.py does on CPU: the native Split-Attention operators and
+        # fused BatchNorm+ReLU (get_model(native=True)) when the operator library loads.
         fast = args.mode == 'train' and native.load()
         net = get_model(args.model, classes=args.classes, native=fast)
     net.initialize(mx.init.Xavier(), ctx=mx.cpu())
@@ -110,7 +110,8 @@ def _mxnet_runner(args: argparse.Namespace) -> _Runner:
         runner.set_batch = make_input
         if args.framework != 'gluoncv':
             runner.setting = ('hybridized, static memory plan' +
-                              (', native Split-Attention sum' if fast else ''))
+                              (', native Split-Attention operators, BatchNorm+ReLU fused'
+                               if fast else ''))
         return runner
 
     if args.framework == 'gluoncv':

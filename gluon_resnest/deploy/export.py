@@ -15,7 +15,7 @@ from mxnet.gluon import nn
 
 from .. import native
 from ..errors import InputError, mxnet_reason
-from ..layers import DropBlock, set_drop_prob
+from ..layers import DropBlock, set_drop_prob, unfused_norm_relu
 from ..models.info import model_info
 from ..params import first_context, load_param_file
 from .graph import strip_amp_casts
@@ -89,21 +89,24 @@ def export_network(net: nn.HybridBlock, prefix: str, input_size: int = 224, epoc
     block = _Preprocessed(net, mean, std) if preprocess else net
     if preprocess:
         block.normalize.initialize(ctx=first_context(net))
-    block.hybridize()
     data = mx.nd.zeros((1, in_channels, input_size, input_size), ctx=first_context(net))
-    try:
-        out = block(data)
-    except RuntimeError as err:
-        if 'initialize' in str(err) or 'has not been initialized' in str(err):
-            raise ValueError('export_network needs an initialised network: call '
-                             'net.initialize() or load parameters first') from None
-        raise
-    if fast:
-        from .fast_inference import fast_inference
-        block = fast_inference(block, data, winograd=winograd)
-    folder = os.path.dirname(os.path.abspath(prefix))
-    os.makedirs(folder, exist_ok=True)
-    block.export(prefix, epoch=epoch)
+    # A network built for CPU training (native=True) runs BatchNorm and ReLU as one oneDNN
+    # operator; the export holds MXNet's separate operators, which every build and ONNX know.
+    with unfused_norm_relu(net):
+        block.hybridize()
+        try:
+            out = block(data)
+        except RuntimeError as err:
+            if 'initialize' in str(err) or 'has not been initialized' in str(err):
+                raise ValueError('export_network needs an initialised network: call '
+                                 'net.initialize() or load parameters first') from None
+            raise
+        if fast:
+            from .fast_inference import fast_inference
+            block = fast_inference(block, data, winograd=winograd)
+        folder = os.path.dirname(os.path.abspath(prefix))
+        os.makedirs(folder, exist_ok=True)
+        block.export(prefix, epoch=epoch)
     symbol_file, params_file, _ = export_paths(prefix, epoch)
     symbol = mx.sym.load(symbol_file)
     if any(op in symbol.tojson() for op in ('"amp_cast"', '"amp_multicast"')):

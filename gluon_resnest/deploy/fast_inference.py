@@ -32,6 +32,7 @@ import numpy as np
 from mxnet.gluon import nn
 
 from .. import native
+from ..layers import unfused_norm_relu
 from .graph import Graph
 from .inference import fold_batchnorm
 
@@ -61,7 +62,8 @@ def _symbol_with_native_split_attention(net: nn.HybridBlock) -> mx.sym.Symbol:
     try:
         for block in blocks:
             block.set_native(True)
-        out = net(mx.sym.var('data'))
+        with unfused_norm_relu(net):
+            out = net(mx.sym.var('data'))
     finally:
         for block, was_native in zip(blocks, before):
             block.set_native(was_native)

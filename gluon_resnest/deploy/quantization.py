@@ -23,6 +23,7 @@ from mxnet.gluon import nn
 
 from .. import native as native_ops
 from ..errors import InputError, mxnet_reason
+from ..layers import unfused_norm_relu
 from .export import load_exported
 from .graph import Graph
 from .inference import fold_batchnorm
@@ -83,8 +84,9 @@ def quantize_network(net: nn.HybridBlock, calib_data: Sequence[mx.nd.NDArray],
         raise ValueError('no calibration batches')
     shape = batches[0].shape
     batches = [b for b in batches if b.shape == shape]
-    net = fold_network(net, batches[0], split_grouped=split_grouped,
-                       split_producers=split_producers, sum_per_branch=sum_per_branch)
+    with unfused_norm_relu(net):
+        net = fold_network(net, batches[0], split_grouped=split_grouped,
+                           split_producers=split_producers, sum_per_branch=sum_per_branch)
     symbol = net(mx.sym.var('data'))
     exclude = list(exclude_layers or [])
     if not quantize_grouped and not split_grouped:

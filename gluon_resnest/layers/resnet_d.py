@@ -5,6 +5,8 @@ from typing import Any, Callable
 
 from mxnet.gluon import nn
 
+from .norm_relu import ReLU
+
 
 class DeepStem(nn.HybridSequential):
     """Three 3x3 convolutions (``width``, ``width``, ``2 * width``) replacing the 7x7 stem.
@@ -26,7 +28,12 @@ class DeepStem(nn.HybridSequential):
                                weight_initializer=weight_initializer))
             if i < len(plan) - 1:
                 self.add(norm_layer(in_channels=cout, **norm_kwargs))
-                self.add(nn.Activation('relu'))
+                self.add(ReLU())
+
+    def norm_relu_pairs(self) -> list[tuple[nn.Block, nn.Block]]:
+        """The (normalisation, ReLU) pairs after the first two convolutions (see
+        :func:`~gluon_resnest.layers.fuse_norm_relu`)."""
+        return [(self[1], self[2]), (self[4], self[5])]
 
 
 class Shortcut(nn.HybridSequential):

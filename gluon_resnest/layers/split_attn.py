@@ -5,6 +5,8 @@ from typing import Any, Callable
 
 from mxnet.gluon import nn
 
+from .norm_relu import ReLU, fuse_norm_relu
+
 
 def attention_channels(in_channels: int, radix: int, reduction: int = 4, floor: int = 32) -> int:
     """Width of the attention MLP: ``max(in_channels * radix // reduction, floor)``."""
@@ -66,13 +68,20 @@ class SplitAttention(nn.HybridBlock):
                               groups=radix * cardinality, use_bias=False,
                               in_channels=in_channels, weight_initializer=weight_initializer)
         self.bn = norm_layer(in_channels=channels * radix, **norm_kwargs)
-        self.relu = nn.Activation('relu')
+        self.relu = ReLU()
         self.fc1 = nn.Conv2D(inter, 1, in_channels=channels, groups=cardinality,
                              weight_initializer=weight_initializer)
         self.bn1 = norm_layer(in_channels=inter, **norm_kwargs)
-        self.relu1 = nn.Activation('relu')
+        self.relu1 = ReLU()
         self.fc2 = nn.Conv2D(channels * radix, 1, in_channels=inter, groups=cardinality,
                              weight_initializer=weight_initializer)
+        if native:
+            fuse_norm_relu(self)
+
+    def norm_relu_pairs(self) -> list[tuple[nn.Block, nn.Block]]:
+        """The (normalisation, ReLU) pairs after ``conv`` and ``fc1`` (see
+        :func:`~gluon_resnest.layers.fuse_norm_relu`)."""
+        return [(self.bn, self.relu), (self.bn1, self.relu1)]
 
     def hybrid_forward(self, F, x):  # noqa: N803 - MXNet's convention
         # Every full-size tensor goes through oneDNN-backed operators (Convolution, BatchNorm,

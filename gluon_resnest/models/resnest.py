@@ -15,6 +15,7 @@ from mxnet.gluon import nn
 
 from ..errors import mxnet_reason
 from ..layers import DeepStem, DropBlock, Shortcut, SplitAttention
+from ..layers.norm_relu import ReLU, fuse_norm_relu
 from ..registry import register_model
 
 # Kaiming-normal with fan-out, the paper's initialisation of convolutions (§5.1).
@@ -76,7 +77,7 @@ class Bottleneck(nn.HybridBlock):
         self.conv1 = nn.Conv2D(width, 1, use_bias=False, in_channels=in_channels,
                                weight_initializer=KAIMING)
         self.bn1 = norm_layer(in_channels=width, **norm_kwargs)
-        self.relu1 = nn.Activation('relu')
+        self.relu1 = ReLU()
         if radix >= 1:
             self.conv2 = SplitAttention(width, 3, conv_strides, dilation, dilation,
                                         radix=radix, cardinality=cardinality,
@@ -88,7 +89,7 @@ class Bottleneck(nn.HybridBlock):
                                    groups=cardinality, use_bias=False, in_channels=width,
                                    weight_initializer=KAIMING)
             self.bn2 = norm_layer(in_channels=width, **norm_kwargs)
-            self.relu2 = nn.Activation('relu')
+            self.relu2 = ReLU()
         self.conv3 = nn.Conv2D(out_channels, 1, use_bias=False, in_channels=width,
                                weight_initializer=KAIMING)
         gamma_init = 'zeros' if last_gamma else 'ones'
@@ -106,6 +107,15 @@ class Bottleneck(nn.HybridBlock):
             self.dropblock1 = DropBlock(dropblock_prob, 3)
             self.dropblock2 = DropBlock(dropblock_prob, 3)
             self.dropblock3 = DropBlock(dropblock_prob, 3)
+        if native:
+            fuse_norm_relu(self)
+
+    def norm_relu_pairs(self) -> list[tuple[nn.Block, nn.Block]]:
+        """The (normalisation, ReLU) pairs with nothing between them (see
+        :func:`~gluon_resnest.layers.fuse_norm_relu`)."""
+        if self.use_dropblock:
+            return []
+        return [(self.bn1, self.relu1)] + ([(self.bn2, self.relu2)] if self.radix == 0 else [])
 
     def set_native(self, native: bool) -> None:
         """Compute the Split-Attention with gluon_resnest's native operators (or not); the
@@ -233,7 +243,7 @@ class ResNeSt(nn.HybridBlock):
             # Named blocks rather than bare operators: GluonCV's segmentation models copy
             # ``relu`` and the graph names match GluonCV's. Activation and global Pooling (not
             # relu and mean) run on oneDNN without reorders.
-            self.relu = nn.Activation('relu')
+            self.relu = ReLU()
             self.maxpool = nn.MaxPool2D(pool_size=3, strides=2, padding=1)
             inplanes = stem_out
             for index, (stride, dilation, first_dilation) in enumerate(
@@ -263,6 +273,13 @@ class ResNeSt(nn.HybridBlock):
                 self.flat = nn.Flatten()
                 self.drop = nn.Dropout(final_drop) if final_drop > 0 else None
                 self.fc = nn.Dense(classes, in_units=inplanes)
+        if native:
+            fuse_norm_relu(self)
+
+    def norm_relu_pairs(self) -> list[tuple[nn.Block, nn.Block]]:
+        """The stem's last (normalisation, ReLU) pair (see
+        :func:`~gluon_resnest.layers.fuse_norm_relu`)."""
+        return [(self.bn1, self.relu)]
 
     def hybrid_forward(self, F, x):  # noqa: N803 - MXNet's convention
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))

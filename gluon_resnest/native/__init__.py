@@ -284,11 +284,19 @@ def _load_onednn() -> bool:
     handle.gluon_resnest_onednn_calls.restype = ctypes.c_int64
     handle.gluon_resnest_onednn_calls.argtypes = [ctypes.c_int]
     _state['onednn'] = handle
-    for name in ('gluon_resnest_conv_calls', 'gluon_resnest_sa_sum_nhwc_calls'):
+    for name in ('gluon_resnest_conv_calls', 'gluon_resnest_sa_sum_nhwc_calls',
+                 'gluon_resnest_train_calls'):
         getattr(handle, name).restype = ctypes.c_int64
         getattr(handle, name).argtypes = [ctypes.c_int]
     _load_conv(handle)
     return True
+
+
+def _blocked_training() -> None:
+    """Let the float32 Split-Attention operators read and write oneDNN's nChw16c in place."""
+    handle = _state['onednn']
+    if handle and handle.gluon_resnest_blocked_training() != 0:
+        raise NativeBuildError('the Split-Attention operators are not registered in MXNet')
 
 
 def onednn_loaded() -> bool:
@@ -303,8 +311,15 @@ def library_paths() -> list[str]:
 
 
 def onednn_calls() -> dict[str, int]:
-    """How often the oneDNN-layout operator ran in this process, per path: ``nhwc`` (splits read
-    in oneDNN's N x H x W x C layout in place) and ``nchw`` (the plain layout)."""
+    """How often the oneDNN-layout operators ran in this process, per path.
+
+    ``nhwc``/``nchw``: the INT8 weighted sum with splits read in oneDNN's N x H x W x C layout in
+    place, or in the plain layout; ``conv_*`` and ``sa_sum_f32_*`` likewise for the float32
+    inference operators of :func:`~gluon_resnest.deploy.fast_inference`, ``conv_winograd`` its
+    Winograd convolutions; ``train_nchw16c``/``train_library``: the float32 Split-Attention
+    operators of training (forward and backward) reading oneDNN's nChw16c layout in place, or
+    running through the operator-library interface (inputs reordered to the plain layout).
+    """
     handle = _state['onednn']
     if not handle:
         raise NativeBuildError('the oneDNN-layout INT8 operator is not loaded')
@@ -314,7 +329,9 @@ def onednn_calls() -> dict[str, int]:
             'conv_nhwc': int(handle.gluon_resnest_conv_calls(1)),
             'sa_sum_f32_nchw': int(handle.gluon_resnest_sa_sum_nhwc_calls(0)),
             'sa_sum_f32_nhwc': int(handle.gluon_resnest_sa_sum_nhwc_calls(1)),
-            'conv_winograd': _winograd_runs()}
+            'conv_winograd': _winograd_runs(),
+            'train_nchw16c': int(handle.gluon_resnest_train_calls(1)),
+            'train_library': int(handle.gluon_resnest_train_calls(0))}
 
 
 def _winograd_runs() -> int:
@@ -377,6 +394,7 @@ def load(required: bool = False) -> bool:
                 path = build(int8_operator=not _load_onednn())
                 _library_load(path)
                 _state['loaded'] = path
+                _blocked_training()
             except (NativeBuildError, OSError) as err:
                 _state['error'] = str(err)
             except Exception as err:  # noqa: BLE001 - MXNetError and friends: report them

@@ -742,6 +742,275 @@ void sum_forward(const nnvm::NodeAttrs& attrs, const mxnet::OpContext& ctx,
   }
 }
 
+// ---- float32 training: split_attention.cc's gluon_resnest_sa_gap / gluon_resnest_sa_sum and
+// their backward operators on oneDNN's N x C/16 x H x W x 16 layout ----
+//
+// In training, MXNet's oneDNN convolutions, BatchNorm and ReLU keep their feature maps in
+// nChw16c. The operator-library interface reorders each such input to N x C x H x W before the
+// call and hands back plain outputs, which the next convolution reorders again. After both
+// libraries are loaded, gluon_resnest_blocked_training() makes these four operators oneDNN-aware
+// here: when the splits are in nChw16c (and the channels per split a multiple of 16) they are
+// read in place and the feature-map outputs written in it; otherwise the library's own function
+// runs, as before.
+constexpr int kBlk = 16;
+
+// N x C x H x W as oneDNN's nChw16c (aBcd16b); C a multiple of 16.
+dnnl::memory::desc blocked16_desc(const TShape& s) {
+  dnnl_memory_desc_t d;
+  std::memset(&d, 0, sizeof d);
+  d.ndims = 4;
+  for (int i = 0; i < 4; ++i) d.dims[i] = d.padded_dims[i] = s[i];
+  d.data_type = dnnl_f32;
+  d.format_kind = dnnl_blocked;
+  auto& b = d.format_desc.blocking;
+  b.inner_nblks = 1;
+  b.inner_blks[0] = kBlk;
+  b.inner_idxs[0] = 1;
+  b.strides[3] = kBlk;
+  b.strides[2] = s[3] * kBlk;
+  b.strides[1] = s[2] * s[3] * kBlk;
+  b.strides[0] = s[1] * s[2] * s[3];
+  return dnnl::memory::desc(d);
+}
+
+// Whether a is a float32 4-d tensor in nChw16c whose splits (radix of them) start on a block.
+bool is_blocked16(const NDArray& a, int radix) {
+  const TShape& s = a.shape();
+  return !force_plain() && a.dtype() == mshadow::kFloat32 && s.ndim() == 4 &&
+         s[1] % (radix * kBlk) == 0 && a.IsMKLDNNData() &&
+         a.GetMKLDNNData(blocked16_desc(s)) != nullptr;
+}
+
+// Declares out as nChw16c (false for a view, which cannot take a oneDNN layout).
+bool make_blocked16(const NDArray& out) {
+  return const_cast<NDArray&>(out).CreateMKLDNNData(blocked16_desc(out.shape())) != nullptr;
+}
+
+bool writes(mxnet::OpReqType r) { return r == mxnet::kWriteTo || r == mxnet::kNullOp; }
+
+mxnet::FComputeEx library_fn[4];        // gap, sum, gap backward, sum backward
+std::atomic<int64_t> train_calls[2];    // 0: the library's function, 1: nChw16c in place
+
+// acc[j] += sum over p < HW of x[p * 16 + j]
+GR_MULTIVERSION
+void block_sum(const float* x, int64_t HW, double* acc) {
+  float part[4][kBlk] = {};
+  int64_t p = 0;
+  for (; p + 4 <= HW; p += 4)
+    for (int u = 0; u < 4; ++u)
+      for (int j = 0; j < kBlk; ++j) part[u][j] += x[(p + u) * kBlk + j];
+  for (; p < HW; ++p)
+    for (int j = 0; j < kBlk; ++j) part[0][j] += x[p * kBlk + j];
+  for (int u = 0; u < 4; ++u)
+    for (int j = 0; j < kBlk; ++j) acc[j] += part[u][j];
+}
+
+// y = sum_r a_r * x_r over HW pixels of 16 channels (x_r: radix blocks, stride step floats).
+GR_MULTIVERSION
+void block_weighted_sum(const float* x, int64_t step, const float* a, int64_t astep, int radix,
+                        int64_t HW, float* y) {
+  for (int64_t p = 0; p < HW; ++p) {
+    float o[kBlk];
+    for (int j = 0; j < kBlk; ++j) o[j] = a[j] * x[p * kBlk + j];
+    for (int r = 1; r < radix; ++r)
+      for (int j = 0; j < kBlk; ++j) o[j] += a[r * astep + j] * x[r * step + p * kBlk + j];
+    for (int j = 0; j < kBlk; ++j) y[p * kBlk + j] = o[j];
+  }
+}
+
+// dx = s * g and dot[j] += sum_p g * x, over HW pixels of 16 channels.
+GR_MULTIVERSION
+void block_scale_dot(const float* g, const float* x, const float* s, int64_t HW, float* dx,
+                     double* dot) {
+  float part[kBlk] = {};
+  for (int64_t p = 0; p < HW; ++p)
+    for (int j = 0; j < kBlk; ++j) {
+      dx[p * kBlk + j] = s[j] * g[p * kBlk + j];
+      part[j] += g[p * kBlk + j] * x[p * kBlk + j];
+    }
+  for (int j = 0; j < kBlk; ++j) dot[j] += part[j];
+}
+
+GR_MULTIVERSION
+void block_fill(const float* v, int64_t HW, float* y) {
+  for (int64_t p = 0; p < HW; ++p)
+    for (int j = 0; j < kBlk; ++j) y[p * kBlk + j] = v[j];
+}
+
+// 3x3 average, stride 2, padding 1, divisor 9, of an H x W x 16 plane.
+GR_MULTIVERSION
+void block_avg_pool(const float* in, int64_t H, int64_t W, float* out, int64_t Ho, int64_t Wo) {
+  for (int64_t oh = 0; oh < Ho; ++oh)
+    for (int64_t ow = 0; ow < Wo; ++ow) {
+      float s[kBlk] = {};
+      for (int64_t h = std::max<int64_t>(2 * oh - 1, 0); h <= std::min(2 * oh + 1, H - 1); ++h)
+        for (int64_t w = std::max<int64_t>(2 * ow - 1, 0); w <= std::min(2 * ow + 1, W - 1); ++w)
+          for (int j = 0; j < kBlk; ++j) s[j] += in[(h * W + w) * kBlk + j];
+      for (int j = 0; j < kBlk; ++j) out[(oh * Wo + ow) * kBlk + j] = s[j] * (1.f / 9.f);
+    }
+}
+
+// Gradient of block_avg_pool: each input pixel gets dy / 9 of every window covering it.
+GR_MULTIVERSION
+void block_avg_pool_grad(const float* dy, int64_t Ho, int64_t Wo, float* g, int64_t H,
+                         int64_t W) {
+  std::fill(g, g + H * W * kBlk, 0.f);
+  for (int64_t oh = 0; oh < Ho; ++oh)
+    for (int64_t ow = 0; ow < Wo; ++ow) {
+      float v[kBlk];
+      for (int j = 0; j < kBlk; ++j) v[j] = dy[(oh * Wo + ow) * kBlk + j] * (1.f / 9.f);
+      for (int64_t h = std::max<int64_t>(2 * oh - 1, 0); h <= std::min(2 * oh + 1, H - 1); ++h)
+        for (int64_t w = std::max<int64_t>(2 * ow - 1, 0); w <= std::min(2 * ow + 1, W - 1); ++w)
+          for (int j = 0; j < kBlk; ++j) g[(h * W + w) * kBlk + j] += v[j];
+    }
+}
+
+std::vector<float>& plane_buffer() {
+  static thread_local std::vector<float> plane;
+  return plane;
+}
+
+// Inputs x (N, R*C, H, W); output g (N, C, 1, 1).
+void train_gap_forward(const nnvm::NodeAttrs& attrs, const mxnet::OpContext& ctx,
+                       const std::vector<NDArray>& in, const std::vector<mxnet::OpReqType>& req,
+                       const std::vector<NDArray>& out) {
+  const int radix = f32_radix(attrs, "gluon_resnest_sa_gap");
+  if (!writes(req[0]) || !is_blocked16(in[0], radix)) {
+    train_calls[0].fetch_add(1, std::memory_order_relaxed);
+    return library_fn[0](attrs, ctx, in, req, out);
+  }
+  train_calls[1].fetch_add(1, std::memory_order_relaxed);
+  if (req[0] == mxnet::kNullOp) return;
+  const TShape& xs = in[0].shape();
+  const int64_t N = xs[0], CB = xs[1] / radix / kBlk, HW = xs[2] * xs[3];
+  const float* x = data_of<float>(in[0]);
+  float* g = data_of<float>(out[0]);
+#pragma omp parallel for schedule(static)
+  for (int64_t nb = 0; nb < N * CB; ++nb) {
+    const int64_t n = nb / CB, cb = nb % CB;
+    double acc[kBlk] = {};
+    for (int r = 0; r < radix; ++r)
+      block_sum(x + ((n * radix + r) * CB + cb) * HW * kBlk, HW, acc);
+    for (int j = 0; j < kBlk; ++j) g[nb * kBlk + j] = static_cast<float>(acc[j] / HW);
+  }
+}
+
+// Inputs dg (N, C, 1, 1), x, g; output dx (N, R*C, H, W) = dg / (H * W) for every split.
+void train_gap_backward(const nnvm::NodeAttrs& attrs, const mxnet::OpContext& ctx,
+                        const std::vector<NDArray>& in, const std::vector<mxnet::OpReqType>& req,
+                        const std::vector<NDArray>& out) {
+  const int radix = f32_radix(attrs, "gluon_resnest_sa_gap");
+  if (!writes(req[0]) || !is_blocked16(in[1], radix) ||
+      (req[0] == mxnet::kWriteTo && !make_blocked16(out[0]))) {
+    train_calls[0].fetch_add(1, std::memory_order_relaxed);
+    return library_fn[2](attrs, ctx, in, req, out);
+  }
+  train_calls[1].fetch_add(1, std::memory_order_relaxed);
+  if (req[0] == mxnet::kNullOp) return;
+  const TShape& xs = out[0].shape();
+  const int64_t N = xs[0], CB = xs[1] / radix / kBlk, HW = xs[2] * xs[3];
+  const NDArray dg_plain = as_plain(in[0]);
+  const float* dg = data_of<float>(dg_plain);
+  float* dx = data_of<float>(out[0]);
+#pragma omp parallel for schedule(static)
+  for (int64_t k = 0; k < N * radix * CB; ++k) {
+    const int64_t n = k / (radix * CB), cb = k % CB;
+    float v[kBlk];
+    for (int j = 0; j < kBlk; ++j) v[j] = dg[(n * CB + cb) * kBlk + j] / static_cast<float>(HW);
+    block_fill(v, HW, dx + k * HW * kBlk);
+  }
+}
+
+// Inputs a (N, R*C, 1, 1), x (N, R*C, H, W); output y (N, C, Ho, Wo).
+void train_sum_forward(const nnvm::NodeAttrs& attrs, const mxnet::OpContext& ctx,
+                       const std::vector<NDArray>& in, const std::vector<mxnet::OpReqType>& req,
+                       const std::vector<NDArray>& out) {
+  const int radix = f32_radix(attrs, "gluon_resnest_sa_sum");
+  if (!writes(req[0]) || !is_blocked16(in[1], radix) ||
+      (req[0] == mxnet::kWriteTo && !make_blocked16(out[0]))) {
+    train_calls[0].fetch_add(1, std::memory_order_relaxed);
+    return library_fn[1](attrs, ctx, in, req, out);
+  }
+  train_calls[1].fetch_add(1, std::memory_order_relaxed);
+  if (req[0] == mxnet::kNullOp) return;
+  const bool pool = pooled(attrs);
+  const TShape& xs = in[1].shape();
+  const TShape& ys = out[0].shape();
+  const int64_t N = xs[0], RC = xs[1], CB = RC / radix / kBlk, H = xs[2], W = xs[3];
+  const int64_t Ho = ys[2], Wo = ys[3];
+  const NDArray a_plain = as_plain(in[0]);
+  const float* a = data_of<float>(a_plain);
+  const float* x = data_of<float>(in[1]);
+  float* y = data_of<float>(out[0]);
+  const int64_t step = CB * H * W * kBlk;  // from one split's block to the next split's
+  if (!pool) {
+#pragma omp parallel for schedule(static)
+    for (int64_t k = 0; k < N * CB * H; ++k) {
+      const int64_t nb = k / H, h = k % H, n = nb / CB, cb = nb % CB;
+      block_weighted_sum(x + ((n * radix * CB + cb) * H + h) * W * kBlk, step,
+                         a + n * RC + cb * kBlk, CB * kBlk, radix, W,
+                         y + (nb * H + h) * W * kBlk);
+    }
+    return;
+  }
+#pragma omp parallel for schedule(static)
+  for (int64_t nb = 0; nb < N * CB; ++nb) {
+    const int64_t n = nb / CB, cb = nb % CB;
+    std::vector<float>& plane = plane_buffer();
+    plane.resize(H * W * kBlk);
+    block_weighted_sum(x + (n * radix * CB + cb) * H * W * kBlk, step, a + n * RC + cb * kBlk,
+                       CB * kBlk, radix, H * W, plane.data());
+    block_avg_pool(plane.data(), H, W, y + nb * Ho * Wo * kBlk, Ho, Wo);
+  }
+}
+
+// Inputs dy (N, C, Ho, Wo), a, x, y; outputs da (N, R*C, 1, 1), dx (N, R*C, H, W).
+void train_sum_backward(const nnvm::NodeAttrs& attrs, const mxnet::OpContext& ctx,
+                        const std::vector<NDArray>& in, const std::vector<mxnet::OpReqType>& req,
+                        const std::vector<NDArray>& out) {
+  const int radix = f32_radix(attrs, "gluon_resnest_sa_sum");
+  const bool blocked = writes(req[0]) && writes(req[1]) && is_blocked16(in[2], radix) &&
+                       is_blocked16(in[0], 1) &&
+                       (req[1] != mxnet::kWriteTo || make_blocked16(out[1]));
+  if (!blocked) {
+    train_calls[0].fetch_add(1, std::memory_order_relaxed);
+    return library_fn[3](attrs, ctx, in, req, out);
+  }
+  train_calls[1].fetch_add(1, std::memory_order_relaxed);
+  if (req[0] == mxnet::kNullOp && req[1] == mxnet::kNullOp) return;
+  const bool pool = pooled(attrs);
+  const TShape& xs = in[2].shape();
+  const TShape& ys = in[0].shape();
+  const int64_t N = xs[0], RC = xs[1], CB = RC / radix / kBlk, H = xs[2], W = xs[3];
+  const int64_t HW = H * W, Ho = ys[2], Wo = ys[3];
+  const NDArray a_plain = as_plain(in[1]);
+  const float* a = data_of<float>(a_plain);
+  const float* dy = data_of<float>(in[0]);
+  const float* x = data_of<float>(in[2]);
+  float* da = req[0] == mxnet::kNullOp ? nullptr : data_of<float>(out[0]);
+  float* dx = req[1] == mxnet::kNullOp ? nullptr : data_of<float>(out[1]);
+#pragma omp parallel for schedule(static)
+  for (int64_t nb = 0; nb < N * CB; ++nb) {
+    const int64_t n = nb / CB, cb = nb % CB;
+    const float* g = dy + nb * Ho * Wo * kBlk;
+    std::vector<float>& plane = plane_buffer();  // the pooling's gradient, dx when unwanted
+    plane.resize(2 * HW * kBlk);
+    if (pool) {
+      block_avg_pool_grad(g, Ho, Wo, plane.data(), H, W);
+      g = plane.data();
+    }
+    for (int r = 0; r < radix; ++r) {
+      const int64_t blk = (n * radix + r) * CB + cb;
+      const int64_t c0 = n * RC + (r * CB + cb) * kBlk;
+      double dot[kBlk] = {};
+      float* d = dx != nullptr ? dx + blk * HW * kBlk : plane.data() + HW * kBlk;
+      block_scale_dot(g, x + blk * HW * kBlk, a + c0, HW, d, dot);
+      if (da != nullptr)
+        for (int j = 0; j < kBlk; ++j) da[c0 + j] = static_cast<float>(dot[j]);
+    }
+  }
+}
+
 template <typename T>
 bool load_symbol(void* lib, const char* name, T* fn) {
   *fn = reinterpret_cast<T>(dlsym(lib, name));
@@ -769,6 +1038,40 @@ extern "C" int gluon_resnest_set_conv_library(const char* path) {
   conv_lib = l;
   conv_lib_error.clear();
   return 0;
+}
+
+// Makes split_attention.cc's float32 operators (gluon_resnest_sa_gap, gluon_resnest_sa_sum and
+// their backward operators) read and write nChw16c in place; call once both libraries are
+// loaded. 0 on success, 1 when an operator is not registered (the library is not loaded).
+extern "C" int gluon_resnest_blocked_training() {
+  static const char* const names[4] = {"gluon_resnest_sa_gap", "gluon_resnest_sa_sum",
+                                       "_backward_gluon_resnest_sa_gap",
+                                       "_backward_gluon_resnest_sa_sum"};
+  static const mxnet::FComputeEx fns[4] = {train_gap_forward, train_sum_forward,
+                                           train_gap_backward, train_sum_backward};
+  static std::mutex lock;
+  static bool done = false;
+  std::lock_guard<std::mutex> guard(lock);
+  if (done) return 0;
+  const auto& current = nnvm::Op::GetAttr<mxnet::FComputeEx>("FComputeEx<cpu>");
+  for (const char* name : names) {
+    const nnvm::Op* op = dmlc::Registry<nnvm::Op>::Find(name);
+    if (op == nullptr || !current.count(op)) return 1;
+  }
+  for (int i = 0; i < 4; ++i) {
+    library_fn[i] = current[nnvm::Op::Get(names[i])];
+    // Above the operator-library interface's priority (10, or 11 for a re-registration).
+    nnvm::Op& op = dmlc::Registry<nnvm::Op>::Get()->__REGISTER_OR_GET__(names[i]);
+    op.set_attr<mxnet::FComputeEx>("FComputeEx<cpu>", fns[i], 20);
+    op.set_attr<bool>("TIsMKLDNN", true, 20);
+  }
+  done = true;
+  return 0;
+}
+
+// Calls of those four operators: blocked = 1 read nChw16c in place, 0 ran the library's function.
+extern "C" int64_t gluon_resnest_train_calls(int blocked) {
+  return train_calls[blocked ? 1 : 0].load(std::memory_order_relaxed);
 }
 
 extern "C" const char* gluon_resnest_conv_library_error() { return conv_lib_error.c_str(); }

@@ -50,6 +50,8 @@ SERVE_PORT ?= 8080
 .PHONY: install gpu-check torch-env ov-env serve-env test test-slow test-multihost lint demo serve bench \
 	clean
 
+# .venv also gets the authors' `resnest` package without its dependencies: its `resnest.gluon`
+# (models, DropBlock scheduler, AutoAugment policies) is a reference for the tests.
 install: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml $(CONSTRAINTS) | gpu-check
@@ -57,6 +59,7 @@ $(VENV)/.installed: pyproject.toml $(CONSTRAINTS) | gpu-check
 	$(PIP) install -q -c $(CONSTRAINTS) --upgrade pip wheel setuptools cmake
 	$(PIP) install -q -c $(CONSTRAINTS) -e ".[$(MXNET_EXTRA),test,train]"
 	$(HOROVOD_ENV) $(PIP) install -q -c $(CONSTRAINTS) --no-build-isolation horovod
+	$(PIP) install -q --no-deps $(call PIN,resnest)
 	$(PY) -c "$(INSTALL_CHECK)"
 	$(PY) -m gluon_resnest.native || echo "warning: gluon_resnest's native operators did" \
 		"not build (networks use MXNet's operators instead)" >&2

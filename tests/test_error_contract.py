@@ -13,6 +13,7 @@ crash happens.
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -96,6 +97,17 @@ def bad(tmp_path_factory) -> dict[str, Path]:
     (root / 'used_run').mkdir()
     (root / 'used_run' / 'run.json').write_text('{"run_id": "0123"}')
     (root / 'used_run' / 'config.json').write_text('{"model": "resnetd50"}')
+    # A run directory whose run.json names a run that none of its checkpoints carries.
+    from gluon_resnest.training.cli import build_parser, options_from_args
+    from gluon_resnest.training.options import resolve_config
+
+    orphan = root / 'orphan_run'
+    args = build_parser().parse_args([_fill(a, root, orphan) for a in TRAIN])
+    (orphan / 'checkpoints' / 'epoch-0000').mkdir(parents=True)
+    (orphan / 'checkpoints' / 'epoch-0000' / 'meta.json').write_text(
+        '{"epoch": 0, "run_id": "4567"}')
+    (orphan / 'run.json').write_text('{"run_id": "0123"}')
+    (orphan / 'config.json').write_text(json.dumps(resolve_config(options_from_args(args), 1)))
     return {'root': root}
 
 
@@ -233,6 +245,7 @@ CASES += [('train', [*TRAIN, '--classes', '2'], 'data/train.rec')]
 CASES += [('train', [*TRAIN[:-1], _at(f)], _at(f)) for f in ('random', 'used_run')]
 CASES += [('train', [*TRAIN[:-1], '{used_run}', '--resume'], 'used_run/config.json')]
 CASES += [('train', [*TRAIN, '--resume', '--overwrite'], '--overwrite')]
+CASES += [('train', [*TRAIN[:-1], '{orphan_run}', '--resume'], 'orphan_run/run.json')]
 CASES += [('train', [*TRAIN, option, value], option[2:].replace('-', '_'))
           for option in ('--train-crop', '--eval-crop') for value in SIZES]
 CASES += [('train', [*TRAIN, option, value], option[2:].replace('-', '_'))

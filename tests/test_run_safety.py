@@ -167,7 +167,7 @@ def test_claim_run_dir_one_run_per_directory(tmp_path: Path):
         claim_run_dir(run, config, resume=True, overwrite=False)
     lock.release()
     (run / 'config.json').write_text(json.dumps(config))
-    (run / 'checkpoints' / 'epoch-0000').mkdir(parents=True)
+    _checkpoint_of(run / 'checkpoints', 0, first['run_id'])
     # A new run without --resume would mix with the recorded one.
     with pytest.raises(InputError, match=r'holds another run \(run.json, config.json, '
                                          r'checkpoints\).*--overwrite'):
@@ -219,3 +219,44 @@ def test_tools_rebuild_a_model_trained_with_model_kwargs(tmp_path: Path, capsys)
     assert load_tool('export').main(['--model', 'resnest14', '--params', params, '--prefix',
                                      str(tmp_path / 'ex3' / 'm')]) == 2
     assert 'does not fit resnest14' in capsys.readouterr().err
+
+
+def _checkpoint_of(ckpt: Path, epoch: int, run_id: str | None) -> Path:
+    net, trainer = _net_and_trainer()
+    return save_checkpoint(ckpt, epoch, net, trainer,
+                           extra={'run_id': run_id} if run_id else None, keep=5)
+
+
+@pytest.mark.parametrize('held', ['other run', 'nothing', 'no run.json'])
+def test_resume_never_trains_from_scratch_over_a_recorded_run(tmp_path: Path, held: str):
+    """run.json names a run no checkpoint carries: stop before anything is written."""
+    run = tmp_path / 'run'
+    config = {'model': 'resnest14', 'lr': 0.1, 'epochs': 3}
+    run.mkdir()
+    (run / 'config.json').write_text(json.dumps(config))
+    if held != 'no run.json':
+        write_identity(run, {'run_id': 'recorded'})
+    if held != 'nothing':
+        _checkpoint_of(run / 'checkpoints', 0, 'old')
+    before = {p: p.read_bytes() for p in run.rglob('*') if p.is_file()}
+    with pytest.raises(InputError, match='--resume: .*nothing was written') as info:
+        claim_run_dir(run, config, resume=True, overwrite=False)
+    assert str(run / ('checkpoints' if held == 'no run.json' else 'run.json')) in str(info.value)
+    assert {p: p.read_bytes() for p in run.rglob('*') if p.is_file()} == before
+    # An empty directory is a new run; checkpoints without a run id (older runs) are taken.
+    lock, _ = claim_run_dir(tmp_path / 'fresh', config, resume=True, overwrite=False)
+    lock.release()
+    legacy = tmp_path / 'legacy'
+    _checkpoint_of(legacy / 'checkpoints', 0, None)
+    lock, _ = claim_run_dir(legacy, config, resume=True, overwrite=False)
+    lock.release()
+
+
+def test_a_checkpoint_of_another_run_is_never_replaced(tmp_path: Path):
+    ckpt = tmp_path / 'checkpoints'
+    old = _checkpoint_of(ckpt, 0, 'old')
+    before = (old / 'model.params').read_bytes()
+    with pytest.raises(InputError, match='belongs to another run'):
+        _checkpoint_of(ckpt, 0, 'new')
+    assert (old / 'model.params').read_bytes() == before
+    assert not list(ckpt.glob('.epoch-*'))

@@ -48,6 +48,10 @@ def save_checkpoint(directory: str | os.PathLike, epoch: int, net: mx.gluon.Bloc
     root = Path(directory)
     root.mkdir(parents=True, exist_ok=True)
     final = root / f'epoch-{epoch:04d}'
+    run_id = (extra or {}).get('run_id')
+    if run_id is not None and (final / META).is_file() and run_of(final) not in (run_id, None):
+        raise InputError(f'{final.name} belongs to another run (id {run_of(final)}); it is not '
+                         f'replaced', final)
     tmp = Path(tempfile.mkdtemp(prefix=f'.epoch-{epoch:04d}-', dir=root))
     try:
         net.save_parameters(str(tmp / PARAMS))
@@ -81,11 +85,12 @@ def list_checkpoints(directory: str | os.PathLike, run_id: str | None = None) ->
         return []
     found = [p for p in root.iterdir() if _NAME.match(p.name) and (p / META).is_file()]
     if run_id is not None:
-        found = [p for p in found if _run_of(p) in (run_id, None)]
+        found = [p for p in found if run_of(p) in (run_id, None)]
     return sorted(found, key=lambda p: int(_NAME.match(p.name).group(1)))
 
 
-def _run_of(path: Path) -> str | None:
+def run_of(path: Path) -> str | None:
+    """The run id a checkpoint folder records (None: none, or an unreadable meta file)."""
     try:
         return json.loads((path / META).read_text()).get('run_id')
     except (OSError, ValueError, AttributeError):

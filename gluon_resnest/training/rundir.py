@@ -199,6 +199,34 @@ def check_resume(run_dir: str | os.PathLike, config: dict[str, Any]) -> dict[str
     return identity
 
 
+def _check_something_to_resume(run_dir: str | os.PathLike,
+                               identity: dict[str, Any] | None) -> None:
+    """Refuse a ``--resume`` that would train from scratch over a recorded run's files.
+
+    Resuming an empty directory starts a new run; a directory that records a run (``run.json``)
+    must hold a checkpoint of that run, and checkpoints of another run are never taken over.
+    """
+    from .checkpoint import list_checkpoints, run_of
+
+    folder = Path(run_dir) / 'checkpoints'
+    found = list_checkpoints(folder)
+    if identity is None:
+        others = sorted(p.name for p in found if run_of(p) is not None)
+        if others:
+            raise InputError(f'--resume: the checkpoints ({", ".join(others[:3])}) belong to a '
+                             f'run that no {IDENTITY} records; nothing was written. Start a new '
+                             f'run with --overwrite (deletes them) or another --run-dir', folder)
+        return
+    if not list_checkpoints(folder, identity['run_id']):
+        others = sorted(p.name for p in found)
+        held = (f'it holds only checkpoints of other runs ({", ".join(others[:3])})' if others
+                else 'it holds no checkpoint')
+        raise InputError(f'--resume: no checkpoint of the run recorded in {IDENTITY} (id '
+                         f'{identity["run_id"]}): {held}; nothing was written. Start a new run '
+                         f'with --overwrite (deletes its files) or another --run-dir',
+                         Path(run_dir) / IDENTITY)
+
+
 def claim_run_dir(run_dir: str | os.PathLike, config: dict[str, Any], resume: bool,
                   overwrite: bool) -> tuple[RunLock, dict[str, Any]]:
     """Rank 0, before anything else is written: take the directory for this run.
@@ -220,7 +248,9 @@ def claim_run_dir(run_dir: str | os.PathLike, config: dict[str, Any], resume: bo
     lock = RunLock(run_dir).acquire()
     try:
         if resume:
-            identity = check_resume(run_dir, config) or new_identity(config)
+            identity = check_resume(run_dir, config)
+            _check_something_to_resume(run_dir, identity)
+            identity = identity or new_identity(config)
         else:
             used = used_by_a_run(run_dir)
             if used and not overwrite:

@@ -12,6 +12,7 @@ from pathlib import Path
 import mxnet as mx
 import pytest
 
+from gluon_resnest.atomic import sha256_of
 from gluon_resnest.errors import InputError
 from gluon_resnest.training.checkpoint import (
     list_checkpoints,
@@ -260,3 +261,48 @@ def test_a_checkpoint_of_another_run_is_never_replaced(tmp_path: Path):
         _checkpoint_of(ckpt, 0, 'new')
     assert (old / 'model.params').read_bytes() == before
     assert not list(ckpt.glob('.epoch-*'))
+
+
+def _flip_middle(path: Path, count: int = 4096) -> None:
+    data = bytearray(path.read_bytes())
+    middle = len(data) // 2 - count // 2
+    data[middle:middle + count] = bytes(b ^ 0xFF for b in data[middle:middle + count])
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize('damage', ['params flipped', 'states flipped', 'rng list',
+                                    'meta list', 'meta without epoch'])
+def test_resume_treats_any_damage_as_damage(tmp_path: Path, damage: str, caplog):
+    """Bytes flipped inside a file (the checksum in meta.json), or a file holding another
+    kind of value, make resuming fall back to the checkpoint before."""
+    net = mx.gluon.nn.Dense(3, in_units=4096)  # a parameter file much larger than 4 KB
+    net.initialize()
+    trainer = mx.gluon.Trainer(net.collect_params(), 'sgd', {'learning_rate': 0.1,
+                                                             'momentum': 0.9})
+    ckpt = tmp_path / 'checkpoints'
+    save_checkpoint(ckpt, 0, net, trainer, keep=5)
+    good = net.weight.data().asnumpy().copy()
+    net.weight.set_data(net.weight.data() + 1)
+    newest = save_checkpoint(ckpt, 1, net, trainer, keep=5)
+    meta = json.loads((newest / 'meta.json').read_text())
+    assert set(meta['sha256']) == {'model.params', 'trainer.states', 'rng.pkl'}
+    if damage == 'params flipped':
+        _flip_middle(newest / 'model.params')
+    elif damage == 'states flipped':
+        _flip_middle(newest / 'trainer.states', 16)
+    elif damage == 'rng list':
+        (newest / 'rng.pkl').write_bytes(__import__('pickle').dumps([1, 2]))
+        meta['sha256']['rng.pkl'] = sha256_of(newest / 'rng.pkl')  # consistent, but a list
+        (newest / 'meta.json').write_text(json.dumps(meta))
+    elif damage == 'meta list':
+        (newest / 'meta.json').write_text('[2]')
+    else:
+        (newest / 'meta.json').write_text('{"run_id": null}')
+    fresh = mx.gluon.nn.Dense(3, in_units=4096)
+    fresh.initialize()
+    fresh_trainer = mx.gluon.Trainer(fresh.collect_params(), 'sgd', {'learning_rate': 0.1,
+                                                                     'momentum': 0.9})
+    path, loaded = resume_checkpoint(ckpt, fresh, fresh_trainer)
+    assert path.name == 'epoch-0000' and loaded['epoch'] == 0
+    assert (fresh.weight.data().asnumpy() == good).all()
+    assert 'epoch-0001 cannot be loaded' in caplog.text

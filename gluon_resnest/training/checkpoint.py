@@ -1,4 +1,9 @@
-"""Atomic per-epoch checkpoints: parameters, trainer state, epoch and RNG state."""
+"""Atomic per-epoch checkpoints: parameters, trainer state, epoch and RNG state.
+
+A checkpoint is a folder written under a temporary name and renamed into place when complete;
+its ``meta.json`` (written last) records the epoch, the run id and a SHA-256 of every other
+file, which resuming verifies: a file that does not match is damage, like a truncated one.
+"""
 from __future__ import annotations
 
 import json
@@ -15,6 +20,7 @@ from typing import Any
 import mxnet as mx
 import numpy as np
 
+from ..atomic import CHECKSUM_KEY, checksums, verify_checksums
 from ..errors import InputError, mxnet_reason
 
 logger = logging.getLogger(__name__)
@@ -60,7 +66,8 @@ def save_checkpoint(directory: str | os.PathLike, epoch: int, net: mx.gluon.Bloc
             pickle.dump({'python': random.getstate(), 'numpy': np.random.get_state()}, f)
         if model_spec is not None:
             (tmp / MODEL).write_text(json.dumps(model_spec, indent=2) + '\n')
-        meta = {'epoch': epoch, **(extra or {})}
+        files = [tmp / name for name in (PARAMS, STATES, RNG, MODEL) if (tmp / name).is_file()]
+        meta = {'epoch': epoch, **(extra or {}), CHECKSUM_KEY: checksums(files)}
         with open(tmp / META, 'w') as f:
             json.dump(meta, f)
             f.flush()
@@ -119,8 +126,8 @@ def resume_checkpoint(directory: str | os.PathLike, net: mx.gluon.Block,
     for path in reversed(candidates):
         try:
             meta = load_checkpoint(path, net, trainer, ctx=ctx)
-        except (OSError, ValueError, EOFError, KeyError, pickle.UnpicklingError,
-                mx.base.MXNetError) as err:
+        except (OSError, ValueError, EOFError, KeyError, TypeError, AttributeError, ImportError,
+                IndexError, OverflowError, pickle.UnpicklingError, mx.base.MXNetError) as err:
             reason = mxnet_reason(err) if isinstance(err, mx.base.MXNetError) else str(err)
             logger.warning('checkpoint %s cannot be loaded (%s)%s', path, reason,
                            '; trying the one before it' if path != candidates[0] else '')
@@ -142,10 +149,25 @@ def load_checkpoint(path: str | os.PathLike, net: mx.gluon.Block, trainer: mx.gl
     path = Path(path)
     with open(path / META) as f:
         meta = json.load(f)
-    net.load_parameters(str(path / PARAMS), ctx=ctx)
-    trainer.load_states(str(path / STATES))
+    if not isinstance(meta, dict) or not isinstance(meta.get('epoch'), int) \
+            or isinstance(meta['epoch'], bool) or meta['epoch'] < 0:
+        raise ValueError(f'{path / META} is not a checkpoint description (a JSON object with '
+                         f'the epoch)')
+    if CHECKSUM_KEY in meta:
+        verify_checksums(path, meta[CHECKSUM_KEY], (PARAMS, STATES, RNG), meta=str(path / META))
+    else:
+        logger.warning('%s records no checksums (written by an older version): its files '
+                       'cannot be verified', path)
     with open(path / RNG, 'rb') as f:
         rng = pickle.load(f)
-    random.setstate(rng['python'])
-    np.random.set_state(rng['numpy'])
+    if not isinstance(rng, dict) or not {'python', 'numpy'} <= set(rng):
+        raise ValueError(f'{path / RNG} does not hold the random generators\' states')
+    net.load_parameters(str(path / PARAMS), ctx=ctx)
+    trainer.load_states(str(path / STATES))
+    try:
+        random.setstate(rng['python'])
+        np.random.set_state(rng['numpy'])
+    except (TypeError, ValueError) as err:
+        raise ValueError(f'{path / RNG} does not hold the random generators\' states: '
+                         f'{err}') from None
     return meta

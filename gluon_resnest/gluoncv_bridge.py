@@ -52,35 +52,6 @@ _patches: list[tuple[Any, str, Any]] = []
 _replacements: dict[int, tuple[Any, Any]] = {}
 
 
-def _gluoncv_param_file(name: str, pretrained: bool | str, root: str) -> str:
-    """Local parameter file for GluonCV's ``pretrained`` argument; nothing is downloaded.
-
-    ``True`` looks for ``{root}/{name}.params`` and then GluonCV's cached
-    ``{root}/{name}-{short hash}.params``; a string ending in ``.params`` (or a path object) is
-    the file, any other string is GluonCV's hash tag of a cached file.
-    """
-    from gluoncv.model_zoo.model_store import short_hash  # optional dependency
-
-    if isinstance(pretrained, os.PathLike) or (
-            isinstance(pretrained, str) and pretrained.endswith('.params')):
-        if not os.path.isfile(pretrained):
-            raise FileNotFoundError(f'no parameter file at {os.fspath(pretrained)!r}')
-        return os.fspath(pretrained)
-    if 'MXNET_HOME' in os.environ:  # GluonCV's cache location rule
-        root = os.path.join(os.environ['MXNET_HOME'], 'models')
-    root = os.path.expanduser(root)
-    if isinstance(pretrained, str):
-        candidates = [os.path.join(root, f'{name}-{pretrained[:8]}.params')]
-    else:
-        candidates = [os.path.join(root, f'{name}.params'),
-                      os.path.join(root, f'{name}-{short_hash(name)}.params')]
-    for path in candidates:
-        if os.path.isfile(path):
-            return path
-    raise FileNotFoundError(f'no parameter file for {name}: looked for {", ".join(candidates)} '
-                            f'(nothing is downloaded; put the file there or pass its path)')
-
-
 def gluoncv_builder(name: str) -> Callable[..., nn.HybridBlock]:
     """Our builder of ``name`` with the signature and defaults of GluonCV's function.
 
@@ -89,9 +60,11 @@ def gluoncv_builder(name: str) -> Callable[..., nn.HybridBlock]:
 
     Returns:
         ``fn(pretrained=False, root='~/.mxnet/models', ctx=cpu(), **kwargs)`` building our
-        :class:`~gluon_resnest.models.ResNeSt`; ``kwargs`` are GluonCV's (``dilated``,
-        ``dilation``, ``norm_layer``, ``norm_kwargs``, ``use_global_stats``, ``input_size``,
-        ...) or ours (``dropblock_prob``, ``output_stride``, ...).
+        :class:`~gluon_resnest.models.ResNeSt`; ``pretrained`` (True, a sha1 prefix, or a
+        ``.params`` path) and ``root`` work as in :func:`gluon_resnest.get_model`, which
+        downloads GluonCV's published file into GluonCV's cache; ``kwargs`` are GluonCV's
+        (``dilated``, ``dilation``, ``norm_layer``, ``norm_kwargs``, ``use_global_stats``,
+        ``input_size``, ...) or ours (``dropblock_prob``, ``output_stride``, ...).
     """
     defaults = GLUONCV_DEFAULTS[name]
 
@@ -102,8 +75,6 @@ def gluoncv_builder(name: str) -> Callable[..., nn.HybridBlock]:
                              f'supported by gluon_resnest')
         for key, value in defaults.items():
             kwargs.setdefault(key, value)
-        if pretrained:
-            pretrained = _gluoncv_param_file(name, pretrained, root)
         return get_model(name, pretrained=pretrained, ctx=ctx or mx.cpu(), root=root, **kwargs)
 
     build.__name__ = build.__qualname__ = name

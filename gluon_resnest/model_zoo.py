@@ -1,7 +1,8 @@
 """GluonCV-style model zoo: ``get_model`` with GluonCV's signature and ``register_gluoncv``.
 
-Nothing is downloaded: ``pretrained`` is a path to a ``.params`` file, or ``True`` to read
-``{root}/{name}.params`` that the user has put there.
+``pretrained=True`` loads the model's published ImageNet weights, downloaded once into GluonCV's
+cache (``~/.mxnet/models``) and verified (:mod:`gluon_resnest.weights`); ``pretrained`` may
+also be a sha1 prefix of a published file, as in GluonCV, or the path of a ``.params`` file.
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from mxnet.gluon import nn
 
 from . import models  # noqa: F401 - registers the builders
 from .registry import list_models, lookup
+from .weights import load_pretrained, resolve_pretrained
 
 __all__ = ['get_model', 'list_models', 'register_gluoncv']
 
@@ -21,17 +23,21 @@ logger = logging.getLogger(__name__)
 
 
 def get_model(name: str, pretrained: bool | str = False, ctx: Any = None,
-              root: str = os.path.join('~', '.mxnet', 'models'), classes: int = 1000,
+              root: str | os.PathLike | None = None, classes: int = 1000,
               norm_layer: Callable[..., nn.HybridBlock] = nn.BatchNorm,
               norm_kwargs: dict[str, Any] | None = None, **kwargs: Any) -> nn.HybridBlock:
     """Build a registered model, optionally loading its parameters.
 
     Args:
         name: A name from :func:`list_models` (case-insensitive).
-        pretrained: False; a path to a ``.params`` file saved by ``save_parameters`` (ours or
-            GluonCV's); or True to read ``{root}/{name}.params``. Nothing is downloaded.
+        pretrained: False; True for the published ImageNet weights (downloaded into
+            ``root`` when not there, sha1-verified; a ``{root}/{name}.params`` put there by
+            hand is used first); a sha1 prefix of a published file (GluonCV's tag, e.g.
+            ``'bcfefe1d'``); or the path of a ``.params`` file saved by ``save_parameters``
+            (ours, GluonCV's or the authors').
         ctx: Context (or list) for the loaded parameters; defaults to ``mx.cpu()``.
-        root: Folder searched when ``pretrained`` is True.
+        root: Cache of published weights; default ``$MXNET_HOME/models`` when ``MXNET_HOME``
+            is set, else ``~/.mxnet/models`` (GluonCV's).
         classes: Classifier outputs.
         norm_layer: Normalisation layer, e.g. ``mx.gluon.contrib.nn.SyncBatchNorm``.
         norm_kwargs: Extra arguments of ``norm_layer``.
@@ -43,6 +49,12 @@ def get_model(name: str, pretrained: bool | str = False, ctx: Any = None,
 
     Returns:
         The network; uninitialised unless ``pretrained`` is set.
+
+    Raises:
+        FileNotFoundError: No such file, or the published weights could not be downloaded
+            (:class:`~gluon_resnest.weights.WeightsError`: the message names the URL and the
+            path where the file belongs).
+        ValueError: An unknown model, or a file of another architecture.
     """
     builder = lookup(name)
     kwargs.pop('input_size', None)
@@ -53,12 +65,12 @@ def get_model(name: str, pretrained: bool | str = False, ctx: Any = None,
         if dilation not in (2, 4):
             raise ValueError(f'dilation must be 1, 2 or 4 (GluonCV semantics), got {dilation}')
         kwargs['output_stride'] = 16 if dilation == 2 else 8
+    # The file first: a failed download ends before a network is built.
+    resolved = resolve_pretrained(builder.__name__, pretrained, root) if pretrained else None
     net = builder(classes=classes, norm_layer=norm_layer, norm_kwargs=norm_kwargs, **kwargs)
     if pretrained:
-        path = pretrained if isinstance(pretrained, (str, os.PathLike)) else os.path.join(
-            os.path.expanduser(root), f'{builder.__name__}.params')
-        logger.info('loading %s parameters from %s', builder.__name__, path)
-        net.load_parameters(path, ctx=ctx or mx.cpu())
+        load_pretrained(net, builder.__name__, pretrained, root=root, ctx=ctx or mx.cpu(),
+                        resolved=resolved)
     return net
 
 

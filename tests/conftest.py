@@ -1,6 +1,8 @@
 """Shared fixtures and helpers for the test-suite."""
 from __future__ import annotations
 
+import socket
+
 import mxnet as mx
 import numpy as np
 import pytest
@@ -10,6 +12,25 @@ import pytest
 def _seed():
     mx.random.seed(0)
     np.random.seed(0)
+
+
+def _closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(('127.0.0.1', 0))
+        return sock.getsockname()[1]
+
+
+#: A loopback URL where nothing listens.
+CLOSED_URL = f'http://127.0.0.1:{_closed_port()}/'
+
+
+@pytest.fixture(autouse=True)
+def _weights_offline(monkeypatch):
+    """Published weights never come from the internet in tests: both stores point at a closed
+    loopback port, unless a test serves them (tests/weights_store.py)."""
+    monkeypatch.setenv('MXNET_GLUON_REPO', CLOSED_URL)
+    monkeypatch.setenv('GLUON_RESNEST_REPO', CLOSED_URL)
+    monkeypatch.delenv('ENCODING_REPO', raising=False)
 
 
 def randomize_norm_stats(net: mx.gluon.Block, seed: int = 0) -> None:

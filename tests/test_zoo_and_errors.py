@@ -42,6 +42,11 @@ def test_pretrained_path_and_root(tmp_path):
 
 def test_pretrained_missing_file_is_clear(tmp_path):
     with pytest.raises(FileNotFoundError, match='no parameter file'):
+        gluon_resnest.get_model('resnest14', pretrained=str(tmp_path / 'resnest14.params'))
+    # Not cached and not downloadable (conftest's closed loopback port): the URL and the path.
+    with pytest.raises(FileNotFoundError, match=r'cannot fetch http://127\.0\.0\.1:\d+/.*put '
+                                                r'the unzipped file \(sha1 7e0b0cae\w+\) at \('
+                                                + str(tmp_path) + r'/resnest14-7e0b0cae\.params\)'):
         gluon_resnest.get_model('resnest14', pretrained=True, root=str(tmp_path))
 
 

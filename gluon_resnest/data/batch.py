@@ -12,7 +12,7 @@ Rng = Union[np.random.Generator, np.random.RandomState]
 
 
 def smooth_one_hot(label: mx.nd.NDArray, classes: int, epsilon: float = 0.1) -> mx.nd.NDArray:
-    """Smoothed one-hot targets ``(1 - eps) * onehot + eps / classes``.
+    """Smoothed one-hot targets: ``1 - eps + eps / classes`` on the label, ``eps / classes`` off.
 
     Args:
         label: (B,) class indices (any numeric dtype).
@@ -24,8 +24,11 @@ def smooth_one_hot(label: mx.nd.NDArray, classes: int, epsilon: float = 0.1) -> 
     """
     if not 0.0 <= epsilon < 1.0:
         raise ValueError(f'epsilon must be in [0, 1), got {epsilon}')
-    onehot = mx.nd.one_hot(label.astype('int64', copy=False), classes, dtype='float32')
-    return onehot * (1.0 - epsilon) + epsilon / classes
+    # The two values are rounded to float32 once, as the authors' script computes them
+    # (scaling and shifting a one-hot array instead rounds twice: 1 ulp off for 10 classes).
+    return mx.nd.one_hot(label.astype('int64', copy=False), classes,
+                         on_value=1.0 - epsilon + epsilon / classes,
+                         off_value=epsilon / classes, dtype='float32')
 
 
 def mixup(data: mx.nd.NDArray, targets: mx.nd.NDArray, alpha: float,

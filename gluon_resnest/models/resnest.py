@@ -18,8 +18,13 @@ from ..layers import DeepStem, DropBlock, Shortcut, SplitAttention
 from ..layers.norm_relu import ReLU, fuse_norm_relu
 from ..registry import register_model
 
-# Kaiming-normal with fan-out, the paper's initialisation of convolutions (§5.1).
-KAIMING = mx.init.Xavier(rnd_type='gaussian', factor_type='out', magnitude=2)
+# The initialiser of training from scratch: the authors' script (``scripts/gluon/train.py``)
+# sets it globally, ``net.initialize(KAIMING_FAN_IN)``, on a network whose layers have no
+# initialisers of their own: Kaiming normal with fan-in, ``std = sqrt(2 / fan_in)``, for every
+# convolution and the classifier; biases and BatchNorm beta 0, gamma 1 (0 on each block's last
+# BatchNorm with ``last_gamma``). Like GluonCV's networks, ours give no layer a weight
+# initialiser, so the global initialiser passed to ``initialize`` decides.
+KAIMING_FAN_IN = mx.init.Xavier(rnd_type='gaussian', factor_type='in', magnitude=2)
 
 # (stride, dilation of the stage, dilation of its first block) for stages 1..4.
 _STAGE_PLANS = {
@@ -74,24 +79,21 @@ class Bottleneck(nn.HybridBlock):
         # order, so that parameter and operator names are GluonCV's (``resnest_layers1_conv0``,
         # ``resnest_layers1_relu11_fwd``). GluonCV's FPN detectors pick their inputs by those
         # operator names and their checkpoints key the backbone parameters by those names.
-        self.conv1 = nn.Conv2D(width, 1, use_bias=False, in_channels=in_channels,
-                               weight_initializer=KAIMING)
+        self.conv1 = nn.Conv2D(width, 1, use_bias=False, in_channels=in_channels)
         self.bn1 = norm_layer(in_channels=width, **norm_kwargs)
         self.relu1 = ReLU()
         if radix >= 1:
             self.conv2 = SplitAttention(width, 3, conv_strides, dilation, dilation,
                                         radix=radix, cardinality=cardinality,
                                         in_channels=width, norm_layer=norm_layer,
-                                        norm_kwargs=norm_kwargs, weight_initializer=KAIMING,
+                                        norm_kwargs=norm_kwargs,
                                         native=native)
         else:
             self.conv2 = nn.Conv2D(width, 3, conv_strides, dilation, dilation,
-                                   groups=cardinality, use_bias=False, in_channels=width,
-                                   weight_initializer=KAIMING)
+                                   groups=cardinality, use_bias=False, in_channels=width)
             self.bn2 = norm_layer(in_channels=width, **norm_kwargs)
             self.relu2 = ReLU()
-        self.conv3 = nn.Conv2D(out_channels, 1, use_bias=False, in_channels=width,
-                               weight_initializer=KAIMING)
+        self.conv3 = nn.Conv2D(out_channels, 1, use_bias=False, in_channels=width)
         gamma_init = 'zeros' if last_gamma else 'ones'
         self.bn3 = norm_layer(in_channels=out_channels, gamma_initializer=gamma_init,
                               **norm_kwargs)
@@ -235,10 +237,9 @@ class ResNeSt(nn.HybridBlock):
         with self.name_scope():
             if deep_stem:
                 self.conv1 = DeepStem(stem_width, norm_layer, norm_kwargs, in_channels,
-                                      weight_initializer=KAIMING, prefix='conv1')
+                                      prefix='conv1')
             else:
-                self.conv1 = nn.Conv2D(64, 7, 2, 3, use_bias=False, in_channels=in_channels,
-                                       weight_initializer=KAIMING)
+                self.conv1 = nn.Conv2D(64, 7, 2, 3, use_bias=False, in_channels=in_channels)
             self.bn1 = norm_layer(in_channels=stem_out, **norm_kwargs)
             # Named blocks rather than bare operators: GluonCV's segmentation models copy
             # ``relu`` and the graph names match GluonCV's. Activation and global Pooling (not
@@ -253,8 +254,7 @@ class ResNeSt(nn.HybridBlock):
                 downsample = None
                 if stride != 1 or inplanes != out_channels:
                     downsample = Shortcut(inplanes, out_channels, stride, avg_down, norm_layer,
-                                          norm_kwargs, weight_initializer=KAIMING,
-                                          prefix=f'down{index}_')
+                                          norm_kwargs, prefix=f'down{index}_')
                 stage = nn.HybridSequential(prefix=f'layers{index}_')
                 with stage.name_scope():
                     for i in range(layers[index - 1]):

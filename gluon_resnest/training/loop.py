@@ -35,6 +35,7 @@ from ..errors import InputError, mxnet_reason
 from ..evaluation import evaluate
 from ..layers import HorovodSyncBatchNorm, set_drop_prob
 from ..model_zoo import get_model
+from ..models import KAIMING_FAN_IN
 from ..params import copy_parameters, params_digest
 from ..progress import progress
 from .amp import check_amp, init_amp, loss_scaler_state, restore_loss_scaler
@@ -52,10 +53,11 @@ from .options import (
 )
 from .plan import worker_device
 from .rundir import RunLock, claim_run_dir, read_identity
-from .schedule import dropblock_prob, learning_rate
+from .schedule import dropblock_prob, iteration_lr
 
-__all__ = ['Run', 'build_loaders', 'build_model_and_trainer', 'finish', 'resume', 'save_epoch',
-           'seed_everything', 'start_workers', 'train_epoch', 'train_model', 'validate']
+__all__ = ['Run', 'build_loaders', 'build_model_and_trainer', 'build_networks', 'finish',
+           'resume', 'save_epoch', 'seed_everything', 'start_workers', 'train_epoch',
+           'train_model', 'validate']
 
 logger = logging.getLogger('gluon_resnest.train')
 
@@ -219,6 +221,39 @@ def model_spec(config: dict[str, Any]) -> dict[str, Any]:
     return {'model': config['model'], 'classes': config['classes'],
             'model_kwargs': dict(config['model_kwargs'])}
 
+def build_networks(config: dict[str, Any], ctx: Any, native_ops: bool = False
+                   ) -> tuple[gluon.HybridBlock, gluon.HybridBlock]:
+    """The training network, initialised for training from scratch, and its evaluation twin.
+
+    Every weight (convolutions and the classifier) is drawn by :data:`KAIMING_FAN_IN`, set
+    globally as the authors' script sets it; with ``last_gamma`` each block's last BatchNorm
+    starts with gamma 0. The random draws follow MXNet's global generator: seed it first.
+
+    Args:
+        config: A resolved recipe.
+        ctx: The device.
+        native_ops: Split-Attention with gluon_resnest's native operator (CPU, float32).
+    """
+    def build(**kwargs: Any) -> gluon.HybridBlock:
+        return get_model(config['model'], classes=config['classes'],
+                         last_gamma=config['last_gamma'], final_drop=config['final_drop'],
+                         **config['model_kwargs'], **kwargs)
+
+    # Synchronised BatchNorm takes batch statistics over all workers (training only; the
+    # evaluation copy below uses plain BatchNorm, whose parameters have the same names).
+    sync = {'norm_layer': HorovodSyncBatchNorm} if config['sync_bn'] else {}
+    net = build(dropblock_prob=config['dropblock_prob'], native=native_ops, **sync)
+    net.initialize(KAIMING_FAN_IN, ctx=ctx)
+    # Validation and export run on a second instance that receives a copy of the weights:
+    # oneDNN reorders weights in place for inference, and training on from reordered arrays
+    # changes the last bits of later updates, so that ranks drift apart and a resumed run
+    # would not repeat an uninterrupted one.
+    eval_net = build()
+    eval_net.initialize(ctx=ctx)
+    eval_net.hybridize(static_alloc=True, static_shape=True)
+    return net, eval_net
+
+
 
 def build_model_and_trainer(run: Run) -> None:
     """The network (weights broadcast from rank 0), its evaluation twin and the trainer."""
@@ -235,28 +270,11 @@ def build_model_and_trainer(run: Run) -> None:
         init_amp(config['amp_dtype'])
 
     seed_everything(config['seed'])
-
-    def build(**kwargs: Any) -> gluon.HybridBlock:
-        return get_model(config['model'], classes=config['classes'],
-                         last_gamma=config['last_gamma'], final_drop=config['final_drop'],
-                         **config['model_kwargs'], **kwargs)
-
-    # Synchronised BatchNorm takes batch statistics over all workers (training only; the
-    # evaluation copy below uses plain BatchNorm, whose parameters have the same names).
-    sync = {'norm_layer': HorovodSyncBatchNorm} if config['sync_bn'] else {}
     # On CPU in float32, the Split-Attention sums run as gluon_resnest's native operator
     # (forward and backward in one pass each; same parameters). The evaluation and export
-    # copy below keeps MXNet's operators, so exports need nothing but MXNet.
+    # copy keeps MXNet's operators, so exports need nothing but MXNet.
     fast = not config['amp'] and run.ctx.device_type == 'cpu' and native.load()
-    run.net = build(dropblock_prob=config['dropblock_prob'], native=fast, **sync)
-    run.net.initialize(mx.init.Xavier(), ctx=run.ctx)
-    # Validation and export run on a second instance that receives a copy of the weights:
-    # oneDNN reorders weights in place for inference, and training on from reordered arrays
-    # changes the last bits of later updates, so that ranks drift apart and a resumed run
-    # would not repeat an uninterrupted one.
-    run.eval_net = build()
-    run.eval_net.initialize(ctx=run.ctx)
-    run.eval_net.hybridize(static_alloc=True, static_shape=True)
+    run.net, run.eval_net = build_networks(config, run.ctx, native_ops=fast)
     params = run.net.collect_params()
     # Weight decay on convolution and FC weights only (paper §4.2): not on BN and biases.
     for name, param in params.items():
@@ -343,8 +361,7 @@ def train_epoch(run: Run, epoch: int) -> dict[str, Any]:
     loss_sum, seen, tic = 0.0, 0, time.time()
     bar = _progress(steps, f'epoch {epoch + 1}/{epochs}', run)
     for step, (data, label) in enumerate(run.train_loader):
-        lr = learning_rate(epoch * steps + step, steps, config['lr'], epochs,
-                           config['warmup_epochs'])
+        lr = iteration_lr(config, run.train_loader.num_records, epoch * steps + step)
         trainer.set_learning_rate(lr)
         value = _train_step(run, data, label)
         _check_finite(run, value, epoch, step, lr)
@@ -546,8 +563,7 @@ def _train_elastic(run: Run) -> None:
             if bar is not None:
                 bar.update(state.batch)
             for step, (data, label) in enumerate(run.train_loader, start=state.batch):
-                lr = learning_rate(epoch * steps + step, steps, config['lr'], epochs,
-                                   config['warmup_epochs'])
+                lr = iteration_lr(config, run.train_loader.num_records, epoch * steps + step)
                 run.trainer.set_learning_rate(lr)
                 value = _train_step(run, data, label)
                 _check_finite(run, value, epoch, step, lr)

@@ -12,7 +12,7 @@ import pytest
 
 from conftest import assert_close_to_largest, randomize_norm_stats
 from gluon_resnest import get_model, list_models, native
-from gluon_resnest.deploy import load_exported
+from gluon_resnest.deploy import load_exported, write_meta
 from gluon_resnest.deploy.fast_inference import fast_inference
 
 pytestmark = pytest.mark.skipif(not native.fast_inference_available(),
@@ -135,6 +135,7 @@ def test_other_batch_sizes_and_export_reload(tmp_path):
     assert_close_to_largest(fast(one).asnumpy(), net(one).asnumpy(), 1e-4)
     prefix = str(tmp_path / 'fast')
     fast.export(prefix)
+    write_meta(prefix, input_size=64)  # the meta file makes it an export
     text = open(f'{prefix}-symbol.json', encoding='utf-8').read()
     assert set(native.operators_in(text)) == {'gluon_resnest_conv', 'gluon_resnest_sa_sum_nhwc',
                                               'gluon_resnest_sa_gap_nhwc'}
@@ -241,14 +242,15 @@ def test_operator_rejects_a_weight_of_the_wrong_shape():
 
 
 def test_unavailable_operators_are_reported(tmp_path):
-    """Without the oneDNN-layout library fast_inference says why instead of failing later."""
+    """Without the oneDNN-layout library ``fast_inference(strict=True)`` says why instead of
+    failing later."""
     code = ('import mxnet as mx\n'
             'from gluon_resnest import get_model, native\n'
             'from gluon_resnest.deploy.fast_inference import fast_inference\n'
             'assert not native.fast_inference_available()\n'
             'net = get_model("resnest14", classes=10); net.initialize()\n'
             'try:\n'
-            '    fast_inference(net, mx.nd.ones((1, 3, 32, 32)))\n'
+            '    fast_inference(net, mx.nd.ones((1, 3, 32, 32)), strict=True)\n'
             'except native.NativeBuildError as err:\n'
             '    print("ERROR", err)\n')
     env = dict(os.environ, GLUON_RESNEST_NATIVE_ONEDNN='0')

@@ -32,9 +32,10 @@ import numpy as np
 from mxnet.gluon import nn
 
 from .. import native
+from ..errors import MIN_IMAGE_SIZE
 from ..layers import unfused_norm_relu
 from .graph import Graph
-from .inference import fold_batchnorm
+from .inference import fold_batchnorm, optimize_for_inference
 
 __all__ = ['fast_inference', 'fast_inference_graph']
 
@@ -204,26 +205,61 @@ def _winograd_shape(attrs: dict[str, str]) -> bool:
         pair('pad', (0, 0)) == (1, 1) and pair('dilate', (1, 1)) == (1, 1)
 
 
-def fast_inference(net: nn.HybridBlock, data: mx.nd.NDArray,
-                   winograd: bool = True) -> mx.gluon.SymbolBlock:
+def _mxnet_inference(net: nn.HybridBlock, data: mx.nd.NDArray) -> mx.gluon.SymbolBlock:
+    """``net``'s graph on MXNet's operators as a ``SymbolBlock`` sharing its parameters,
+    planned for ``data`` by ``optimize_for_inference`` (``net`` itself is not changed)."""
+    with unfused_norm_relu(net):
+        out = net(mx.sym.var('data'))
+    symbol = out[0] if isinstance(out, (list, tuple)) else out
+    with warnings.catch_warnings():
+        warnings.filterwarnings('ignore', message='Cannot decide type')
+        block = mx.gluon.SymbolBlock(symbol, [mx.sym.var('data')], params=net.collect_params())
+    optimize_for_inference(block, data=data)
+    block(data).wait_to_read()
+    return block
+
+
+def fast_inference(net: nn.HybridBlock, data: mx.nd.NDArray, winograd: bool = True,
+                   strict: bool = False) -> mx.gluon.SymbolBlock:
     """``net`` (an initialised ResNeSt) as a ``SymbolBlock`` that runs float32 inference on the
     oneDNN 3 operators, statically planned for ``data``'s shape; ``net`` is not changed.
     ``winograd=False`` runs every convolution direct (see the module text).
 
+    Where the operators are unavailable (not built, refused, or rejected by the self-check of
+    :mod:`gluon_resnest.native`), one warning says why and the result is ``net``'s graph on
+    MXNet's operators, planned by :func:`~gluon_resnest.deploy.optimize_for_inference`
+    (the same outputs, slower); ``strict=True`` raises instead.
+
     Raises:
         ValueError: ``data`` is not a float32 N x C x H x W batch on the CPU.
-        gluon_resnest.native.NativeBuildError: the operators are unavailable here (the message
-            says why; ``make install`` installs oneDNN 3 and builds them).
+        gluon_resnest.native.NativeBuildError: with ``strict``, the operators are unavailable
+            here (the message says why; ``make install`` installs oneDNN 3 and builds them).
     """
+    if not isinstance(data, mx.nd.NDArray):
+        raise ValueError(f'data: fast_inference needs an MXNet NDArray sample batch, got '
+                         f'{type(data).__name__} (convert it with mx.nd.array)')
+    if not isinstance(net, nn.HybridBlock):
+        raise ValueError(f'net: fast_inference needs an initialised HybridBlock, got '
+                         f'{type(net).__name__}')
     if data.context.device_type != 'cpu':
-        raise ValueError(f'fast_inference runs on the CPU; the sample batch is on {data.context} '
-                         '(use optimize_for_inference on GPUs)')
+        raise ValueError(f'data: fast_inference runs on the CPU; the sample batch is on '
+                         f'{data.context} (use optimize_for_inference on GPUs)')
     if data.ndim != 4 or data.dtype != np.float32:
-        raise ValueError(f'fast_inference needs a float32 batch of shape (N, C, H, W), got '
-                         f'{np.dtype(data.dtype).name} of shape {data.shape}')
+        raise ValueError(f'data: fast_inference needs a float32 batch of shape (N, C, H, W), '
+                         f'got {np.dtype(data.dtype).name} of shape {data.shape}')
+    if data.shape[0] < 1:
+        raise ValueError(f'data: the sample batch is empty (shape {data.shape})')
+    if min(data.shape[2:]) < MIN_IMAGE_SIZE:
+        raise ValueError(f'data: images of {data.shape[2]}x{data.shape[3]} pixels are too small '
+                         f'for the network\'s five stride-2 stages (at least {MIN_IMAGE_SIZE})')
     reason = native.fast_inference_unavailable_reason()
     if reason is not None:
-        raise native.NativeBuildError(f'float32 inference on oneDNN 3 is unavailable: {reason}')
+        if strict:
+            raise native.NativeBuildError(f'float32 inference on oneDNN 3 is unavailable: '
+                                          f'{reason}')
+        logger.warning('fast_inference: float32 inference on oneDNN 3 is unavailable, using '
+                       "MXNet's operators (optimize_for_inference) instead: %s", reason)
+        return _mxnet_inference(net, data)
     symbol = _symbol_with_native_split_attention(net)
     params = {name: p.data() for name, p in net.collect_params().items()}
     aux_names = set(symbol.list_auxiliary_states())

@@ -27,6 +27,13 @@ gluon_resnest.native`` builds and loads them and prints their paths. Set
 own operators. A network exported with the operators needs the libraries in the process that
 loads it: :func:`gluon_resnest.deploy.load_exported` loads it
 itself; with plain ``mx.gluon.SymbolBlock.imports`` call :func:`load` first.
+
+Before a process uses them, the libraries must pass two gates: :mod:`.guards` (this is the CPU
+build of MXNet 1.9.1 they were written for, and, for the library that reaches into MXNet's
+internals, GCC and the ABI of ``libmxnet.so``), and :mod:`.selfcheck` (every operator against
+MXNet's own, in a child process, once per build). A library that fails either is not loaded
+(one warning says why) and MXNet's operators are used; a failure among the float32 inference
+operators only leaves :func:`gluon_resnest.deploy.fast_inference` on MXNet's operators.
 """
 from __future__ import annotations
 
@@ -39,6 +46,8 @@ import subprocess
 import sys
 import tempfile
 import threading
+
+from . import guards, selfcheck
 
 __all__ = ['OPERATORS', 'NativeBuildError', 'build', 'build_onednn', 'enabled', 'library_paths',
            'load', 'loaded', 'onednn_calls', 'onednn_loaded', 'onednn_supported', 'operators_in',
@@ -53,7 +62,7 @@ OPERATORS = ('gluon_resnest_sa_sum_u8', 'gluon_resnest_sa_sum', 'gluon_resnest_s
 _HERE = os.path.dirname(os.path.abspath(__file__))
 _SOURCE = os.path.join(_HERE, 'split_attention.cc')
 _ONEDNN_SOURCE = os.path.join(_HERE, 'split_attention_onednn.cc')
-_HEADER = os.path.join(_HERE, 'split_attention_u8.h')
+_HEADERS = (os.path.join(_HERE, 'split_attention_u8.h'), os.path.join(_HERE, 'mxnet_bridge.h'))
 _CONV_SOURCE = os.path.join(_HERE, 'conv_dnnl3.cc')
 _CONV_LIBRARY = 'libgluon_resnest_dnnl3.so'
 _LIBRARY = 'libgluon_resnest_ops.so'
@@ -124,11 +133,13 @@ def _compiler() -> str:
 
 
 def _compile(name: str, inputs: list[str], flags: list[str], mx_version: str,
-             force: bool) -> str:
-    """Compile ``inputs`` into the cache (once per sources, flags, MXNet and compiler)."""
+             force: bool, extra_key: str = '') -> str:
+    """Compile ``inputs`` into the cache (once per sources, flags, MXNet, compiler and
+    ``extra_key``)."""
     compiler = _compiler()
     digest = hashlib.sha256(' '.join(flags).encode())
-    for path in (*inputs, _HEADER):
+    digest.update(extra_key.encode())
+    for path in (*inputs, *_HEADERS):
         with open(path, 'rb') as handle:
             digest.update(handle.read())
     digest.update(f'{mx_version}|{os.path.realpath(compiler)}|{sys.platform}'.encode())
@@ -169,20 +180,13 @@ def build(force: bool = False, int8_operator: bool = True) -> str:
 
 
 def onednn_supported() -> str | None:
-    """Why the oneDNN-layout INT8 operator cannot be built here, or None when it can."""
-    import mxnet as mx
-    from mxnet.runtime import Features
-
-    if mx.__version__ != _ONEDNN_MXNET:
-        return f'it is written for MXNet {_ONEDNN_MXNET}, this is {mx.__version__}'
-    if not Features().is_enabled('MKLDNN'):
-        return 'this MXNet has no oneDNN'
-    base = os.path.dirname(os.path.abspath(mx.__file__))
-    for path in ('include/mxnet/ndarray.h', 'include/nnvm/op.h', 'include/mkldnn/dnnl.hpp',
-                 'libmxnet.so'):
-        if not os.path.isfile(os.path.join(base, path)):
-            return f'this MXNet ships no {path}'
-    return None
+    """Why the oneDNN-layout library cannot be built here, or None when it can (the checks of
+    :mod:`.guards`: MXNet 1.9.1 CPU build with oneDNN 2.4, GCC, the ABI of libmxnet.so)."""
+    try:
+        compiler = _compiler()
+    except NativeBuildError as err:
+        return str(err)
+    return guards.onednn_refusal(compiler)
 
 
 def build_onednn(force: bool = False) -> str:
@@ -229,19 +233,15 @@ def build_conv(force: bool = False) -> str:
         raise NativeBuildError('oneDNN 3 is not installed in this environment (pip install '
                                'onednn-cpu-gomp==2023.2.0 onednn-devel-cpu-gomp==2023.2.0)')
     include, lib = dirs
+    version = guards.dnnl3_version(include)
     flags = ['-O3', '-std=c++17', '-shared', '-fPIC', '-fopenmp', '-Wl,-Bsymbolic', f'-I{include}',
              f'-L{lib}', '-l:libdnnl.so.3', '-Wl,--no-undefined', f'-Wl,-rpath,{lib}']
-    return _compile(_CONV_LIBRARY, [_CONV_SOURCE], flags, mx.__version__, force)
+    return _compile(_CONV_LIBRARY, [_CONV_SOURCE], flags, mx.__version__, force,
+                    extra_key=f'oneDNN {version}')
 
 
-def _load_conv(handle: ctypes.CDLL) -> None:
-    """Build the oneDNN 3 convolution library and hand it to the oneDNN-layout library."""
-    try:
-        path = build_conv()
-    except NativeBuildError as err:
-        _state['conv_error'] = str(err)
-        logger.info('gluon_resnest: float32 inference keeps MXNet\'s convolutions: %s', err)
-        return
+def _hand_conv(handle: ctypes.CDLL, path: str) -> None:
+    """Hand the oneDNN 3 convolution library to the oneDNN-layout library."""
     handle.gluon_resnest_set_conv_library.argtypes = [ctypes.c_char_p]
     handle.gluon_resnest_conv_library_error.restype = ctypes.c_char_p
     if handle.gluon_resnest_set_conv_library(path.encode()) != 0:
@@ -267,19 +267,53 @@ def fast_inference_unavailable_reason() -> str | None:
                'the oneDNN-layout operator library is not loaded')
 
 
-def _load_onednn() -> bool:
-    """Load the oneDNN-layout INT8 operator; False (with the reason logged) when it cannot."""
+def _build_all() -> dict[str, str | None]:
+    """Build what this machine allows: ``{'ops', 'onednn', 'conv'}`` library paths (None for a
+    library that cannot be built here; the reason is kept for
+    :func:`fast_inference_unavailable_reason`)."""
+    refusal = guards.library_refusal()
+    if refusal is not None:
+        raise NativeBuildError(refusal)
+    paths: dict[str, str | None] = {'onednn': None, 'conv': None}
     if os.environ.get('GLUON_RESNEST_NATIVE_ONEDNN', '1') == '0':
         _state['conv_error'] = 'GLUON_RESNEST_NATIVE_ONEDNN=0 leaves the oneDNN-layout library out'
-        return False
-    try:
-        path = build_onednn()
-        handle = ctypes.CDLL(path, mode=ctypes.RTLD_LOCAL)
-    except (NativeBuildError, OSError) as err:
-        _state['conv_error'] = f'the oneDNN-layout library is unavailable: {err}'
-        logger.info('gluon_resnest: INT8 Split-Attention operator through the operator-library '
-                    'interface instead: %s', err)
-        return False
+    else:
+        try:
+            paths['onednn'] = build_onednn()
+        except NativeBuildError as err:
+            _state['conv_error'] = f'the oneDNN-layout library is unavailable: {err}'
+            logger.info('gluon_resnest: INT8 Split-Attention operator through the '
+                        'operator-library interface instead: %s', err)
+    if paths['onednn']:
+        try:
+            paths['conv'] = build_conv()
+        except NativeBuildError as err:
+            _state['conv_error'] = str(err)
+            logger.info('gluon_resnest: float32 inference keeps MXNet\'s convolutions: %s', err)
+    # The oneDNN library registers gluon_resnest_sa_sum_u8 itself when it is there.
+    paths['ops'] = build(int8_operator=paths['onednn'] is None)
+    return paths
+
+
+def _self_checked(paths: dict[str, str | None]) -> dict[str, str | None]:
+    """``paths`` less what failed :mod:`.selfcheck` (raises when the core operators did)."""
+    if os.environ.get(selfcheck.CHILD_ENV) == 'child':
+        return paths
+    failures = selfcheck.verdict(paths)
+    text = selfcheck.describe(failures)
+    if any(f['op'] not in selfcheck.FAST_INFERENCE_OPERATORS for f in failures):
+        raise NativeBuildError(f'the self-check against MXNet\'s operators failed: {text}')
+    if failures:
+        _state['conv_error'] = f'the self-check against MXNet\'s operators failed: {text}'
+        logger.warning('gluon_resnest: float32 inference keeps MXNet\'s convolutions: %s',
+                       _state['conv_error'])
+        paths = dict(paths, conv=None)
+    return paths
+
+
+def _load_onednn(path: str, conv_path: str | None) -> None:
+    """Load the oneDNN-layout library (and hand it the oneDNN 3 one)."""
+    handle = ctypes.CDLL(path, mode=ctypes.RTLD_LOCAL)
     _state['onednn_path'] = path
     handle.gluon_resnest_onednn_calls.restype = ctypes.c_int64
     handle.gluon_resnest_onednn_calls.argtypes = [ctypes.c_int]
@@ -288,8 +322,8 @@ def _load_onednn() -> bool:
                  'gluon_resnest_train_calls'):
         getattr(handle, name).restype = ctypes.c_int64
         getattr(handle, name).argtypes = [ctypes.c_int]
-    _load_conv(handle)
-    return True
+    if conv_path:
+        _hand_conv(handle, conv_path)
 
 
 def _blocked_training() -> None:
@@ -389,11 +423,19 @@ def load(required: bool = False) -> bool:
             return False
         if _state['error'] is None:
             try:
-                # The oneDNN library first: it registers gluon_resnest_sa_sum_u8 itself, and
-                # mx.library.load then adds functions to mx.nd/mx.sym for both.
-                path = build(int8_operator=not _load_onednn())
-                _library_load(path)
-                _state['loaded'] = path
+                paths = _self_checked(_build_all())
+                # The oneDNN library first: mx.library.load then adds functions to mx.nd and
+                # mx.sym for the operators of both.
+                if paths['onednn']:
+                    try:
+                        _load_onednn(str(paths['onednn']), paths['conv'])
+                    except OSError as err:
+                        _state['conv_error'] = f'the oneDNN-layout library is unavailable: {err}'
+                        logger.info('gluon_resnest: INT8 Split-Attention operator through the '
+                                    'operator-library interface instead: %s', err)
+                        paths['ops'] = build(int8_operator=True)
+                _library_load(str(paths['ops']))
+                _state['loaded'] = paths['ops']
                 _blocked_training()
             except (NativeBuildError, OSError) as err:
                 _state['error'] = str(err)

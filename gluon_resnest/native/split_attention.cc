@@ -433,6 +433,33 @@ MXReturnValue gap_backward(const Attrs& attrs, std::vector<MXTensor>* inputs,
   return mxnet::ext::MX_SUCCESS;
 }
 
+using Compute = MXReturnValue (*)(const Attrs&, std::vector<MXTensor>*, std::vector<MXTensor>*,
+                                  const OpResource&);
+
+// fn, with the fault GLUON_RESNEST_NATIVE_SELFTEST_PERTURB may ask for (split_attention_u8.h).
+template <Compute fn, const char* name>
+MXReturnValue with_selftest_fault(const Attrs& attrs, std::vector<MXTensor>* inputs,
+                                  std::vector<MXTensor>* outputs, const OpResource& res) {
+  const int fault = gluon_resnest::selftest_fault(name);
+  if (fault == 2) std::abort();
+  const MXReturnValue status = fn(attrs, inputs, outputs, res);
+  if (fault == 1 && status == mxnet::ext::MX_SUCCESS) {
+    MXTensor& y = (*outputs)[0];
+    if (y.dtype == mxnet::ext::kUint8) {
+      y.data<uint8_t>()[0] += 128;
+    } else {
+      y.data<float>()[0] += 1.f;
+    }
+  }
+  return status;
+}
+
+constexpr char kSumU8[] = "gluon_resnest_sa_sum_u8";
+constexpr char kSum[] = "gluon_resnest_sa_sum";
+constexpr char kSumBackward[] = "_backward_gluon_resnest_sa_sum";
+constexpr char kGap[] = "gluon_resnest_sa_gap";
+constexpr char kGapBackward[] = "_backward_gluon_resnest_sa_gap";
+
 }  // namespace
 
 #if GLUON_RESNEST_LIB_API_U8
@@ -440,7 +467,7 @@ REGISTER_OP(gluon_resnest_sa_sum_u8)
     .setParseAttrs(parse_attrs)
     .setInferType(infer_type)
     .setInferShape(infer_shape)
-    .setForward(forward, "cpu")
+    .setForward(with_selftest_fault<forward, kSumU8>, "cpu")
     .setBackward(backward, "cpu");
 #endif
 
@@ -448,15 +475,15 @@ REGISTER_OP(gluon_resnest_sa_sum)
     .setParseAttrs(f32_parse)
     .setInferType(f32_type)
     .setInferShape(f32_shape)
-    .setForward(f32_forward, "cpu")
-    .setBackward(f32_backward, "cpu");
+    .setForward(with_selftest_fault<f32_forward, kSum>, "cpu")
+    .setBackward(with_selftest_fault<f32_backward, kSumBackward>, "cpu");
 
 REGISTER_OP(gluon_resnest_sa_gap)
     .setParseAttrs(gap_parse)
     .setInferType(gap_type)
     .setInferShape(gap_shape)
-    .setForward(gap_forward, "cpu")
-    .setBackward(gap_backward, "cpu");
+    .setForward(with_selftest_fault<gap_forward, kGap>, "cpu")
+    .setBackward(with_selftest_fault<gap_backward, kGapBackward>, "cpu");
 
 MXReturnValue initialize(int version) {
   // Built against MXNet 1.9's operator library interface (MX_LIBRARY_VERSION 11).

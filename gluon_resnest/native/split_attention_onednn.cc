@@ -11,17 +11,7 @@
 // bits (split_attention_u8.h). GLUON_RESNEST_NATIVE_LAYOUT=nchw forces the plain path.
 //
 // The library is built against the C++ headers the MXNet 1.9.1 wheel ships and linked to its
-// libmxnet.so. Two things differ between that build and this compiler, and are bridged here:
-//  * the oneDNN C functions are not exported by libmxnet.so, so memory descriptors are filled
-//    in field by field and data pointers come from the NDArray's storage;
-//  * libmxnet.so's std::function calls pass by-value parameters by value, where this compiler's
-//    std::function invokers take them by reference: every std::function handed to MXNet whose
-//    parameters are not all references gets an invoker with the older convention (legacy()).
-//    nnvm::Op::set_attr hands MXNet such a function (its updater takes an any*); this library's
-//    own definition of nnvm::Op::UpdateAttrMap (bound to itself with -Bsymbolic) wraps it before
-//    calling MXNet's.
-#include <dlfcn.h>
-
+// libmxnet.so; what that relies on is gathered in mxnet_bridge.h.
 #include <mxnet/ndarray.h>
 #include <mxnet/op_attr_types.h>
 #include <nnvm/node.h>
@@ -40,46 +30,10 @@
 #include <unordered_map>
 #include <vector>
 
+#include "mxnet_bridge.h"
 #include "split_attention_u8.h"
 
-namespace {
-
-// A std::function calling fn whose invoker takes by-value parameters by value.
-template <typename R, typename... A>
-std::function<R(A...)> legacy(R (*fn)(A...)) {
-  std::function<R(A...)> f(fn);
-  using Invoker = R (*)(const std::_Any_data&, A...);
-  Invoker invoke = [](const std::_Any_data& data, A... args) -> R {
-    return (*data._M_access<R (*)(A...)>())(args...);
-  };
-  // libstdc++'s layout: functor storage, manager, invoker.
-  static_assert(sizeof(f) == sizeof(std::_Any_data) + 2 * sizeof(void*), "std::function layout");
-  std::memcpy(reinterpret_cast<char*>(&f) + sizeof(std::_Any_data) + sizeof(void*), &invoke,
-              sizeof invoke);
-  return f;
-}
-
-const std::function<void(dmlc::any*)>* pending_update = nullptr;
-void apply_pending_update(dmlc::any* map) { (*pending_update)(map); }
-
-}  // namespace
-
-namespace nnvm {
-// Registration runs while the library loads, on one thread.
-void Op::UpdateAttrMap(const std::string& key, std::function<void(any*)> updater) {
-  using Update = void (*)(const std::string&, std::function<void(any*)>);
-  static const Update mxnet_update = [] {
-    void* lib = dlopen("libmxnet.so", RTLD_NOW | RTLD_NOLOAD);
-    CHECK(lib != nullptr) << "gluon_resnest: libmxnet.so is not loaded";
-    void* sym = dlsym(lib, "_ZN4nnvm2Op13UpdateAttrMapERKSsSt8functionIFvPN4dmlc3anyEEE");
-    CHECK(sym != nullptr) << "gluon_resnest: libmxnet.so exports no nnvm::Op::UpdateAttrMap";
-    return reinterpret_cast<Update>(sym);
-  }();
-  pending_update = &updater;
-  mxnet_update(key, legacy(&apply_pending_update));
-  pending_update = nullptr;
-}
-}  // namespace nnvm
+using gluon_resnest_bridge::legacy;
 
 namespace {
 
@@ -1019,6 +973,37 @@ bool load_symbol(void* lib, const char* name, T* fn) {
 
 }  // namespace
 
+namespace {
+
+using ComputeEx = void (*)(const nnvm::NodeAttrs&, const mxnet::OpContext&,
+                           const std::vector<NDArray>&, const std::vector<mxnet::OpReqType>&,
+                           const std::vector<NDArray>&);
+
+// fn, with the fault GLUON_RESNEST_NATIVE_SELFTEST_PERTURB may ask for (split_attention_u8.h).
+template <ComputeEx fn, const char* name>
+void with_selftest_fault(const nnvm::NodeAttrs& attrs, const mxnet::OpContext& ctx,
+                         const std::vector<NDArray>& in, const std::vector<mxnet::OpReqType>& req,
+                         const std::vector<NDArray>& out) {
+  const int fault = gluon_resnest::selftest_fault(name);
+  if (fault == 2) std::abort();
+  fn(attrs, ctx, in, req, out);
+  if (fault != 1 || req[0] == mxnet::kNullOp) return;
+  if (out[0].dtype() == mshadow::kUint8) {
+    data_of<uint8_t>(out[0])[0] += 128;
+  } else {
+    data_of<float>(out[0])[0] += 1.f;
+  }
+}
+
+constexpr char kGapNhwc[] = "gluon_resnest_sa_gap_nhwc";
+constexpr char kSumNhwc[] = "gluon_resnest_sa_sum_nhwc";
+constexpr char kTrainGap[] = "gluon_resnest_sa_gap";
+constexpr char kTrainSum[] = "gluon_resnest_sa_sum";
+constexpr char kTrainGapBackward[] = "_backward_gluon_resnest_sa_gap";
+constexpr char kTrainSumBackward[] = "_backward_gluon_resnest_sa_sum";
+
+}  // namespace
+
 // Opens conv_dnnl3.cc's library; 0 on success, else 1 (the reason in gluon_resnest_conv's
 // error messages and gluon_resnest_conv_library_error()).
 extern "C" int gluon_resnest_set_conv_library(const char* path) {
@@ -1047,8 +1032,11 @@ extern "C" int gluon_resnest_blocked_training() {
   static const char* const names[4] = {"gluon_resnest_sa_gap", "gluon_resnest_sa_sum",
                                        "_backward_gluon_resnest_sa_gap",
                                        "_backward_gluon_resnest_sa_sum"};
-  static const mxnet::FComputeEx fns[4] = {train_gap_forward, train_sum_forward,
-                                           train_gap_backward, train_sum_backward};
+  static const mxnet::FComputeEx fns[4] = {
+      with_selftest_fault<train_gap_forward, kTrainGap>,
+      with_selftest_fault<train_sum_forward, kTrainSum>,
+      with_selftest_fault<train_gap_backward, kTrainGapBackward>,
+      with_selftest_fault<train_sum_backward, kTrainSumBackward>};
   static std::mutex lock;
   static bool done = false;
   std::lock_guard<std::mutex> guard(lock);
@@ -1095,7 +1083,7 @@ NNVM_REGISTER_OP(gluon_resnest_conv)
     .set_attr<mxnet::FInferStorageType>("FInferStorageType", legacy(&infer_storage))
     .set_attr<nnvm::FInplaceOption>("FInplaceOption", conv_inplace)
     .set_attr<bool>("TIsMKLDNN", true)
-    .set_attr<mxnet::FComputeEx>("FComputeEx<cpu>", conv_forward)
+    .set_attr<mxnet::FComputeEx>("FComputeEx<cpu>", with_selftest_fault<conv_forward, kConv>)
     .set_attr<nnvm::FGradient>("FGradient", zero_gradients())
     .add_argument("data", "NDArray-or-Symbol[]", "data, weight, bias[, residual]")
     .add_argument("kernel", "Shape", "kernel size (h, w)")
@@ -1119,7 +1107,7 @@ NNVM_REGISTER_OP(gluon_resnest_sa_gap_nhwc)
     .set_attr<nnvm::FInferType>("FInferType", legacy(&f32_infer_type))
     .set_attr<mxnet::FInferStorageType>("FInferStorageType", legacy(&infer_storage))
     .set_attr<bool>("TIsMKLDNN", true)
-    .set_attr<mxnet::FComputeEx>("FComputeEx<cpu>", gap_forward)
+    .set_attr<mxnet::FComputeEx>("FComputeEx<cpu>", with_selftest_fault<gap_forward, kGapNhwc>)
     .set_attr<nnvm::FGradient>("FGradient", zero_gradients())
     .add_argument("data", "NDArray-or-Symbol", "x, (N, radix * C, H, W)")
     .add_argument("radix", "int", "number of splits");
@@ -1133,7 +1121,7 @@ NNVM_REGISTER_OP(gluon_resnest_sa_sum_nhwc)
     .set_attr<nnvm::FInferType>("FInferType", legacy(&f32_infer_type))
     .set_attr<mxnet::FInferStorageType>("FInferStorageType", legacy(&infer_storage))
     .set_attr<bool>("TIsMKLDNN", true)
-    .set_attr<mxnet::FComputeEx>("FComputeEx<cpu>", sum_forward)
+    .set_attr<mxnet::FComputeEx>("FComputeEx<cpu>", with_selftest_fault<sum_forward, kSumNhwc>)
     .set_attr<nnvm::FGradient>("FGradient", zero_gradients())
     .add_argument("data", "NDArray-or-Symbol[]", "attention, x")
     .add_argument("radix", "int", "number of splits")
@@ -1148,7 +1136,7 @@ NNVM_REGISTER_OP(gluon_resnest_sa_sum_u8)
     .set_attr<nnvm::FInferType>("FInferType", legacy(&infer_type))
     .set_attr<mxnet::FInferStorageType>("FInferStorageType", legacy(&infer_storage))
     .set_attr<bool>("TIsMKLDNN", true)
-    .set_attr<mxnet::FComputeEx>("FComputeEx<cpu>", forward)
+    .set_attr<mxnet::FComputeEx>("FComputeEx<cpu>", with_selftest_fault<forward, kName>)
     .set_attr<nnvm::FGradient>("FGradient", zero_gradients())
     .add_argument("data", "NDArray-or-Symbol[]", "attention, ranges and uint8 splits")
     .add_argument("radix", "int", "number of splits")

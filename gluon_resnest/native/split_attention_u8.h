@@ -15,6 +15,8 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstdlib>
+#include <cstring>
 #include <vector>
 
 // The elementwise loops are compiled for AVX-512, AVX2 and the baseline; the loader picks one.
@@ -192,6 +194,19 @@ inline void sa_sum_u8_nhwc(const SaSumU8& p, uint8_t* plane) {
       }
     }
   }
+}
+
+// GLUON_RESNEST_NATIVE_SELFTEST_PERTURB=NAME makes the operator NAME (its backward operator is
+// _backward_NAME) add one (128 to a uint8) to the first element of its first output, and
+// NAME:crash makes it abort: the package's self-check (selfcheck.py) must then reject it.
+// 0: no fault, 1: perturb, 2: crash.
+inline int selftest_fault(const char* op) {
+  static const char* const v = std::getenv("GLUON_RESNEST_NATIVE_SELFTEST_PERTURB");
+  if (v == nullptr) return 0;
+  const size_t n = std::strlen(op);
+  if (std::strncmp(v, op, n) != 0) return 0;
+  if (v[n] == '\0') return 1;
+  return std::strcmp(v + n, ":crash") == 0 ? 2 : 0;
 }
 
 }  // namespace gluon_resnest

@@ -1,0 +1,377 @@
+"""The native operators checked against MXNet's own on this machine before they are trusted.
+
+After a build, and before a process uses the libraries, :func:`verdict` runs every native
+operator on small random inputs beside its MXNet formulation (:mod:`.reference`, MXNet's
+convolution and quantization operators): forward, backward for the training operators, and each
+layout path (N x C x H x W through the operator-library interface, oneDNN's nChw16c in place in
+training, N x H x W x C in place in float32 inference). It runs in a child process
+(:func:`main`), so that a crash cannot take the caller down.
+The verdict is kept beside the build, keyed by the libraries (their sources, flags, compiler,
+MXNet version and oneDNN 3 version), the MXNet build and this check, so it runs once per machine.
+
+``GLUON_RESNEST_NATIVE_SELFTEST_PERTURB=NAME`` (``NAME:crash``) makes the operator NAME add one
+(128 to a uint8) to an output element (abort): the check must then reject it.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable
+from typing import Any
+
+__all__ = ['FAST_INFERENCE_OPERATORS', 'PERTURB_ENV', 'describe', 'run_checks', 'verdict']
+
+#: Set in the child process: its ``load`` skips the check.
+CHILD_ENV = 'GLUON_RESNEST_NATIVE_SELFCHECK'
+PERTURB_ENV = 'GLUON_RESNEST_NATIVE_SELFTEST_PERTURB'
+#: Operators only :func:`gluon_resnest.deploy.fast_inference` uses: a failure among them keeps
+#: the rest of the library.
+FAST_INFERENCE_OPERATORS = ('gluon_resnest_conv', 'gluon_resnest_sa_gap_nhwc',
+                            'gluon_resnest_sa_sum_nhwc')
+_PREFIX = 'SELFCHECK '
+_TIMEOUT = 600
+
+
+def _cache_key(paths: dict[str, str | None]) -> str:
+    import mxnet as mx
+
+    digest = hashlib.sha256()
+    with open(os.path.abspath(__file__), 'rb') as handle:
+        digest.update(handle.read())
+    libmxnet = os.path.join(os.path.dirname(os.path.abspath(mx.__file__)), 'libmxnet.so')
+    stat = os.stat(libmxnet) if os.path.exists(libmxnet) else None
+    digest.update(f'{mx.__version__}|{stat.st_size if stat else 0}|'
+                  f'{stat.st_mtime_ns if stat else 0}'.encode())
+    for name in sorted(paths):
+        digest.update(f'{name}={paths[name]}'.encode())
+    digest.update(os.environ.get(PERTURB_ENV, '').encode())
+    return digest.hexdigest()[:16]
+
+
+def verdict(paths: dict[str, str | None]) -> list[dict[str, Any]]:
+    """The failed checks of the libraries ``paths`` (empty when all agree with MXNet): each a
+    dict with ``op`` and ``detail``. Runs the child process unless a verdict is cached."""
+    folder = os.path.dirname(str(paths['ops']))
+    cache = os.path.join(folder, f'selfcheck-{_cache_key(paths)}.json')
+    try:
+        with open(cache, encoding='utf-8') as handle:
+            return list(json.load(handle)['failures'])
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    failures, definite = _run_child()
+    if definite:
+        fd, tmp = tempfile.mkstemp(suffix='.json', prefix='.selfcheck-', dir=folder)
+        with os.fdopen(fd, 'w', encoding='utf-8') as handle:
+            json.dump({'failures': failures}, handle)
+        os.replace(tmp, cache)
+    return failures
+
+
+def describe(failures: list[dict[str, Any]]) -> str:
+    """One line: each failed operator with its first failed case (and how many more)."""
+    by_op: dict[str, list[str]] = {}
+    for failure in failures:
+        by_op.setdefault(failure['op'], []).append(failure['detail'])
+    parts = []
+    for op, details in by_op.items():
+        more = f' (and {len(details) - 1} more cases)' if len(details) > 1 else ''
+        parts.append(f'{op} differs from MXNet: {details[0]}{more}')
+    return '; '.join(parts)
+
+
+def _run_child() -> tuple[list[dict[str, Any]], bool]:
+    """Run the checks in a child; (failures, whether the verdict may be cached)."""
+    env = dict(os.environ, **{CHILD_ENV: 'child'})
+    cmd = [sys.executable, '-c', 'import sys; from gluon_resnest.native.selfcheck import main; '
+           'sys.exit(main())']
+    try:
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False,
+                              timeout=_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        return [{'op': 'all', 'detail': f'the check did not finish in {_TIMEOUT} s'}], False
+    failures, started, finished = [], None, False
+    for line in proc.stdout.splitlines():
+        if not line.startswith(_PREFIX):
+            continue
+        record = json.loads(line[len(_PREFIX):])
+        if record.get('start'):
+            started = record['start']
+        elif record.get('done'):
+            finished = True
+        elif not record.get('ok'):
+            failures.append({'op': record['op'], 'detail': record['detail']})
+    if proc.returncode != 0 or not finished:
+        tail = ' '.join((proc.stderr or '').strip().splitlines()[-3:])
+        how = f'signal {-proc.returncode}' if proc.returncode < 0 else f'exit {proc.returncode}'
+        failures.append({'op': started or 'load',
+                         'detail': f'the check process ended ({how}) {tail}'.strip()})
+    return failures, True
+
+
+# ---- the checks, run in the child ----
+
+def _rel_diff(got: Any, want: Any) -> float:
+    import numpy as np
+
+    got, want = np.asarray(got, dtype=np.float64), np.asarray(want, dtype=np.float64)
+    if got.shape != want.shape:
+        return float('inf')
+    return float(np.abs(got - want).max() / max(1.0, np.abs(want).max()))
+
+
+class _Report:
+    def __init__(self) -> None:
+        self.results: list[dict[str, Any]] = []
+
+    def compare(self, op: str, got: Any, want: Any, tol: float, what: str) -> None:
+        diff = _rel_diff(got, want)
+        ok = diff <= tol
+        record = {'op': op, 'ok': ok, 'detail': f'{what}: largest difference from MXNet\'s '
+                                                f'{diff:.3g} (relative; tolerance {tol:g})'}
+        self.results.append(record)
+        print(_PREFIX + json.dumps(record), flush=True)
+
+
+def _sa_library_path(report: _Report) -> None:
+    """gluon_resnest_sa_gap / gluon_resnest_sa_sum through the operator-library interface
+    (plain layout), forward and backward."""
+    import mxnet as mx
+    import numpy as np
+
+    from .reference import sa_gap, sa_sum
+
+    rng = np.random.RandomState(0)
+    for radix, pool in ((2, False), (4, True), (2, True)):
+        shape = (2, radix * 5, 7, 6)
+        x = mx.nd.array(rng.normal(size=shape))
+        a = mx.nd.array(rng.uniform(0, 1, (2, radix * 5, 1, 1)))
+        results = {}
+        for native in (True, False):
+            xv, av = x.copy(), a.copy()
+            xv.attach_grad()
+            av.attach_grad()
+            with mx.autograd.record():
+                if native:
+                    g = mx.nd.gluon_resnest_sa_gap(xv, radix=radix)
+                    y = mx.nd.gluon_resnest_sa_sum(av, xv, radix=radix, pool=int(pool))
+                else:
+                    g = sa_gap(mx.nd, xv, radix)
+                    y = sa_sum(mx.nd, av, xv, radix, pool)
+            head_g = mx.nd.array(np.random.RandomState(1).normal(size=g.shape))
+            head_y = mx.nd.array(np.random.RandomState(2).normal(size=y.shape))
+            mx.autograd.backward([g, y], [head_g, head_y])
+            results[native] = (g.asnumpy(), y.asnumpy(), av.grad.asnumpy(), xv.grad.asnumpy())
+        case = f'radix {radix}, pool {int(pool)}, N x C x H x W'
+        got, want = results[True], results[False]
+        report.compare('gluon_resnest_sa_gap', got[0], want[0], 1e-5, case)
+        report.compare('gluon_resnest_sa_sum', got[1], want[1], 1e-5, case)
+        report.compare('_backward_gluon_resnest_sa_sum', got[2], want[2], 1e-4,
+                       case + ', attention gradient')
+        # The input's gradient sums both operators' backward passes.
+        report.compare('_backward_gluon_resnest_sa_gap', got[3], want[3], 1e-4,
+                       case + ', input gradient (both backward operators)')
+
+
+def _sa_blocked_path(report: _Report) -> None:
+    """The training operators reading oneDNN's nChw16c in place: a hybridized convolution feeds
+    them, forward and backward."""
+    import mxnet as mx
+    import numpy as np
+
+    from .reference import sa_gap, sa_sum
+
+    radix, channels = 2, 16
+    rng = np.random.RandomState(3)
+    x = mx.nd.array(rng.normal(size=(2, 8, 9, 9)))
+    a = mx.nd.array(rng.uniform(0, 1, (2, radix * channels, 1, 1)))
+    weight = mx.nd.array(rng.normal(scale=0.3, size=(radix * channels, 8, 3, 3)))
+
+    def graph(native: bool) -> mx.sym.Symbol:
+        data, atten = mx.sym.var('data'), mx.sym.var('atten')
+        conv = mx.sym.Convolution(data, mx.sym.var('weight'), kernel=(3, 3), pad=(1, 1),
+                                  num_filter=radix * channels, no_bias=True, name='conv')
+        if native:
+            g = mx.sym.gluon_resnest_sa_gap(conv, radix=radix)
+            y = mx.sym.gluon_resnest_sa_sum(atten, conv, radix=radix, pool=1)
+        else:
+            g = sa_gap(mx.sym, conv, radix)
+            y = sa_sum(mx.sym, atten, conv, radix, pool=True)
+        return mx.sym.Group([g, y])
+
+    results = {}
+    for native in (True, False):
+        args = {'data': x, 'atten': a, 'weight': weight}
+        grads = {k: mx.nd.zeros_like(v) for k, v in args.items()}
+        exe = graph(native).bind(mx.cpu(), args, args_grad=grads)
+        outs = exe.forward(is_train=True)
+        heads = [mx.nd.array(np.random.RandomState(4 + i).normal(size=o.shape))
+                 for i, o in enumerate(outs)]
+        exe.backward(heads)
+        results[native] = [o.asnumpy() for o in outs] + \
+            [grads[k].asnumpy() for k in ('atten', 'weight')]
+    got, want = results[True], results[False]
+    case = f'radix {radix}, pool 1, after a convolution (nChw16c)'
+    report.compare('gluon_resnest_sa_gap', got[0], want[0], 1e-5, case)
+    report.compare('gluon_resnest_sa_sum', got[1], want[1], 1e-5, case)
+    report.compare('_backward_gluon_resnest_sa_sum', got[2], want[2], 1e-4,
+                   case + ', attention gradient')
+    report.compare('_backward_gluon_resnest_sa_gap', got[3], want[3], 1e-4,
+                   case + ', convolution weight gradient (both backward operators)')
+
+
+def _sa_sum_u8(report: _Report) -> None:
+    """gluon_resnest_sa_sum_u8 against MXNet's dequantize, multiply, add, quantize (, pool)."""
+    import mxnet as mx
+    import numpy as np
+
+    rng = np.random.RandomState(5)
+    for radix, pool in ((2, False), (3, True)):
+        shape = (2, 8, 7, 5)
+        xs = [mx.nd.array(rng.randint(0, 256, shape), dtype='uint8') for _ in range(radix)]
+        ranges = [(0.0, float(rng.uniform(0.5, 3.0))) for _ in range(radix)]
+        logits = rng.normal(size=(shape[0], radix, shape[1]))
+        atten = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+        atten = mx.nd.array(atten.reshape(shape[0], radix * shape[1], 1, 1))
+        out_max = float(np.mean([hi for _, hi in ranges]))
+        args = [atten] + [mx.nd.array([v]) for pair in ranges for v in pair] + xs
+        got = mx.nd.gluon_resnest_sa_sum_u8(*args, radix=radix, max_calib_range=out_max,
+                                            pool=int(pool))[0].asnumpy().astype(np.int64)
+        parts = mx.nd.split(atten, num_outputs=radix, axis=1)
+        total = mx.nd.add_n(*[mx.nd.broadcast_mul(
+            mx.nd.contrib.dequantize(x, mx.nd.array([lo]), mx.nd.array([hi])), parts[r])
+            for r, (x, (lo, hi)) in enumerate(zip(xs, ranges))])
+        q, lo, hi = mx.nd.contrib.quantize_v2(total, min_calib_range=0.0,
+                                              max_calib_range=out_max, out_type='uint8')
+        if pool:
+            q, lo, hi = mx.nd.contrib.quantized_pooling(q, lo, hi, kernel=(3, 3),
+                                                        stride=(2, 2), pad=(1, 1),
+                                                        pool_type='avg')
+        want = q.asnumpy().astype(np.int64)
+        # Float32 rounding in another order: at most one step, in few elements.
+        diff = np.abs(got - want) if got.shape == want.shape else np.array([np.inf])
+        ok = bool(diff.max() <= 1 and diff.mean() < 0.02)
+        record = {'op': 'gluon_resnest_sa_sum_u8', 'ok': ok,
+                  'detail': f'radix {radix}, pool {int(pool)}: largest difference from MXNet\'s '
+                            f'{float(diff.max()):g} steps, mean {float(diff.mean()):.3g} '
+                            '(tolerance 1 step, mean 0.02)'}
+        report.results.append(record)
+        print(_PREFIX + json.dumps(record), flush=True)
+
+
+def _fast_inference(report: _Report) -> None:
+    """gluon_resnest_conv (direct and Winograd, with ReLU and residual sum) and the
+    N x H x W x C Split-Attention operators, reading each other's layout in place and, given
+    plain arrays, through a reorder."""
+    import mxnet as mx
+    import numpy as np
+
+    from . import _state
+    from .reference import sa_gap, sa_sum
+
+    if not _state['conv_path']:
+        return
+    rng = np.random.RandomState(6)
+    radix, channels = 2, 16
+    width = radix * channels
+    params = {
+        'data': rng.normal(size=(2, 16, 16, 16)),
+        'w1': rng.normal(scale=0.25, size=(width, 16, 1, 1)), 'b1': rng.normal(size=(width,)),
+        'w2': rng.normal(scale=0.08, size=(width, width, 3, 3)), 'b2': rng.normal(size=(width,)),
+        'w3': rng.normal(scale=0.17, size=(width, width, 1, 1)), 'b3': rng.normal(size=(width,)),
+        'atten': rng.uniform(0, 1, (2, width, 1, 1))}
+    params = {k: mx.nd.array(v) for k, v in params.items()}
+
+    def graph(native: bool) -> mx.sym.Symbol:
+        v = {k: mx.sym.var(k) for k in params}
+
+        def conv(x, i, kernel, relu, residual=None):
+            pad = (kernel // 2,) * 2
+            if native:
+                inputs = [x, v[f'w{i}'], v[f'b{i}']] + ([residual] if residual is not None
+                                                           else [])
+                return mx.sym.gluon_resnest_conv(
+                    *inputs, kernel=(kernel, kernel), stride=(1, 1), pad=pad, dilate=(1, 1),
+                    num_filter=width, num_group=1, relu=int(relu),
+                    sum=int(residual is not None), winograd=int(kernel == 3))
+            y = mx.sym.Convolution(x, v[f'w{i}'], v[f'b{i}'], kernel=(kernel, kernel),
+                                   pad=pad, num_filter=width)
+            if residual is not None:
+                y = y + residual
+            return mx.sym.relu(y) if relu else y
+
+        c1 = conv(v['data'], 1, 1, True)
+        c2 = conv(c1, 2, 3, True)
+        c3 = conv(c2, 3, 1, True, residual=c1)
+        if native:
+            g = mx.sym.gluon_resnest_sa_gap_nhwc(c3, radix=radix)
+            y0 = mx.sym.gluon_resnest_sa_sum_nhwc(v['atten'], c3, radix=radix, pool=0)
+            y1 = mx.sym.gluon_resnest_sa_sum_nhwc(v['atten'], c3, radix=radix, pool=1)
+        else:
+            g = sa_gap(mx.sym, c3, radix)
+            y0 = sa_sum(mx.sym, v['atten'], c3, radix)
+            y1 = sa_sum(mx.sym, v['atten'], c3, radix, pool=True)
+        return mx.sym.Group([c1, c2, c3, g, y0, y1])
+
+    results = {}
+    for native in (True, False):
+        exe = graph(native).bind(mx.cpu(), dict(params), grad_req='null')
+        results[native] = [o.asnumpy() for o in exe.forward(is_train=False)]
+    got, want = results[True], results[False]
+    names = [('gluon_resnest_conv', 'direct 1x1 with ReLU, plain input', 1e-5),
+             ('gluon_resnest_conv', 'Winograd 3x3 with ReLU, N x H x W x C input', 1e-3),
+             ('gluon_resnest_conv', 'direct 1x1 with residual sum and ReLU', 1e-3),
+             ('gluon_resnest_sa_gap_nhwc', 'N x H x W x C input', 1e-3),
+             ('gluon_resnest_sa_sum_nhwc', 'N x H x W x C input', 1e-3),
+             ('gluon_resnest_sa_sum_nhwc', 'N x H x W x C input, pool 1', 1e-3)]
+    for (op, what, tol), a, b in zip(names, got, want):
+        report.compare(op, a, b, tol, what)
+    # Plain inputs (reordered by the operators).
+    x = mx.nd.array(rng.normal(size=(2, width, 9, 7)))
+    a = params['atten']
+    report.compare('gluon_resnest_sa_gap_nhwc',
+                   mx.nd.gluon_resnest_sa_gap_nhwc(x, radix=radix).asnumpy(),
+                   sa_gap(mx.nd, x, radix).asnumpy(), 1e-5, 'plain input')
+    report.compare('gluon_resnest_sa_sum_nhwc',
+                   mx.nd.gluon_resnest_sa_sum_nhwc(a, x, radix=radix, pool=1).asnumpy(),
+                   sa_sum(mx.nd, a, x, radix, pool=True).asnumpy(), 1e-5, 'plain input, pool 1')
+
+
+_CHECKS: list[tuple[str, Callable[[_Report], None]]] = [
+    ('gluon_resnest_sa_gap, gluon_resnest_sa_sum (N x C x H x W)', _sa_library_path),
+    ('gluon_resnest_sa_gap, gluon_resnest_sa_sum (nChw16c)', _sa_blocked_path),
+    ('gluon_resnest_sa_sum_u8', _sa_sum_u8),
+    ('gluon_resnest_conv', _fast_inference),  # and the N x H x W x C operators
+]
+
+
+def run_checks() -> list[dict[str, Any]]:
+    """Run every check in this process (the libraries loaded); their records."""
+    report = _Report()
+    for op, check in _CHECKS:
+        print(_PREFIX + json.dumps({'start': op}), flush=True)
+        try:
+            check(report)
+        except Exception as err:  # noqa: BLE001 - any failure is the verdict
+            record = {'op': op, 'ok': False, 'detail': f'{type(err).__name__}: {err}'}
+            report.results.append(record)
+            print(_PREFIX + json.dumps(record), flush=True)
+    return report.results
+
+
+def main() -> int:
+    """The child: load the libraries without the check, run the checks, print the records."""
+    from . import load
+
+    os.environ[CHILD_ENV] = 'child'
+    load(required=True)
+    run_checks()
+    print(_PREFIX + json.dumps({'done': True}), flush=True)
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -9,6 +9,7 @@ import pytest
 from PIL import Image
 from tools_cli import load_tool, run_tool
 
+import gluon_resnest
 from conftest import randomize_norm_stats
 from gluon_resnest import get_model
 from gluon_resnest.data import RecordFile, decode_image
@@ -119,6 +120,38 @@ def test_errors(files, tmp_path, capsys):
     assert 'no parameter file at' in capsys.readouterr().err
     assert tool.main(['--prefix', str(tmp_path / 'none'), '--rec', str(files['rec'])]) == 2
     assert 'no exported symbol file' in capsys.readouterr().err
+
+
+def test_published_weights_at_the_models_eval_crop(files, tmp_path, monkeypatch, capsys):
+    from weights_store import LoopbackStore, use_store
+
+    tool = load_tool('evaluate')
+    params = str(files['folder'] / 'net.params')
+    rec = str(files['rec'])
+    monkeypatch.setenv('MXNET_HOME', str(tmp_path))
+    # Offline (conftest's closed port): one line naming the URL and where the file belongs.
+    assert tool.main(['--model', 'resnest14', '--pretrained', '--rec', rec]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith('evaluate: error: cannot fetch http://127.0.0.1:')
+    assert err[0].endswith(f'({tmp_path}/models/resnest14-7e0b0cae.params)')
+    with LoopbackStore() as store:
+        use_store(monkeypatch, store)
+        url_path, _ = store.publish('resnest14', open(params, 'rb').read(),
+                                    monkeypatch=monkeypatch)
+        assert tool.main(['--model', 'resnest14', '--pretrained', '--rec', rec, '--json']) == 0
+        published = json.loads(capsys.readouterr().out)
+        assert store.count(url_path) == 1
+    assert published['eval_crop'] == gluon_resnest.model_info('resnest14')['eval_crop'] == 224
+    assert tool.main(['--model', 'resnest14', '--params', params, '--rec', rec, '--json',
+                      '--eval-crop', '224']) == 0
+    given = json.loads(capsys.readouterr().out)
+    assert {k: published[k] for k in ('top1', 'top5', 'count')} == {
+        k: given[k] for k in ('top1', 'top5', 'count')}
+    for argv in (['--model', 'resnest14', '--pretrained', '--params', params],
+                 ['--prefix', 'x', '--pretrained'], ['--model', 'resnest14']):
+        with pytest.raises(SystemExit):
+            tool.main([*argv, '--rec', rec])
+        assert '--pretrained' in capsys.readouterr().err
 
 
 def test_help():

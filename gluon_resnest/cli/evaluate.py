@@ -1,12 +1,15 @@
 """Top-1/top-5 accuracy and images/second of a model on a validation RecordIO file.
 
     python tools/evaluate.py --model resnest50 --params resnest50.params --rec val.rec
+    python tools/evaluate.py --model resnest269 --pretrained --rec val.rec  # published weights
     python tools/evaluate.py --prefix out/resnest50 --rec val.rec        # an export
 
 Uses the paper's evaluation transform (short side resized to ``ceil(crop / 0.875)``, center
-crop). For an export (including a quantized one from tools/quantize.py) the crop size and the
-input normalisation come from ``PREFIX-meta.json``: an export made with ``--preprocess`` is fed
-0-255 RGB. Images/second is end-to-end (decoding included).
+crop), at the model's own evaluation crop (``model_info(name)['eval_crop']``) unless
+``--eval-crop`` says otherwise. For an export (including a quantized one from
+tools/quantize.py) the crop size and the input normalisation come from ``PREFIX-meta.json``: an
+export made with ``--preprocess`` is fed 0-255 RGB. Images/second is end-to-end (decoding
+included).
 """
 from __future__ import annotations
 
@@ -16,7 +19,7 @@ import sys
 
 import mxnet as mx
 
-from gluon_resnest.cli import add_network_arguments, check_network_arguments
+from gluon_resnest.cli import add_network_arguments, check_network_arguments, network_params
 from gluon_resnest.data import ValLoader
 from gluon_resnest.deploy import load_network
 from gluon_resnest.errors import ToolParser, image_size, int_in, run_tool
@@ -48,7 +51,8 @@ def _main(argv: list[str] | None = None) -> int:
         parser.error(f'--gpus {args.gpus}: this machine has {available} GPUs')
     ctx = [mx.gpu(g) for g in gpus] or [mx.cpu()]
     try:
-        net, meta = load_network(args.prefix, args.model, args.params, args.epoch, ctx=ctx)
+        net, meta = load_network(args.prefix, args.model, network_params(args), args.epoch,
+                                 ctx=ctx)
         crop = args.eval_crop or int(meta['input_size'])
         if meta['preprocess']:  # the graph normalises: feed 0-255 RGB
             mean, std = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)

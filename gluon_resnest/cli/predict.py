@@ -21,7 +21,7 @@ import sys
 
 import mxnet as mx
 
-from gluon_resnest.cli import add_network_arguments, check_network_arguments
+from gluon_resnest.cli import add_network_arguments, check_network_arguments, network_params
 from gluon_resnest.deploy import eval_transform, load_class_names, load_image, load_network
 from gluon_resnest.deploy.serving import ranked
 from gluon_resnest.errors import ToolParser, image_size, int_in, run_tool
@@ -45,7 +45,7 @@ def _main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format='%(message)s')
     check_network_arguments(parser, args)
     try:
-        net, meta = load_network(args.prefix, args.model, args.params, args.epoch)
+        net, meta = load_network(args.prefix, args.model, network_params(args), args.epoch)
         names_file = args.classes
         if names_file is None and args.prefix and meta.get('class_names'):
             names_file = os.path.join(os.path.dirname(args.prefix), meta['class_names'])

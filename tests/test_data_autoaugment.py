@@ -1,4 +1,5 @@
-"""AutoAugment operations on known inputs, against PIL where PIL defines the operation."""
+"""AutoAugment operations on known inputs (the comparison with the authors' policy is in
+test_authors_data.py)."""
 from __future__ import annotations
 
 import numpy as np
@@ -29,7 +30,7 @@ def test_lut_ops_match_pil_exactly(img: np.ndarray):
     for threshold in (0, 100.5, 128, 256):
         np.testing.assert_array_equal(aa.solarize(img, threshold),
                                       np.asarray(ImageOps.solarize(_pil(img), threshold)))
-    for bits in (4, 6, 8):
+    for bits in (1, 2, 4, 8):
         np.testing.assert_array_equal(aa.posterize(img, bits),
                                       np.asarray(ImageOps.posterize(_pil(img), bits)))
 
@@ -58,10 +59,10 @@ def test_enhance_ops_match_pil(img: np.ndarray, name: str, enhancer, factor: flo
 def test_translate_moves_content_by_whole_pixels(img: np.ndarray):
     out = aa.translate_x(img, 5)
     np.testing.assert_array_equal(out[:, :-5], img[:, 5:])
-    assert (out[:, -5:] == 128).all()
+    assert (out[:, -5:] == 0).all()  # uncovered area black
     out = aa.translate_y(img, -7)
     np.testing.assert_array_equal(out[7:], img[:-7])
-    assert (out[:7] == 128).all()
+    assert (out[:7] == 0).all()
 
 
 def test_shear_x_slants_a_vertical_line():
@@ -69,12 +70,12 @@ def test_shear_x_slants_a_vertical_line():
     line[:, 30] = 255
     out = aa.shear_x(line, 0.3)
     for y in range(0, 50, 7):  # output x + 0.3 y = 30
-        cols = np.flatnonzero(out[y, :, 0] == 255)
+        cols = np.flatnonzero(out[y, :, 0] >= 128)  # bicubic: the line spreads a little
         assert cols.size >= 1 and abs(cols.mean() - (30 - 0.3 * y)) <= 1.0
-    assert (out[49, 50:] == 128).all()  # uncovered area filled with grey
+    assert (out[49, 50:] == 0).all()  # uncovered area black
     out = aa.shear_y(line.transpose(1, 0, 2).copy(), 0.3)  # horizontal line: y + 0.3 x = 30
     for x in range(0, 50, 7):
-        rows = np.flatnonzero(out[:, x, 0] == 255)
+        rows = np.flatnonzero(out[:, x, 0] >= 128)
         assert rows.size >= 1 and abs(rows.mean() - (30 - 0.3 * x)) <= 1.0
 
 
@@ -91,28 +92,32 @@ def test_rotate_is_counter_clockwise_about_the_centre(degrees: float):
     assert abs(xs.mean() - (c + r * np.cos(t))) <= 1.0
     assert abs(ys.mean() - (c - r * np.sin(t))) <= 1.0
     if abs(degrees) == 30.0:  # the corners come from outside the image
-        assert (out[0, 0] == 128).all() and (out[-1, -1] == 128).all()
+        assert (out[0, 0] == 0).all() and (out[-1, -1] == 0).all()
 
 
-def test_rotate_and_zero_magnitudes_are_identities(img: np.ndarray):
+def test_rotate_and_zero_geometric_magnitudes_are_identities(img: np.ndarray):
     np.testing.assert_array_equal(aa.rotate(img, 0.0), img)
-    for name in ('ShearX', 'ShearY', 'TranslateX', 'TranslateY', 'Rotate', 'Color', 'Contrast',
-                 'Brightness', 'Sharpness', 'Posterize'):
+    for name in ('ShearX', 'ShearY', 'TranslateX', 'TranslateY', 'Rotate', 'Solarize'):
         np.testing.assert_array_equal(aa.apply_op(img, name, 0), img, err_msg=name)
 
 
-def test_magnitude_ranges_follow_the_paper():
-    assert aa.magnitude_to_arg('Rotate', 9) == pytest.approx(30.0)
-    assert aa.magnitude_to_arg('Rotate', 9, sign=-1) == pytest.approx(-30.0)
-    assert aa.magnitude_to_arg('ShearX', 9) == pytest.approx(0.3)
-    assert aa.magnitude_to_arg('TranslateX', 9, (100, 331)) == pytest.approx(150.0)
-    assert aa.magnitude_to_arg('Color', 9) == pytest.approx(1.9)
-    assert aa.magnitude_to_arg('Color', 9, sign=-1) == pytest.approx(0.1)
-    assert aa.magnitude_to_arg('Posterize', 8) == 4 and aa.magnitude_to_arg('Posterize', 0) == 8
-    assert aa.magnitude_to_arg('Solarize', 5) == pytest.approx(256 * 4 / 9)
+def test_magnitude_levels_follow_the_authors_policy():
+    assert aa.magnitude_to_arg('Rotate', 9) == 27.0  # int(9 * 30 / 10)
+    assert aa.magnitude_to_arg('Rotate', 9, sign=-1) == -27.0
+    assert aa.magnitude_to_arg('ShearX', 10) == pytest.approx(0.3)
+    assert aa.magnitude_to_arg('ShearX', 5) == pytest.approx(0.15)
+    assert aa.magnitude_to_arg('TranslateX', 10, (100, 300)) == pytest.approx(135.0)
+    # Enhancement factors 0.1 .. 1.9, no random sign: level 0 nearly removes the colour.
+    assert aa.magnitude_to_arg('Color', 0) == pytest.approx(0.1)
+    assert aa.magnitude_to_arg('Color', 10) == pytest.approx(1.9)
+    assert aa.magnitude_to_arg('Contrast', 8, sign=-1) == pytest.approx(1.54)
+    # Posterize2 keeps 4 - int(level * 4 / 10) bits.
+    assert [aa.magnitude_to_arg('Posterize2', lv) for lv in (0, 5, 6, 7, 8, 10)] == \
+        [4, 2, 2, 2, 1, 0]
+    assert aa.magnitude_to_arg('Solarize', 5) == 128.0
     assert aa.magnitude_to_arg('Equalize', 3) is None
     with pytest.raises(ValueError):
-        aa.magnitude_to_arg('Rotate', 10)
+        aa.magnitude_to_arg('Rotate', 11)
     with pytest.raises(KeyError, match='unknown'):
         aa.magnitude_to_arg('SamplePairing', 1)
 
@@ -120,18 +125,18 @@ def test_magnitude_ranges_follow_the_paper():
 def test_imagenet_policy_has_the_papers_25_sub_policies():
     policy = aa.IMAGENET_POLICY
     assert len(policy) == 25 and all(len(sub) == 2 for sub in policy)
-    assert policy[0] == (('Posterize', 0.4, 8), ('Rotate', 0.6, 9))
+    assert policy[0] == (('Posterize2', 0.4, 8), ('Rotate', 0.6, 9))
     assert policy[18] == (('ShearX', 0.6, 5), ('Equalize', 1.0, 9))
     names = {op for sub in policy for op, _, _ in sub}
-    assert names == {'Posterize', 'Rotate', 'Solarize', 'AutoContrast', 'Equalize', 'Color',
+    assert names == {'Posterize2', 'Rotate', 'Solarize', 'AutoContrast', 'Equalize', 'Color',
                      'Contrast', 'Invert', 'Sharpness', 'ShearX'}
     aa.AutoAugment()  # validates every entry
 
 
 def test_auto_augment_applies_sub_policies_with_their_probabilities(img: np.ndarray):
-    always = aa.AutoAugment([(('Invert', 1.0, 0), ('Posterize', 1.0, 9))])
+    always = aa.AutoAugment([(('Invert', 1.0, 0), ('Posterize2', 1.0, 9))])
     np.testing.assert_array_equal(always(img, np.random.default_rng(0)),
-                                  aa.posterize(255 - img, 4))
+                                  aa.posterize(255 - img, 1))
     never = aa.AutoAugment([(('Invert', 0.0, 0), ('Rotate', 0.0, 9))])
     np.testing.assert_array_equal(never(img, np.random.default_rng(0)), img)
     policy = aa.AutoAugment()

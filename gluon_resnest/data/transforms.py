@@ -1,24 +1,26 @@
-"""Per-image training and validation transforms on numpy arrays with OpenCV.
+"""Per-image training and validation transforms on numpy arrays with OpenCV (and PIL).
 
 Training (:class:`TrainTransform`), in this order:
 
 1. decode the JPEG (OpenCV, the same libjpeg-turbo decoder as ``mx.image.imdecode``);
-2. random-size crop (area ``crop_scale`` of the image, aspect ratio ``crop_ratio``, log-uniform)
+2. AutoAugment (the authors' ImageNet policy, :mod:`.autoaugment`) on the whole image, before
+   cropping, where the authors' training script applies it;
+3. random-size crop (area ``crop_scale`` of the image, aspect ratio ``crop_ratio``, log-uniform)
    and resize to ``input_size`` (bilinear, bicubic above 256 as in the paper §5.2);
-3. random horizontal flip;
-4. AutoAugment (ImageNet policy) on the resized crop;
+4. random horizontal flip;
 5. colour jitter (brightness, contrast, saturation, each a factor in ``[1-j, 1+j]``, in random
    order), PCA lighting noise (AlexNet eigenvectors, ``alpha ~ N(0, pca_noise)``) and mean/std
    normalisation.
 
-Deviation: the paper applies AutoAugment to the full image before cropping; here it runs on the
-``input_size`` crop, which costs far less and is what common ImageNet pipelines do. The colour
-steps of item 5 are all affine in RGB, so they are folded into one 3x4 matrix (the contrast mean
-is propagated analytically) and applied in a single OpenCV pass, without clipping between them
-(like ``mx.image``'s float augmenters).
+The colour steps of item 5 are all affine in RGB, so they are folded into one 3x4 matrix (the
+contrast mean is propagated analytically) and applied in a single OpenCV pass, without clipping
+between them (like ``mx.image``'s float augmenters).
 
-Validation (:class:`ValTransform`): resize the short side to ``ceil(crop / 0.875)`` (area
-interpolation when shrinking, else bilinear; bicubic for crops above 256), center crop.
+Validation (:class:`ValTransform`), the authors' ``verify.py`` pixel for pixel: below 320
+pixels, resize the short side to ``ceil(crop / 0.875)`` (the long side in proportion, rounded
+down; bilinear), then centre crop, as MXNet's ``transforms.Resize(keep_ratio=True)`` and
+``transforms.CenterCrop``; from 320 up, crop the centre square of ``crop / (crop + 32)`` of the
+short side and resize it to ``crop`` (PIL bicubic), as their ``ECenterCrop``.
 """
 from __future__ import annotations
 
@@ -27,6 +29,7 @@ from typing import Sequence, Tuple
 
 import cv2
 import numpy as np
+from PIL import Image
 
 from ..constants import IMAGENET_MEAN, IMAGENET_STD
 from .autoaugment import AutoAugment
@@ -114,13 +117,13 @@ def _normalise_into(img: np.ndarray, matrix: np.ndarray, out: np.ndarray) -> Non
 
 
 class ValTransform:
-    """Short-side resize to ``ceil(crop/0.875)``, center crop, mean/std normalisation.
+    """The authors' evaluation transform (see the module docstring), then mean/std normalisation.
 
     Args:
         crop: output side.
         mean: per-channel RGB mean (0-255 scale).
         std: per-channel RGB standard deviation.
-        crop_ratio: crop / resized short side.
+        crop_ratio: crop / resized short side (below 320 pixels).
     """
 
     def __init__(self, crop: int, mean: Sequence[float], std: Sequence[float],
@@ -132,21 +135,28 @@ class ValTransform:
         self.matrix = np.concatenate([np.diag(1.0 / self.std), (-self.mean / self.std)[:, None]],
                                      axis=1)
 
+    def crop_image(self, img: np.ndarray) -> np.ndarray:
+        """The (crop, crop, 3) uint8 centre crop of RGB ``img``."""
+        h, w = img.shape[:2]
+        if self.crop >= 320:
+            side = float(self.crop) / (self.crop + 32) * min(h, w)
+            top, left = int(round((h - side) / 2.0)), int(round((w - side) / 2.0))
+            square = Image.fromarray(np.ascontiguousarray(img)).crop(
+                (left, top, left + side, top + side))
+            return np.asarray(square.resize((self.crop, self.crop), Image.BICUBIC))
+        # Short side to ``resize``, long side in proportion rounded down (integer arithmetic,
+        # as MXNet's image resize operator), bilinear.
+        nh, nw = ((self.resize, w * self.resize // h) if h <= w
+                  else (h * self.resize // w, self.resize))
+        if (nh, nw) != (h, w):
+            img = cv2.resize(img, (nw, nh), interpolation=cv2.INTER_LINEAR)
+        y0, x0 = int((nh - self.crop) / 2), int((nw - self.crop) / 2)
+        return img[y0:y0 + self.crop, x0:x0 + self.crop]
+
     def __call__(self, img: np.ndarray, out: np.ndarray,
                  rng: np.random.Generator | None = None) -> None:
         """Write the transformed (3, crop, crop) float32 image of RGB ``img`` into ``out``."""
-        h, w = img.shape[:2]
-        short = min(h, w)
-        if short != self.resize:
-            nh = max(self.crop, int(round(h * self.resize / short)))
-            nw = max(self.crop, int(round(w * self.resize / short)))
-            interp = resize_interpolation(self.crop)
-            if nh < h and interp == cv2.INTER_LINEAR:
-                interp = cv2.INTER_AREA  # anti-aliased downscaling
-            img = cv2.resize(img, (nw, nh), interpolation=interp)
-            h, w = nh, nw
-        y0, x0 = (h - self.crop) // 2, (w - self.crop) // 2
-        _normalise_into(img[y0:y0 + self.crop, x0:x0 + self.crop], self.matrix, out)
+        _normalise_into(self.crop_image(img), self.matrix, out)
 
 
 class TrainTransform:
@@ -212,6 +222,8 @@ class TrainTransform:
 
     def __call__(self, img: np.ndarray, out: np.ndarray, rng: np.random.Generator) -> None:
         """Write the augmented (3, S, S) float32 image of RGB ``img`` into ``out``."""
+        if self.auto_augment is not None:
+            img = self.auto_augment(np.ascontiguousarray(img), rng)
         h, w = img.shape[:2]
         y0, x0, ch, cw = random_crop_box(h, w, self.crop_scale, self.crop_ratio, rng)
         crop = img[y0:y0 + ch, x0:x0 + cw]
@@ -219,6 +231,4 @@ class TrainTransform:
             crop = cv2.resize(crop, (self.size, self.size), interpolation=self.interp)
         if self.hflip and rng.random() < 0.5:
             crop = cv2.flip(crop, 1)
-        if self.auto_augment is not None:
-            crop = self.auto_augment(np.ascontiguousarray(crop), rng)
         _normalise_into(crop, self.colour_matrix(crop, rng), out)

@@ -11,9 +11,11 @@ import mxnet as mx
 import numpy as np
 import pytest
 from PIL import Image
+from plain_mxnet import load_with_plain_mxnet
 
 from conftest import randomize_norm_stats
 from gluon_resnest import get_model
+from gluon_resnest import native as native_ops
 from gluon_resnest.deploy import eval_transform, export_network, load_exported
 from gluon_resnest.deploy.inference import fold_batchnorm
 from gluon_resnest.deploy.quantization import (
@@ -182,15 +184,25 @@ def test_quantize_network_splits_grouped_convolutions(fp32_export):
     assert error(got) <= 0.7 * error(grouped_int8(x).asnumpy())
 
 
-@pytest.mark.parametrize('native', [True, False], ids=['native', 'no-native'])
+@pytest.mark.parametrize('native', [True, False], ids=['native', 'default'])
 def test_quantize_tool(calib_rec, fp32_export, tmp_path, native):
+    """The default export holds MXNet's operators only (plain MXNet loads it, in a process
+    that never imports gluon_resnest); ``--native`` fuses the Split-Attention sums and says
+    what loading that export needs."""
+    if native:
+        try:
+            native_ops.load(required=True)
+        except native_ops.NativeBuildError as err:
+            pytest.skip(f'the native operator library is unavailable here: {err}')
     rec, images = calib_rec
     out = str(tmp_path / 'int8' / 'resnest14-int8')
     proc = subprocess.run([sys.executable, TOOL, '--prefix', fp32_export, '--calib-rec', rec,
                            '--output', out, '--batch-size', '8', '--num-calib-examples', '24',
-                           '--num-workers', '0'] + ([] if native else ['--no-native']),
+                           '--num-workers', '0'] + (['--native'] if native else []),
                           capture_output=True, text=True, cwd=REPO, timeout=600, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert ("calls gluon_resnest's native operators (gluon_resnest_sa_sum_u8)" in
+            proc.stderr) is native
     meta = json.load(open(f'{out}-meta.json', encoding='utf-8'))
     assert meta['quantized'] is True and meta['input_size'] == SIZE
     assert meta['calibration']['examples'] == 24
@@ -211,8 +223,20 @@ def test_quantize_tool(calib_rec, fp32_export, tmp_path, native):
     ref = fnet(batch).asnumpy()
     got = qnet(batch).asnumpy()
     assert got.shape == ref.shape == (24, 10)
+    if not native:
+        plain, module = load_with_plain_mxnet(out, batch.asnumpy(), str(tmp_path))
+        assert np.array_equal(plain, got) and np.array_equal(module, got)
     agree = np.mean(ref.argmax(1) == got.argmax(1))
     assert agree >= 0.75, f'INT8 argmax agrees with FP32 on {agree:.0%} of the images'
+
+
+def test_quantize_tool_native_needs_uint8_splits(fp32_export, tmp_path):
+    proc = subprocess.run([sys.executable, TOOL, '--prefix', fp32_export, '--calib-rec', 'x.rec',
+                           '--output', str(tmp_path / 'q'), '--native', '--quantized-dtype',
+                           'int8'], capture_output=True, text=True, cwd=REPO, timeout=300,
+                          check=False)
+    assert proc.returncode == 2
+    assert 'quantize: error: --native needs uint8 activations' in proc.stderr
 
 
 def test_quantize_tool_bad_input(fp32_export, tmp_path):

@@ -6,6 +6,7 @@ import json
 import mxnet as mx
 import numpy as np
 import pytest
+from plain_mxnet import load_with_plain_mxnet
 from tools_cli import load_tool, run_tool
 
 from conftest import assert_close_to_largest, randomize_norm_stats
@@ -92,6 +93,15 @@ def test_module_api_matches_gluon(trained, exported):
         data = trained['raw'] if preprocess else normalise(trained['raw'])
         mod.forward(mx.io.DataBatch([mx.nd.array(data)]), is_train=False)
         assert_close_to_largest(mod.get_outputs()[0].asnumpy(), trained['expected'], 1e-5)
+
+
+def test_default_export_loads_without_gluon_resnest(trained, exported, tmp_path):
+    """The default export needs nothing but MXNet: SymbolBlock.imports and Module, in a process
+    that never imports gluon_resnest, give the network's outputs."""
+    gluon_out, module_out = load_with_plain_mxnet(str(exported[False]),
+                                                  normalise(trained['raw']), str(tmp_path))
+    assert_close_to_largest(gluon_out, trained['expected'], 1e-5)
+    assert_close_to_largest(module_out, trained['expected'], 1e-5)
 
 
 def test_export_runs_at_other_input_sizes(trained, exported):

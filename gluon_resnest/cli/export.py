@@ -23,7 +23,7 @@ from gluon_resnest.deploy import (
     read_model_spec,
 )
 from gluon_resnest.errors import ToolParser, image_size, int_in, run_tool
-from gluon_resnest.native import NativeBuildError
+from gluon_resnest.native import NativeBuildError, loading_note
 
 PROG = 'export'
 logger = logging.getLogger('export')
@@ -78,6 +78,10 @@ def _main(argv: list[str] | None = None) -> int:
         return 2
     for path in files:
         print(path)
+    with open(files[0], encoding='utf-8') as handle:
+        note = loading_note(handle.read())
+    if note:
+        print(note, file=sys.stderr)
     return 0
 
 

@@ -7,16 +7,21 @@ Example::
 
 The output loads with ``gluon_resnest.deploy.load_exported('OUT')`` (and ``tools/predict.py``,
 ``tools/evaluate.py``, the model server); ``OUT-meta.json`` is the source's meta with
-``quantized: true``. Its Split-Attention sums run as gluon_resnest's native operator (built
-on first use with the C++ compiler): call ``gluon_resnest.native.load()`` before a plain
-``mx.gluon.SymbolBlock.imports``, or pass ``--no-native`` for an export that plain MXNet loads.
+``quantized: true``. It holds MXNet's operators only: plain MXNet loads it
+(``mx.gluon.SymbolBlock.imports``, ``mx.mod.Module``). With ``--native`` each Split-Attention
+sum runs as one gluon_resnest native operator (faster): such an export needs gluon_resnest and
+its native libraries (built with the C++ compiler) wherever it is loaded, which
+``gluon_resnest.deploy.load_exported`` loads; the meta file lists the operators
+(``native_operators``).
 """
 from __future__ import annotations
 
 import logging
+import sys
 
 from gluon_resnest.deploy.quantization import CALIB_MODES, quantize_export
 from gluon_resnest.errors import ToolParser, int_in, run_tool
+from gluon_resnest.native import NativeBuildError, loading_note
 
 PROG = 'quantize'
 
@@ -37,21 +42,31 @@ def _main(argv: list[str] | None = None) -> int:
     parser.add_argument('--no-split-grouped', dest='split_grouped', action='store_false',
                         help='keep grouped convolutions grouped (and FP32) instead of '
                              'rewriting them as ungrouped INT8 convolutions')
-    parser.add_argument('--no-native', dest='native', action='store_const', const=False,
-                        default=None,
-                        help="keep MXNet's own operators for the Split-Attention sums (slower; "
-                             'the export then needs nothing but MXNet)')
+    parser.add_argument('--native', action='store_true',
+                        help="run each Split-Attention sum as gluon_resnest's native operator "
+                             '(faster; loading the export then needs gluon_resnest and its '
+                             'native libraries)')
     parser.add_argument('--num-workers', type=int_in(0, 1024), default=2, help='decoding processes')
     args = parser.parse_args(argv)
+    if args.native and (args.quantized_dtype == 'int8' or not args.split_grouped):
+        parser.error('--native needs uint8 activations and split grouped convolutions: drop '
+                     '--quantized-dtype int8 and --no-split-grouped')
     logging.basicConfig(level=logging.INFO, format='%(levelname)s %(message)s')
     exclude = [e.strip() for e in args.exclude.split(',') if e.strip()]
-    symbol_file, params_file = quantize_export(
-        args.prefix, args.calib_rec, args.output, epoch=args.epoch,
-        calib_mode=args.calib_mode, num_calib_examples=args.num_calib_examples,
-        batch_size=args.batch_size, quantized_dtype=args.quantized_dtype,
-        exclude_layers_match=exclude, num_workers=args.num_workers,
-        split_grouped=args.split_grouped, native=args.native)
+    try:
+        symbol_file, params_file = quantize_export(
+            args.prefix, args.calib_rec, args.output, epoch=args.epoch,
+            calib_mode=args.calib_mode, num_calib_examples=args.num_calib_examples,
+            batch_size=args.batch_size, quantized_dtype=args.quantized_dtype,
+            exclude_layers_match=exclude, num_workers=args.num_workers,
+            split_grouped=args.split_grouped, native=args.native)
+    except NativeBuildError as err:
+        raise ValueError(f'--native: {err}') from None
     print(f'wrote {symbol_file} and {params_file}')
+    with open(symbol_file, encoding='utf-8') as handle:
+        note = loading_note(handle.read())
+    if note:
+        print(note, file=sys.stderr)
     return 0
 
 

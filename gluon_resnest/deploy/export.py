@@ -103,7 +103,7 @@ def export_network(net: nn.HybridBlock, prefix: str, input_size: int = 224, epoc
             raise
         if fast:
             from .fast_inference import fast_inference
-            block = fast_inference(block, data, winograd=winograd)
+            block = fast_inference(block, data, winograd=winograd, strict=True)
         folder = os.path.dirname(os.path.abspath(prefix))
         os.makedirs(folder, exist_ok=True)
         block.export(prefix, epoch=epoch)

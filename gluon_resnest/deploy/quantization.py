@@ -556,7 +556,7 @@ def quantize_export(prefix: str, calib_rec: str, output: str, epoch: int = 0,
                     batch_size: int = 32, quantized_dtype: str = 'auto',
                     exclude_layers_match: Sequence[str] | None = None,
                     num_workers: int = 2, split_grouped: bool = True,
-                    native: bool | None = None) -> tuple[str, str]:
+                    native: bool = False) -> tuple[str, str]:
     """Quantize an export (``PREFIX-symbol.json``/``-%04d.params``) to an INT8 export.
 
     The input size, mean/std and embedded-normalisation flag come from ``PREFIX-meta.json``
@@ -564,7 +564,9 @@ def quantize_export(prefix: str, calib_rec: str, output: str, epoch: int = 0,
     ``quantized: true`` and the calibration recorded. A class-names file is copied too.
     ``split_grouped=False`` keeps the grouped convolutions (then in FP32) instead of rewriting
     them as ungrouped INT8 ones (see :func:`quantize_network`). ``native`` as in
-    :func:`quantize_network`; ``False`` writes an export that plain MXNet loads.
+    :func:`quantize_network`, but off by default: the export then holds MXNet's operators
+    only and plain MXNet loads it; with ``True`` it needs gluon_resnest's native libraries
+    wherever it is loaded (the meta file lists the operators, ``native_operators``).
 
     Returns:
         ``(symbol_file, params_file)`` of the INT8 export.

@@ -50,8 +50,8 @@ import threading
 from . import guards, selfcheck
 
 __all__ = ['OPERATORS', 'NativeBuildError', 'build', 'build_onednn', 'enabled', 'library_paths',
-           'load', 'loaded', 'onednn_calls', 'onednn_loaded', 'onednn_supported', 'operators_in',
-           'uses_native']
+           'load', 'loaded', 'loading_note', 'onednn_calls', 'onednn_loaded', 'onednn_supported',
+           'operators_in', 'uses_native']
 
 logger = logging.getLogger(__name__)
 
@@ -97,6 +97,17 @@ def loaded() -> bool:
 def operators_in(symbol_json: str) -> list[str]:
     """The library's operators a symbol's JSON text calls."""
     return [name for name in OPERATORS if f'"{name}"' in symbol_json]
+
+
+def loading_note(symbol_json: str) -> str | None:
+    """What loading an export whose symbol is ``symbol_json`` needs, for the export tools to
+    print; None when plain MXNet loads it."""
+    operators = operators_in(symbol_json)
+    if not operators:
+        return None
+    return (f"note: this export calls gluon_resnest's native operators ({', '.join(operators)}): "
+            'load it with gluon_resnest.deploy.load_exported (or call gluon_resnest.native.load() '
+            'before mx.gluon.SymbolBlock.imports); plain MXNet cannot load it')
 
 
 def uses_native(symbol_json: str) -> bool:

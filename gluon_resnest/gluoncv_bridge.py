@@ -5,8 +5,16 @@
 builders that GluonCV's code calls: the functions of ``gluoncv.model_zoo.resnest`` (which its
 Faster R-CNN FPN builders and ``custom_rcnn_fpn`` import when called), the names that other
 GluonCV modules bound at import (``gluoncv.model_zoo.segbase`` for DeepLabV3, PSPNet, FCN, ...)
-and the model-zoo entries; and it makes ``gluoncv.nn.dropblock.set_drop_prob`` (used by
-``DropBlockScheduler`` and the detection builders) set our DropBlocks too.
+and the model-zoo entries. It gives GluonCV's ``ResNeSt`` class a ``__new__`` that builds ours,
+so GluonCV's own builder functions, even copies imported before the override, build ours too. It
+makes ``gluoncv.nn.dropblock.set_drop_prob`` (used by ``DropBlockScheduler`` and the detection
+builders) set our DropBlocks, including those traced into the graphs of the FPN detectors; our
+DropBlocks are instances of GluonCV's ``DropBlock`` class, so a ``set_drop_prob`` imported
+earlier sets them too.
+
+DropBlock follows GluonCV's effective behaviour by default (``dropblock='gluoncv'``: left out of
+graphs traced outside training, such as the FPN detectors' backbone) or always acts while
+training (``dropblock='effective'``); see ``docs/gluoncv.md``.
 
 Served under GluonCV's names, our builders take GluonCV's defaults (DropBlock 0.1 on the last
 two stages from ``resnest26`` on), and they build the same parameter and operator names, so
@@ -25,7 +33,14 @@ from typing import Any, Callable, Iterator
 import mxnet as mx
 from mxnet.gluon import nn
 
-from .layers.dropblock import DropBlock, _check_prob
+from .gluoncv_adapters import (
+    DROPBLOCK_MODES,
+    SERVED_RESNEST,
+    gluoncv_dropblock_layer,
+    gluoncv_resnest_class,
+    gluoncv_set_drop_prob,
+    install_resnest_new,
+)
 from .model_zoo import get_model
 from .registry import list_models
 
@@ -52,11 +67,13 @@ _patches: list[tuple[Any, str, Any]] = []
 _replacements: dict[int, tuple[Any, Any]] = {}
 
 
-def gluoncv_builder(name: str) -> Callable[..., nn.HybridBlock]:
+def gluoncv_builder(name: str, dropblock: str = 'gluoncv') -> Callable[..., nn.HybridBlock]:
     """Our builder of ``name`` with the signature and defaults of GluonCV's function.
 
     Args:
         name: One of :data:`GLUONCV_DEFAULTS`.
+        dropblock: DropBlock mode, ``'gluoncv'`` or ``'effective'`` (see
+            :func:`register_gluoncv`).
 
     Returns:
         ``fn(pretrained=False, root='~/.mxnet/models', ctx=cpu(), **kwargs)`` building our
@@ -66,7 +83,7 @@ def gluoncv_builder(name: str) -> Callable[..., nn.HybridBlock]:
         (``dilated``, ``dilation``, ``norm_layer``, ``norm_kwargs``, ``use_global_stats``,
         ``input_size``, ...) or ours (``dropblock_prob``, ``output_stride``, ...).
     """
-    defaults = GLUONCV_DEFAULTS[name]
+    defaults = dict(GLUONCV_DEFAULTS[name], dropblock_layer=gluoncv_dropblock_layer(dropblock))
 
     def build(pretrained: bool | str = False, root: str = os.path.join('~', '.mxnet', 'models'),
               ctx: Any = None, **kwargs: Any) -> nn.HybridBlock:
@@ -84,23 +101,6 @@ def gluoncv_builder(name: str) -> Callable[..., nn.HybridBlock]:
     return build
 
 
-def _gluoncv_set_drop_prob(original: Callable[[float, Any], None]) -> Callable[[float, Any], None]:
-    """GluonCV's ``set_drop_prob(drop_prob, module)``, extended to our DropBlock."""
-
-    def set_drop_prob(drop_prob: float, module: Any) -> None:
-        if isinstance(module, DropBlock):
-            module.drop_prob = _check_prob(drop_prob)
-        else:
-            original(drop_prob, module)
-        # Our DropBlock bakes its probability into the traced graph: every block this visits
-        # (``net.apply`` visits all) drops its cached graph so the value is used next call.
-        if isinstance(module, nn.HybridBlock):
-            module._clear_cached_op()  # pylint: disable=protected-access
-
-    set_drop_prob.__doc__ = original.__doc__
-    return set_drop_prob
-
-
 def _set(target: Any, key: str, value: Any) -> None:
     """Patch ``target[key]`` (a dict) or ``target.key`` (a module) and remember the old value."""
     if isinstance(target, dict):
@@ -116,14 +116,15 @@ def _gluoncv_modules() -> list[Any]:
             if module is not None and (mod_name == 'gluoncv' or mod_name.startswith('gluoncv.'))]
 
 
-def _override_gluoncv(builders: dict[str, Callable]) -> None:
-    """Rebind, in every loaded GluonCV module, GluonCV's ResNeSt builders and set_drop_prob."""
+def _override_gluoncv(builders: dict[str, Callable], dropblock: str) -> None:
+    """Rebind, in every loaded GluonCV module, GluonCV's ResNeSt builders, its ResNeSt class
+    and set_drop_prob."""
     from gluoncv.model_zoo import resnest as gcv_resnest  # optional dependency
     from gluoncv.nn import dropblock as gcv_dropblock
 
     swaps = {id(getattr(gcv_resnest, name)): builder for name, builder in builders.items()}
     original_set = gcv_dropblock.set_drop_prob
-    swaps[id(original_set)] = _gluoncv_set_drop_prob(original_set)
+    swaps[id(original_set)] = gluoncv_set_drop_prob(original_set)
     originals = {id(getattr(gcv_resnest, name)): getattr(gcv_resnest, name) for name in builders}
     originals[id(original_set)] = original_set
     for module in _gluoncv_modules():
@@ -133,9 +134,14 @@ def _override_gluoncv(builders: dict[str, Callable]) -> None:
                 _set(module, attr, replacement)
     for key, replacement in swaps.items():
         _replacements[id(replacement)] = (replacement, originals[key])
+    # GluonCV's class itself, which every binding shares; not its name, through which GluonCV's
+    # constructors call ``super(ResNeSt, self)``.
+    install_resnest_new(gcv_resnest.ResNeSt)
+    _set(SERVED_RESNEST, gcv_resnest.ResNeSt,
+         (gcv_resnest.Bottleneck, gluoncv_resnest_class(dropblock)))
 
 
-def register_gluoncv(override: bool = False) -> list[str]:
+def register_gluoncv(override: bool = False, dropblock: str = 'gluoncv') -> list[str]:
     """Make our models available through GluonCV.
 
     Args:
@@ -143,15 +149,24 @@ def register_gluoncv(override: bool = False) -> list[str]:
             ``gluoncv.model_zoo.resnest``, segmentation backbones, detection builders) and let
             GluonCV's ``set_drop_prob`` / ``DropBlockScheduler`` act on our DropBlocks. Without
             it only the names GluonCV lacks (``resnest50_fast_*``, ``resnetd50``) are added.
+        dropblock: With ``override``, how the DropBlocks of GluonCV's defaults behave.
+            ``'gluoncv'`` (GluonCV's effective behaviour): a DropBlock traced into a graph
+            outside training is left out of it, as GluonCV's is; this covers the backbone of
+            every FPN detector (traced when built) and a network hybridized and first called
+            at inference. ``'effective'``: our DropBlocks drop while training wherever they
+            are, and ``set_drop_prob`` / ``DropBlockScheduler`` change them in any graph.
 
     Returns:
         The model-zoo names now served by this package.
     """
     from gluoncv.model_zoo import model_zoo as gcv_zoo  # optional dependency
 
+    if dropblock not in DROPBLOCK_MODES:
+        raise ValueError(f'dropblock must be one of {sorted(DROPBLOCK_MODES)}, got {dropblock!r}')
     unregister_gluoncv()
     zoo = gcv_zoo._models  # pylint: disable=protected-access
-    builders = {name: gluoncv_builder(name) for name in GLUONCV_DEFAULTS} if override else {}
+    builders = ({name: gluoncv_builder(name, dropblock) for name in GLUONCV_DEFAULTS}
+                if override else {})
     registered = []
     for name in list_models():
         if name in zoo and not override:
@@ -160,7 +175,7 @@ def register_gluoncv(override: bool = False) -> list[str]:
         _set(zoo, name, builder)
         registered.append(name)
     if override:
-        _override_gluoncv(builders)
+        _override_gluoncv(builders, dropblock)
         logger.info('GluonCV now builds gluon_resnest for %s', ', '.join(builders))
     return registered
 
@@ -189,13 +204,13 @@ def unregister_gluoncv() -> None:
 
 
 @contextlib.contextmanager
-def gluoncv_override(override: bool = True) -> Iterator[list[str]]:
+def gluoncv_override(override: bool = True, dropblock: str = 'gluoncv') -> Iterator[list[str]]:
     """``with gluoncv_override(): ...`` registers (by default overriding) and always undoes it.
 
     Yields:
         The model-zoo names served by this package inside the block.
     """
     try:
-        yield register_gluoncv(override=override)
+        yield register_gluoncv(override=override, dropblock=dropblock)
     finally:
         unregister_gluoncv()

@@ -74,17 +74,19 @@ def get_model(name: str, pretrained: bool | str = False, ctx: Any = None,
     return net
 
 
-def register_gluoncv(override: bool = False) -> list[str]:
+def register_gluoncv(override: bool = False, dropblock: str = 'gluoncv') -> list[str]:
     """Make our models available through GluonCV; see :mod:`gluon_resnest.gluoncv_bridge`.
 
     Args:
         override: Also build ours wherever GluonCV builds its own ResNeSt (``resnest14`` ...
             ``resnest269`` in its model zoo, detectors and segmentation models), with GluonCV's
             defaults. Without it those names keep GluonCV's implementation.
+        dropblock: With ``override``: ``'gluoncv'`` (GluonCV's effective DropBlock behaviour)
+            or ``'effective'``; see :func:`gluon_resnest.gluoncv_bridge.register_gluoncv`.
 
     Returns:
         The model-zoo names now served by this package.
     """
     from .gluoncv_bridge import register_gluoncv as register  # GluonCV is optional
 
-    return register(override)
+    return register(override, dropblock)

@@ -55,6 +55,7 @@ class Bottleneck(nn.HybridBlock):
         native: Split-Attention with gluon_resnest's native operator (see
             :class:`~gluon_resnest.layers.SplitAttention`), which then also applies the avd
             pooling that follows it.
+        dropblock_layer: DropBlock class, called as ``dropblock_layer(prob, 3)``.
     """
 
     expansion = 4
@@ -65,6 +66,7 @@ class Bottleneck(nn.HybridBlock):
                  last_gamma: bool = False, dropblock_prob: float = 0.0,
                  norm_layer: Callable[..., nn.HybridBlock] = nn.BatchNorm,
                  norm_kwargs: dict[str, Any] | None = None, native: bool = False,
+                 dropblock_layer: Callable[..., nn.HybridBlock] = DropBlock,
                  **kwargs: Any) -> None:
         super().__init__(**kwargs)
         norm_kwargs = dict(norm_kwargs or {})
@@ -106,9 +108,9 @@ class Bottleneck(nn.HybridBlock):
         self.relu3 = nn.Activation('relu')
         self.downsample = downsample
         if self.use_dropblock:
-            self.dropblock1 = DropBlock(dropblock_prob, 3)
-            self.dropblock2 = DropBlock(dropblock_prob, 3)
-            self.dropblock3 = DropBlock(dropblock_prob, 3)
+            self.dropblock1 = dropblock_layer(dropblock_prob, 3)
+            self.dropblock2 = dropblock_layer(dropblock_prob, 3)
+            self.dropblock3 = dropblock_layer(dropblock_prob, 3)
         if native:
             fuse_norm_relu(self)
 
@@ -185,6 +187,7 @@ class ResNeSt(nn.HybridBlock):
         final_drop: Dropout before the classifier.
         last_gamma: Zero-initialise the gamma of each block's last BatchNorm.
         dropblock_prob: DropBlock probability on the last two stages.
+        dropblock_layer: DropBlock class of those stages (see :class:`Bottleneck`).
         output_stride: 32 (classification), 16 or 8 (dilated last stages for dense prediction).
         features_only: Build no classifier; ``forward`` returns the stage outputs (C2, C3, C4, C5).
         in_channels: Channels of the input images.
@@ -210,7 +213,9 @@ class ResNeSt(nn.HybridBlock):
                  features_only: bool = False, in_channels: int = 3,
                  norm_layer: Callable[..., nn.HybridBlock] = nn.BatchNorm,
                  norm_kwargs: dict[str, Any] | None = None, use_global_stats: bool = False,
-                 native: bool = False, name: str = 'resnest', **kwargs: Any) -> None:
+                 native: bool = False, name: str = 'resnest',
+                 dropblock_layer: Callable[..., nn.HybridBlock] = DropBlock,
+                 **kwargs: Any) -> None:
         kwargs.setdefault('prefix', 'resnest_')
         super().__init__(**kwargs)
         if len(layers) != 4 or min(layers) < 1:
@@ -232,7 +237,7 @@ class ResNeSt(nn.HybridBlock):
         block_kwargs = dict(radix=radix, cardinality=cardinality,
                             bottleneck_width=bottleneck_width, avd_first=avd_first,
                             last_gamma=last_gamma, norm_layer=norm_layer, norm_kwargs=norm_kwargs,
-                            native=native)
+                            native=native, dropblock_layer=dropblock_layer)
         stem_out = 2 * stem_width if deep_stem else 64
         with self.name_scope():
             if deep_stem:

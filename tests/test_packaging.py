@@ -13,7 +13,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = ['train', 'pack-rec', 'export', 'export-onnx', 'quantize', 'evaluate', 'predict',
-           'convert-torch', 'complexity', 'archive-mms', 'serve-mms']
+           'convert-torch', 'complexity', 'archive-mms', 'serve-mms', 'download']
 
 
 def _ok(cmd: list, **kwargs) -> subprocess.CompletedProcess:
@@ -56,6 +56,9 @@ def test_wheel_installs_and_its_commands_run_outside_the_checkout(tmp_path):
                             '--print-config').stdout)
     assert config['model'] == 'resnest269' and config['eval_crop'] == 416
     assert 'resnest50_fast_2s2x40d' in run('gluon-resnest-train', '--help').stdout
+
+    listed = run('gluon-resnest-download', '--list', '--root', 'cache').stdout
+    assert 'resnest50-bcfefe1d.params' in listed and 'absent' in listed
 
     rows = [json.loads(line) for line in run('gluon-resnest-complexity', '--model', 'resnest14',
                                               '--json').stdout.splitlines()]

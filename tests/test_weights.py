@@ -80,6 +80,22 @@ def test_table_is_gluoncv_and_authors_stores():
     assert weights.WEIGHTS['resnest50'].file_name == 'resnest50-bcfefe1d.params'
 
 
+def test_models_doc_lists_the_table():
+    text = (ROOT / 'docs' / 'models.md').read_text()
+    rows = {}
+    for line in text.split('## Published weights', 1)[1].splitlines():
+        cells = [c.strip().strip('`') for c in line.strip().strip('|').split('|')]
+        if len(cells) == 6 and cells[0] in gluon_resnest.list_models():
+            rows[cells[0]] = cells
+    assert set(rows) == set(gluon_resnest.list_models())
+    for name, entry in weights.WEIGHTS.items():
+        assert rows[name] == [name, {'gluoncv': 'GluonCV', 'authors': 'authors'}[entry.source],
+                              entry.file_name, entry.sha1[:8], f'{entry.top1:.2f}%',
+                              str(gluon_resnest.model_info(name)['eval_crop'])]
+    for name in weights.NO_WEIGHTS:
+        assert rows[name][1:3] == ['none', 'no published weights']
+
+
 def test_urls_follow_the_repository_variables(monkeypatch):
     for var in ('MXNET_GLUON_REPO', 'GLUON_RESNEST_REPO', 'ENCODING_REPO'):
         monkeypatch.delenv(var, raising=False)

@@ -8,6 +8,8 @@ import os
 import random
 import shutil
 import socket
+import subprocess
+import sys
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 
@@ -15,7 +17,7 @@ import mxnet as mx
 import numpy as np
 import pytest
 from PIL import Image
-from tools_cli import load_tool, run_tool
+from tools_cli import ROOT, load_tool, run_tool
 
 from conftest import randomize_norm_stats
 from gluon_resnest import get_model
@@ -250,3 +252,24 @@ def test_handler_sees_the_pixels_predict_sees(tmp_path):
         predicted = eval_transform(load_image(path), SIZE, classifier.mean,
                                    classifier.std).asnumpy()
         np.testing.assert_array_equal(served, predicted, err_msg=path)
+
+
+def test_archive_of_a_native_export_fails_where_its_operators_cannot_load(tmp_path):
+    """An export that calls gluon_resnest's native operators is refused at archive time where
+    they cannot be loaded (here: GLUON_RESNEST_NATIVE=0), before model-archiver runs."""
+    prefix = str(tmp_path / 'native')
+    nodes = [{'op': 'null', 'name': 'data', 'inputs': []},
+             {'op': 'gluon_resnest_sa_gap', 'name': 'gap', 'attrs': {'radix': '2'},
+              'inputs': [[0, 0, 0]]}]
+    with open(f'{prefix}-symbol.json', 'w', encoding='utf-8') as handle:
+        json.dump({'nodes': nodes, 'arg_nodes': [0], 'node_row_ptr': [0, 1, 2],
+                   'heads': [[1, 0, 0]], 'attrs': {'mxnet_version': ['int', 10901]}}, handle)
+    mx.nd.save(f'{prefix}-0000.params', {})
+    env = dict(os.environ, GLUON_RESNEST_NATIVE='0')
+    proc = subprocess.run([sys.executable, str(ROOT / 'tools' / 'archive_mms.py'),
+                           '--prefix', prefix, '--output', str(tmp_path / 'n.mar')],
+                          capture_output=True, text=True, env=env, timeout=300, check=False)
+    assert proc.returncode == 2, proc.stderr
+    assert "calls gluon_resnest's native operators (gluon_resnest_sa_gap)" in proc.stderr
+    assert 'GLUON_RESNEST_NATIVE=0' in proc.stderr
+    assert not (tmp_path / 'n.mar').exists()

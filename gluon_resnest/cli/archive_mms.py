@@ -18,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 
+from gluon_resnest import native
 from gluon_resnest.deploy import check_export, export_paths, load_class_names, read_meta
 from gluon_resnest.deploy.serving import ARCHIVE_PREFIX, HANDLER
 from gluon_resnest.errors import ToolParser, int_in, run_tool
@@ -55,6 +56,23 @@ def stage_export(prefix: str, epoch: int, classes: str | None, folder: str) -> d
     return meta
 
 
+def _native_operators_loadable(prefix: str, epoch: int) -> list[str]:
+    """The gluon_resnest native operators the export calls, after checking that this Python
+    (the one the model server runs the handler in) loads them: a failure is reported now, not
+    at the server's first request."""
+    with open(check_export(prefix, epoch)[0], encoding='utf-8') as handle:
+        operators = native.operators_in(handle.read())
+    if operators:
+        try:
+            native.load(required=True)
+        except native.NativeBuildError as err:
+            raise ValueError(f"{prefix} calls gluon_resnest's native operators "
+                             f"({', '.join(operators)}), which the model server's Python cannot "
+                             f'load: {err} (an export without --fast/--native needs nothing but '
+                             'MXNet)') from None
+    return operators
+
+
 def _main(argv: list[str] | None = None) -> int:
     parser = ToolParser(PROG, description=__doc__.split('\n\n')[0])
     parser.add_argument('--prefix', required=True,
@@ -78,6 +96,7 @@ def _main(argv: list[str] | None = None) -> int:
     if os.path.exists(output) and not args.force:
         raise ValueError(f'archive exists, use --force to overwrite it ({args.output})')
     check_export(args.prefix, args.epoch)  # a bad export is named before anything else
+    operators = _native_operators_loadable(args.prefix, args.epoch)
     try:
         import model_archiver  # noqa: F401
     except ImportError:
@@ -101,6 +120,9 @@ def _main(argv: list[str] | None = None) -> int:
     kind = 'INT8' if meta.get('quantized') else 'FP32'
     print(f'wrote {args.output} ({kind} {meta.get("model") or "export"}, '
           f'{meta["input_size"]}x{meta["input_size"]} input, model name {name!r})')
+    if operators:
+        print(f"note: the archive calls gluon_resnest's native operators ({', '.join(operators)})"
+              ': the server needs gluon_resnest and its native libraries, as here')
     return 0
 
 

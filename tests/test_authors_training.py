@@ -166,6 +166,33 @@ def test_dropblock_probability_per_epoch_is_the_authors():
     assert isinstance(ours.layer3[0].dropblock1, DropBlock)
 
 
+def test_dropblock_draws_the_authors_mask():
+    """Their DropBlock draws one mask for the whole batch; the trainer's does too: from the
+    same seed, in a hybridized graph, the same mask and the same output (to float rounding)."""
+    config = resolve(load_recipe('digits'))
+    config['dropblock_prob'] = 0.1
+    net, _ = build_networks(config, mx.cpu())
+    blocks = []
+    net.apply(lambda b: blocks.append(b) if isinstance(b, DropBlock) else None)
+    assert len(blocks) == 6 and all(b.shared_mask for b in blocks)
+
+    x = mx.nd.random.normal(shape=(4, 16, 14, 14))
+    theirs = AuthorsDropBlock(0.1, 3, 16, 14, 14)
+    ours = DropBlock(0.1, 3, shared_mask=True)
+    outputs = []
+    for block, kwargs in ((theirs, {}), (ours, {'static_alloc': True, 'static_shape': True})):
+        block.initialize()
+        block.hybridize(**kwargs)
+        mx.random.seed(11)
+        with mx.autograd.record():
+            outputs.append(block(x).asnumpy())
+    a, b = outputs
+    assert 0.05 < (a == 0).mean() < 0.3
+    np.testing.assert_array_equal(a == 0, b == 0)
+    np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
+    assert all(np.array_equal(b[0] == 0, b[i] == 0) for i in range(1, 4))
+
+
 # --- training steps -------------------------------------------------------------------------
 
 def _check_steps(results: dict) -> None:

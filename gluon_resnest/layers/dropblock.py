@@ -39,10 +39,13 @@ class DropBlock(nn.HybridBlock):
             GluonCV's DropBlock (which decides in Python) does. ``'always'``: the block even
             at probability 0, so that :func:`set_drop_prob` can raise it in a graph that is
             never re-traced.
+        shared_mask: One mask for the whole batch, as the authors' DropBlock (``resnest.gluon``,
+            used by their training script) draws it, instead of one per sample; the kept part
+            is scaled up by the mask's kept fraction.
     """
 
     def __init__(self, drop_prob: float = 0.0, block_size: int = 3, graph: str = 'auto',
-                 **kwargs) -> None:
+                 shared_mask: bool = False, **kwargs) -> None:
         # Not super(): a subclass that also derives from GluonCV's DropBlock (see
         # gluon_resnest.gluoncv_bridge) must not run GluonCV's constructor.
         nn.HybridBlock.__init__(self, **kwargs)
@@ -52,6 +55,7 @@ class DropBlock(nn.HybridBlock):
             raise ValueError(f'graph must be one of {GRAPH_MODES}, got {graph!r}')
         self.block_size = block_size
         self.graph = graph
+        self.shared_mask = bool(shared_mask)
         self.drop_prob = _check_prob(drop_prob)
 
     def hybrid_forward(self, F, x):  # noqa: N803 - MXNet's convention
@@ -78,16 +82,21 @@ class DropBlock(nn.HybridBlock):
         node = {'name': 'drop_prob', 'attr': {_PROB_NODE_ATTR: str(bs)}} if symbolic else {}
         gamma = F._internal._mul_scalar(training, scalar=self.drop_prob / bs ** 2, **node)
         gamma = gamma * height * width / valid
-        seeds = F.broadcast_lesser(F.random.uniform_like(ref), gamma)
+        # The noise: one (1, C, H, W) sample shared by the batch, or one per sample.
+        noise = F.slice_axis(ref, axis=0, begin=0, end=1) if self.shared_mask else ref
+        seeds = F.broadcast_lesser(F.random.uniform_like(noise), gamma)
         dropped = F.Pooling(seeds, kernel=(bs, bs), stride=(1, 1), pad=(bs // 2, bs // 2),
                             pool_type='max')
         mask = F.BlockGrad(1 - dropped)
         keep = F.maximum(F.mean(mask, axis=(1, 2, 3), keepdims=True), 1e-6)
+        if self.shared_mask:
+            return F.broadcast_div(F.broadcast_mul(x, mask), keep)
         return F.broadcast_div(x * mask, keep)
 
     def __repr__(self) -> str:
+        shared = ', shared_mask=True' if self.shared_mask else ''
         return (f'{type(self).__name__}(drop_prob={self.drop_prob}, '
-                f'block_size={self.block_size}, graph={self.graph!r})')
+                f'block_size={self.block_size}, graph={self.graph!r}{shared})')
 
 
 def _check_prob(p: float) -> float:

@@ -33,7 +33,7 @@ from ..data.records import unpack_image_record
 from ..data.transforms import decode_image
 from ..errors import InputError, mxnet_reason
 from ..evaluation import evaluate
-from ..layers import HorovodSyncBatchNorm, set_drop_prob
+from ..layers import DropBlock, HorovodSyncBatchNorm, set_drop_prob
 from ..model_zoo import get_model
 from ..models import KAIMING_FAN_IN
 from ..params import copy_parameters, params_digest
@@ -221,12 +221,14 @@ def model_spec(config: dict[str, Any]) -> dict[str, Any]:
     return {'model': config['model'], 'classes': config['classes'],
             'model_kwargs': dict(config['model_kwargs'])}
 
+
 def build_networks(config: dict[str, Any], ctx: Any, native_ops: bool = False
                    ) -> tuple[gluon.HybridBlock, gluon.HybridBlock]:
     """The training network, initialised for training from scratch, and its evaluation twin.
 
     Every weight (convolutions and the classifier) is drawn by :data:`KAIMING_FAN_IN`, set
     globally as the authors' script sets it; with ``last_gamma`` each block's last BatchNorm
+    DropBlock draws one mask per batch, as the authors' DropBlock does.
     starts with gamma 0. The random draws follow MXNet's global generator: seed it first.
 
     Args:
@@ -242,7 +244,8 @@ def build_networks(config: dict[str, Any], ctx: Any, native_ops: bool = False
     # Synchronised BatchNorm takes batch statistics over all workers (training only; the
     # evaluation copy below uses plain BatchNorm, whose parameters have the same names).
     sync = {'norm_layer': HorovodSyncBatchNorm} if config['sync_bn'] else {}
-    net = build(dropblock_prob=config['dropblock_prob'], native=native_ops, **sync)
+    net = build(dropblock_prob=config['dropblock_prob'], native=native_ops,
+                dropblock_layer=functools.partial(DropBlock, shared_mask=True), **sync)
     net.initialize(KAIMING_FAN_IN, ctx=ctx)
     # Validation and export run on a second instance that receives a copy of the weights:
     # oneDNN reorders weights in place for inference, and training on from reordered arrays
@@ -252,7 +255,6 @@ def build_networks(config: dict[str, Any], ctx: Any, native_ops: bool = False
     eval_net.initialize(ctx=ctx)
     eval_net.hybridize(static_alloc=True, static_shape=True)
     return net, eval_net
-
 
 
 def build_model_and_trainer(run: Run) -> None:

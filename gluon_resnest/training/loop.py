@@ -228,8 +228,8 @@ def build_networks(config: dict[str, Any], ctx: Any, native_ops: bool = False
 
     Every weight (convolutions and the classifier) is drawn by :data:`KAIMING_FAN_IN`, set
     globally as the authors' script sets it; with ``last_gamma`` each block's last BatchNorm
-    DropBlock draws one mask per batch, as the authors' DropBlock does.
     starts with gamma 0. The random draws follow MXNet's global generator: seed it first.
+    DropBlock draws one mask per batch, as the authors' DropBlock does.
 
     Args:
         config: A resolved recipe.

@@ -226,6 +226,11 @@ def _locked(path: str) -> Iterator[bool]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+def _mib(size: int) -> int:
+    """Mebibytes begun: the progress count of ``size`` bytes."""
+    return -(-size // _CHUNK)
+
+
 def _download(url: str, handle: Any, retries: int, dest: str) -> None:
     """Stream ``url`` into the open binary ``handle`` (for the file ``dest``); an interrupted
     transfer is resumed (HTTP Range) or restarted up to ``retries`` times."""
@@ -246,18 +251,19 @@ def _download(url: str, handle: Any, retries: int, dest: str) -> None:
                     if resp.status_code == 200 and received:  # no Range support: start over
                         handle.seek(0)
                         handle.truncate()
+                        bar.update(-_mib(received))
                         received = 0
                     length = resp.headers.get('Content-Length')
                     total = received + int(length) if length and length.isdigit() else None
                     if bar is None:
                         logger.info('downloading %s to %s', url, dest)
-                        bar = progress(total=-(-total // _CHUNK) if total else None,
+                        bar = progress(total=_mib(total) if total else None,
                                        desc=os.path.basename(dest), unit='MiB',
                                        interval=10.0)
                     for block in resp.iter_content(_CHUNK):
                         handle.write(block)
                         before, received = received, received + len(block)
-                        bar.update(received // _CHUNK - before // _CHUNK)
+                        bar.update(_mib(received) - _mib(before))
                     if total is not None and received < total:
                         raise _InterruptedError()
                     return

@@ -2,7 +2,9 @@
 atomic caching, concurrent fetches, failures, the download CLI, and GluonCV's builders."""
 from __future__ import annotations
 
+import io
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -143,6 +145,28 @@ def test_download_verify_cache_and_reuse(store, monkeypatch, tmp_path, r14):
     net = gluon_resnest.get_model('resnest14', pretrained=digest[:8], classes=10)
     np.testing.assert_array_equal(net(x).asnumpy(), expected)
     assert len(store.requests) == 1
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_bar_on_a_terminal_log_lines_elsewhere(store, monkeypatch, tmp_path, caplog):
+    params = _tiny_params(tmp_path, units=6000)
+    url_path, _ = store.publish('resnest14', params, monkeypatch=monkeypatch)
+    with caplog.at_level(logging.INFO):
+        weights.fetch('resnest14')
+    lines = [r.getMessage() for r in caplog.records]
+    assert f'downloading {store.url}{url_path} to ' in lines[0]
+    assert any(line.startswith('resnest14-') and '4/4 (100%)' in line and line.endswith(
+        '(done)') for line in lines), '\n'.join(lines)
+    terminal = _Terminal()
+    monkeypatch.setattr(sys, 'stderr', terminal)
+    weights.fetch('resnest14', force=True)
+    drawn = terminal.getvalue()
+    assert 'resnest14-' in drawn and '/4 [' in drawn and 'MiB/s]' in drawn  # tqdm's bar
+    assert store.count(url_path) == 2
 
 
 def test_wrong_sha1_leaves_nothing(store, monkeypatch, tmp_path):

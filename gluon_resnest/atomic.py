@@ -24,8 +24,8 @@ import re
 import signal
 from typing import Any, Callable, Iterable, Mapping
 
-__all__ = ['CHECKSUM_KEY', 'FileSet', 'checksums', 'remove_stale_temporaries', 'sha256_of',
-           'temporary_name', 'verify_checksums', 'write_failure']
+__all__ = ['CHECKSUM_KEY', 'FileSet', 'checksums', 'make_folder', 'remove_stale_temporaries',
+           'sha256_of', 'temporary_name', 'verify_checksums', 'write_failure']
 
 logger = logging.getLogger(__name__)
 
@@ -127,6 +127,26 @@ def write_failure(err: BaseException, path: str | os.PathLike) -> OSError:
         full = False
     code = errno.ENOSPC if full else errno.EIO
     return OSError(code, os.strerror(code), os.fspath(path))
+
+
+def make_folder(folder: str | os.PathLike) -> None:
+    """Create ``folder`` and its parents; a failure names the folder (or the file in the way).
+
+    Raises:
+        OSError: e.g. ``Not a directory`` naming a file that stands where a folder belongs.
+    """
+    folder = os.path.abspath(os.fspath(folder))
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except FileExistsError:
+        blocking = folder
+        while not os.path.exists(blocking):
+            blocking = os.path.dirname(blocking)
+        if not os.path.exists(folder) or not os.path.isdir(folder):
+            raise OSError(errno.ENOTDIR, 'Not a directory: a file stands where a folder belongs',
+                          blocking) from None
+    except OSError as err:
+        raise write_failure(err, folder) from None
 
 
 class FileSet:

@@ -107,6 +107,7 @@ def test_errors(tmp_path, capsys):
     assert 'no exported symbol file' in capsys.readouterr().err
     (tmp_path / 'bad-symbol.json').write_text('{"nodes": 3}')
     (tmp_path / 'bad-0000.params').write_bytes(b'not params')
+    (tmp_path / 'bad-meta.json').write_text('{}')  # no checksums: the files themselves fail
     assert tool.main(['--prefix', str(tmp_path / 'bad'), '--output',
                       str(tmp_path / 'x.onnx')]) == 2
     assert "bad-symbol.json' is not an MXNet symbol file" in capsys.readouterr().err

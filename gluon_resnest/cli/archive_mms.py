@@ -19,7 +19,9 @@ import sys
 import tempfile
 
 from gluon_resnest import native
+from gluon_resnest.atomic import CHECKSUM_KEY, FileSet, checksums
 from gluon_resnest.deploy import check_export, export_paths, load_class_names, read_meta
+from gluon_resnest.deploy.meta import verify_export
 from gluon_resnest.deploy.serving import ARCHIVE_PREFIX, HANDLER
 from gluon_resnest.errors import ToolParser, int_in, run_tool
 
@@ -30,9 +32,14 @@ NAME_PATTERN = re.compile(r'^[A-Za-z0-9][A-Za-z0-9_\-.]*$')
 
 
 def stage_export(prefix: str, epoch: int, classes: str | None, folder: str) -> dict:
-    """Copy an export into ``folder`` under :data:`ARCHIVE_PREFIX`; return the meta written."""
+    """Copy an export into ``folder`` under :data:`ARCHIVE_PREFIX`; return the meta written.
+
+    The export is verified against its meta file's checksums first, and the staged meta file
+    records the checksums of the staged copies.
+    """
     symbol_file, params_file = check_export(prefix, epoch)
     meta = read_meta(prefix)
+    verify_export(prefix, epoch, meta)
     if classes is None and meta.get('class_names'):
         classes = os.path.join(os.path.dirname(prefix), meta['class_names'])
     elif classes is None and os.path.isfile(f'{prefix}.classes'):
@@ -42,6 +49,8 @@ def stage_export(prefix: str, epoch: int, classes: str | None, folder: str) -> d
     shutil.copyfile(symbol_file, symbol_out)
     shutil.copyfile(params_file, params_out)
     meta.update(epoch=0, class_names=None)
+    meta.pop('input_names', None)
+    staged = [symbol_out, params_out]
     if classes:
         names = load_class_names(classes)
         if meta.get('classes') and len(names) != int(meta['classes']):
@@ -50,6 +59,8 @@ def stage_export(prefix: str, epoch: int, classes: str | None, folder: str) -> d
         with open(f'{target}.classes', 'w', encoding='utf-8') as handle:
             handle.write('\n'.join(names) + '\n')
         meta['class_names'] = f'{ARCHIVE_PREFIX}.classes'
+        staged.append(f'{target}.classes')
+    meta[CHECKSUM_KEY] = checksums(staged)
     with open(meta_out, 'w', encoding='utf-8') as handle:
         json.dump(meta, handle, indent=2, sort_keys=True)
         handle.write('\n')
@@ -97,6 +108,7 @@ def _main(argv: list[str] | None = None) -> int:
         raise ValueError(f'archive exists, use --force to overwrite it ({args.output})')
     check_export(args.prefix, args.epoch)  # a bad export is named before anything else
     operators = _native_operators_loadable(args.prefix, args.epoch)
+    read_meta(args.prefix)
     try:
         import model_archiver  # noqa: F401
     except ImportError:
@@ -116,7 +128,11 @@ def _main(argv: list[str] | None = None) -> int:
             capture_output=True, text=True)
         if result.returncode != 0 or not os.path.isfile(packed):
             raise RuntimeError(f'model-archiver failed:\n{result.stderr.strip()}')
-        shutil.move(packed, output)
+        # The archive is copied next to its final name and renamed: a failed copy (a full
+        # disk, a signal) leaves an existing archive as it was.
+        with FileSet(stale=[output]) as files:
+            files.run(output, lambda path: shutil.copyfile(packed, path))
+            files.commit()
     kind = 'INT8' if meta.get('quantized') else 'FP32'
     print(f'wrote {args.output} ({kind} {meta.get("model") or "export"}, '
           f'{meta["input_size"]}x{meta["input_size"]} input, model name {name!r})')

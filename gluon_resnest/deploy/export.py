@@ -14,16 +14,17 @@ import mxnet as mx
 from mxnet.gluon import nn
 
 from .. import native
+from ..atomic import CHECKSUM_KEY, FileSet, make_folder, temporary_name, write_failure
 from ..errors import InputError, mxnet_reason
 from ..layers import DropBlock, set_drop_prob, unfused_norm_relu
 from ..models.info import model_info
 from ..params import first_context, load_param_file
 from .graph import strip_amp_casts
-from .meta import META_DEFAULTS, check_export, export_paths, read_meta, write_meta
+from .meta import META_DEFAULTS, check_export, export_paths, meta_document, read_meta, verify_export
 from .preprocess import IMAGENET_MEAN, IMAGENET_STD, Normalize
 
 __all__ = ['MODEL_SPEC', 'build_network', 'export_network', 'load_exported', 'load_network',
-           'read_export', 'read_model_spec']
+           'read_export', 'read_model_spec', 'write_export']
 
 logger = logging.getLogger(__name__)
 
@@ -104,31 +105,74 @@ def export_network(net: nn.HybridBlock, prefix: str, input_size: int = 224, epoc
         if fast:
             from .fast_inference import fast_inference
             block = fast_inference(block, data, winograd=winograd, strict=True)
-        folder = os.path.dirname(os.path.abspath(prefix))
-        os.makedirs(folder, exist_ok=True)
-        block.export(prefix, epoch=epoch)
-    symbol_file, params_file, _ = export_paths(prefix, epoch)
-    symbol = mx.sym.load(symbol_file)
-    if any(op in symbol.tojson() for op in ('"amp_cast"', '"amp_multicast"')):
-        # Traced under AMP (mixed-precision training): the export is the FP32 model.
-        strip_amp_casts(symbol).save(symbol_file)
-        logger.info('removed the mixed-precision casts from %s', symbol_file)
-    outputs = out if isinstance(out, (list, tuple)) else [out]
-    names_file = None
-    if classes is not None and not isinstance(classes, int):
-        names = [str(c) for c in classes]
-        names_file = f'{os.path.basename(prefix)}.classes'
-        with open(f'{prefix}.classes', 'w', encoding='utf-8') as handle:
-            handle.write('\n'.join(names) + '\n')
-        classes = len(names)
-    if classes is None and len(outputs) == 1 and outputs[0].ndim == 2:
-        classes = int(outputs[0].shape[1])
-    write_meta(prefix, model=model_name or getattr(net, 'model_name', None),
-               input_size=int(input_size), in_channels=int(in_channels),
-               mean=[float(m) for m in mean], std=[float(s) for s in std],
-               preprocess=bool(preprocess), classes=classes, class_names=names_file,
-               epoch=int(epoch), model_kwargs=dict(model_kwargs or {}))
+        outputs = out if isinstance(out, (list, tuple)) else [out]
+        names = None
+        if classes is not None and not isinstance(classes, int):
+            names = [str(c) for c in classes]
+            classes = len(names)
+        if classes is None and len(outputs) == 1 and outputs[0].ndim == 2:
+            classes = int(outputs[0].shape[1])
+        fields = dict(model=model_name or getattr(net, 'model_name', None),
+                      input_size=int(input_size), in_channels=int(in_channels),
+                      mean=[float(m) for m in mean], std=[float(s) for s in std],
+                      preprocess=bool(preprocess), classes=classes, epoch=int(epoch),
+                      model_kwargs=dict(model_kwargs or {}), fast=bool(fast))
+        symbol_file, params_file = write_export(block, prefix, epoch, fields, names)
     logger.info('exported %s and %s', symbol_file, params_file)
+    return symbol_file, params_file
+
+
+def write_export(block: nn.HybridBlock, prefix: str, epoch: int, fields: dict[str, Any],
+                 class_names: Sequence[str] | None = None) -> tuple[str, str]:
+    """Write a traced block's export as one set (:class:`~gluon_resnest.atomic.FileSet`).
+
+    The symbol, the parameters, the class names (``PREFIX.classes``) and, last, the meta file
+    with ``fields`` and the SHA-256 of the others. The files are checked to load before they
+    are renamed into place: a failure (a full disk, a read-only folder, a signal) leaves the
+    previous export as it was and no temporary file.
+
+    Args:
+        block: A hybridized block that has run once.
+        prefix: Output prefix; its folder is created.
+        epoch: Number in the params file name.
+        fields: Meta file entries (:func:`~gluon_resnest.deploy.meta.meta_document`).
+        class_names: Written to ``PREFIX.classes`` and named in the meta file.
+
+    Returns:
+        ``(symbol_file, params_file)``.
+    """
+    symbol_file, params_file, meta_file = export_paths(prefix, epoch)
+    names_file = f'{prefix}.classes'
+    folder = os.path.dirname(os.path.abspath(prefix))
+    make_folder(folder)
+    staging = temporary_name(prefix)
+    with FileSet(stale=[prefix, symbol_file, params_file, meta_file, names_file]) as files:
+        tmp_symbol = files.temp(symbol_file, f'{staging}-symbol.json')
+        tmp_params = files.temp(params_file, f'{staging}-{epoch:04d}.params')
+        try:
+            block.export(staging, epoch=epoch)
+        except mx.base.MXNetError as err:
+            failed = symbol_file if os.path.getsize(tmp_symbol) == 0 else params_file
+            raise write_failure(err, failed) from None
+        try:
+            symbol = mx.sym.load(tmp_symbol)
+            if any(op in symbol.tojson() for op in ('"amp_cast"', '"amp_multicast"')):
+                # Traced under AMP (mixed-precision training): the export is the FP32 model.
+                strip_amp_casts(symbol).save(tmp_symbol)
+                logger.info('removed the mixed-precision casts from %s', symbol_file)
+                mx.sym.load(tmp_symbol)
+        except (mx.base.MXNetError, OSError) as err:
+            raise write_failure(err, symbol_file) from None
+        try:
+            mx.nd.load(tmp_params)  # a write the file system cut short does not load
+        except mx.base.MXNetError as err:
+            raise write_failure(err, params_file) from None
+        fields = dict(fields, class_names=None)
+        if class_names is not None:
+            files.write_text(names_file, '\n'.join(class_names) + '\n')
+            fields['class_names'] = os.path.basename(names_file)
+        files.write_json(meta_file, meta_document(**fields, **{CHECKSUM_KEY: files.checksums()}))
+        files.commit()
     return symbol_file, params_file
 
 
@@ -179,6 +223,7 @@ def load_exported(prefix: str, epoch: int = 0,
     """
     symbol_file, params_file = check_export(prefix, epoch)
     meta = read_meta(prefix)
+    verify_export(prefix, epoch, meta)
     symbol, saved = read_export(symbol_file, params_file)
     stored = {k.split(':', 1)[-1] for k in saved}
     inputs = [a for a in symbol.list_arguments() if a not in stored]
@@ -251,8 +296,15 @@ def read_model_spec(params: str) -> dict[str, Any] | None:
             spec = json.load(handle)
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise InputError(f'not a JSON model description: {err}', path) from None
-    if not isinstance(spec, dict) or not isinstance(spec.get('model_kwargs', {}), dict):
+    if not isinstance(spec, dict):
         raise InputError('not a model description (model, classes, model_kwargs)', path)
+    checks = (('model', lambda v: isinstance(v, str) and v, 'a registered model name'),
+              ('classes', lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1,
+               'a whole number above 0'),
+              ('model_kwargs', lambda v: isinstance(v, dict), 'a JSON object of arguments'))
+    for key, valid, expected in checks:
+        if key in spec and not valid(spec[key]):
+            raise InputError(f'{key}: expected {expected}, got {spec[key]!r}', path)
     return spec
 
 

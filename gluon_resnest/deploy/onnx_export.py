@@ -11,9 +11,12 @@ from typing import Any, Iterator, Sequence
 import mxnet as mx
 import numpy as np
 
+from .. import native
+from ..atomic import FileSet, make_folder, write_failure
+from ..errors import InputError
 from .export import load_exported, read_export
 from .graph import Graph
-from .meta import check_export, read_meta
+from .meta import check_export, read_meta, verify_export
 
 __all__ = ['MXNET_ONNX_OPSET', 'export_onnx', 'initializers_as_constants', 'onnx_compatible_symbol',
            'verify_onnx']
@@ -33,23 +36,37 @@ def export_onnx(prefix: str, output: str, epoch: int = 0,
 
     symbol_file, params_file = check_export(prefix, epoch)
     meta = read_meta(prefix)
+    verify_export(prefix, epoch, meta)
     size = int(input_size or meta['input_size'])
     channels = int(meta.get('in_channels') or 3)
-    folder = os.path.dirname(os.path.abspath(output))
-    os.makedirs(folder, exist_ok=True)
     symbol, saved = read_export(symbol_file, params_file)
+    if meta.get('quantized') or meta.get('fast') or native.uses_native(symbol.tojson()):
+        kind = 'an INT8' if meta.get('quantized') else 'a --fast'
+        raise InputError(f'this is {kind} export: ONNX conversion needs the plain float32 '
+                         f'export (tools/export.py without --fast)', symbol_file)
+    folder = os.path.dirname(os.path.abspath(output))
+    make_folder(folder)
+    if os.path.isdir(output):
+        raise InputError('the ONNX output is a folder; give a file name', output)
     symbol = onnx_compatible_symbol(symbol, (channels, size, size))
     params = {k.split(':', 1)[-1]: v for k, v in saved.items()}
-    with _onnx_compat(onnx):
-        mx.onnx.export_model(symbol, params, in_shapes=[(1, channels, size, size)],
-                             in_types=[np.float32], onnx_file_path=output, dynamic=True,
-                             dynamic_input_shapes=[(None, channels, size, size)])
-    model = initializers_as_constants(onnx.load(output))
-    onnx.checker.check_model(model)
-    entry = model.metadata_props.add()
-    entry.key = 'gluon_resnest'
-    entry.value = json.dumps(dict(meta, input_size=size))
-    onnx.save(model, output)
+    with FileSet(stale=[output]) as files:
+        temporary = files.temp(output)
+        try:
+            with _onnx_compat(onnx):
+                mx.onnx.export_model(symbol, params, in_shapes=[(1, channels, size, size)],
+                                     in_types=[np.float32], onnx_file_path=temporary,
+                                     dynamic=True,
+                                     dynamic_input_shapes=[(None, channels, size, size)])
+        except OSError as err:
+            raise write_failure(err, output) from None
+        model = initializers_as_constants(onnx.load(temporary))
+        onnx.checker.check_model(model)
+        entry = model.metadata_props.add()
+        entry.key = 'gluon_resnest'
+        entry.value = json.dumps(dict(meta, input_size=size))
+        files.run(output, lambda path: onnx.save(model, path))
+        files.commit()
     return output
 
 

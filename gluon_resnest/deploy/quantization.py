@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import tempfile
 from typing import Any, Iterable, Sequence
 
@@ -22,13 +21,13 @@ import numpy as np
 from mxnet.gluon import nn
 
 from .. import native as native_ops
+from ..atomic import CHECKSUM_KEY, make_folder
 from ..errors import InputError, mxnet_reason
 from ..layers import unfused_norm_relu
-from .export import load_exported
+from .export import load_exported, write_export
 from .graph import Graph
 from .inference import fold_batchnorm
-from .meta import export_paths, read_meta, write_meta
-from .preprocess import eval_transform
+from .preprocess import eval_transform, load_class_names
 
 __all__ = ['CALIB_MODES', 'calibration_batches', 'fuse_split_attention_int8',
            'grouped_convolutions', 'pool_splits_per_branch', 'quantize_export',
@@ -571,6 +570,10 @@ def quantize_export(prefix: str, calib_rec: str, output: str, epoch: int = 0,
     Returns:
         ``(symbol_file, params_file)`` of the INT8 export.
     """
+    if os.path.abspath(output) == os.path.abspath(prefix):
+        raise InputError('--output is the FP32 export being quantized (--prefix): give the INT8 '
+                         'export another prefix', output)
+    make_folder(os.path.dirname(os.path.abspath(output)))  # before the calibration's work
     net, meta = load_exported(prefix, epoch)
     input_names = meta.get('input_names') or ['data']
     if len(input_names) != 1:
@@ -588,27 +591,20 @@ def quantize_export(prefix: str, calib_rec: str, output: str, epoch: int = 0,
                             split_grouped=split_grouped, native=native)
     qnet.hybridize(static_alloc=True, static_shape=True)
     qnet(batches[0][:1]).wait_to_read()
-    folder = os.path.dirname(os.path.abspath(output))
-    os.makedirs(folder, exist_ok=True)
-    qnet.export(output, epoch=0)
-    symbol_file, params_file, _ = export_paths(output, 0)
-    fields: dict[str, Any] = dict(read_meta(prefix) if os.path.isfile(export_paths(prefix)[2])
-                                  else meta)
+    fields: dict[str, Any] = dict(meta)
     fields.pop('input_names', None)
-    names = fields.get('class_names')
-    if names:
-        source = os.path.join(os.path.dirname(os.path.abspath(prefix)), names)
-        target_name = f'{os.path.basename(output)}.classes'
-        if os.path.isfile(source):
-            shutil.copyfile(source, os.path.join(folder, target_name))
-            fields['class_names'] = target_name
+    fields.pop(CHECKSUM_KEY, None)
+    class_names = None
+    if fields.get('class_names'):
+        source = os.path.join(os.path.dirname(os.path.abspath(prefix)), fields['class_names'])
+        class_names = load_class_names(source) if os.path.isfile(source) else None
     fields.update(quantized=True, epoch=0, source_prefix=os.path.abspath(prefix),
                   calibration={'rec': os.path.abspath(calib_rec), 'mode': calib_mode,
                                'examples': int(sum(b.shape[0] for b in batches)),
                                'quantized_dtype': quantized_dtype,
                                'split_grouped': split_grouped},
                   native_operators=native_ops.operators_in(qnet(mx.sym.var('data')).tojson()))
-    write_meta(output, **fields)
+    symbol_file, params_file = write_export(qnet, output, 0, fields, class_names)
     logger.info('wrote %s and %s', symbol_file, params_file)
     return symbol_file, params_file
 

@@ -15,7 +15,6 @@ import json
 import logging
 import math
 import random
-import shutil
 import socket
 import time
 from dataclasses import dataclass
@@ -446,20 +445,22 @@ def finish(run: Run) -> None:
     if run.options.debug_workers:
         _write_worker_file(run, 'params.sha256', params_digest(run.net))
     if run.rank == 0 and run.options.export:
-        from ..deploy import export_network
+        from ..deploy import export_network, load_class_names
 
         export_dir = run.run_dir / 'export'
         export_dir.mkdir(parents=True, exist_ok=True)
         copy_parameters(run.net, run.eval_net)
         config = run.config
+        # The data set's class names go into the export's file set (written with it).
+        classes_file = run.train_rec.with_suffix('.classes')
+        names = load_class_names(str(classes_file)) if classes_file.is_file() else []
         files = export_network(run.eval_net, str(export_dir / 'model'),
-                               input_size=config['eval_crop'], classes=config['classes'],
+                               input_size=config['eval_crop'],
+                               classes=names if len(names) == config['classes']
+                               else config['classes'],
                                mean=tuple(config['mean']), std=tuple(config['std']),
                                model_name=config['model'],
                                model_kwargs=config['model_kwargs'])
-        classes_file = run.train_rec.with_suffix('.classes')
-        if classes_file.is_file():
-            shutil.copy(classes_file, export_dir / 'model.classes')
         logger.info('exported %s', ', '.join(str(f) for f in files))
     hvd.allreduce(mx.nd.zeros(1), name='done').wait_to_read()  # every rank finishes together
 

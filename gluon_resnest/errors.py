@@ -19,8 +19,8 @@ import signal
 import sys
 from typing import Callable, NoReturn, Sequence
 
-__all__ = ['EXIT_BAD_INPUT', 'MAX_IMAGE_SIZE', 'MIN_IMAGE_SIZE', 'InputError', 'ToolParser',
-           'describe', 'float_in', 'image_size', 'int_in', 'missing', 'mxnet_reason',
+__all__ = ['EXIT_BAD_INPUT', 'MAX_CLASSES', 'MAX_IMAGE_SIZE', 'MIN_IMAGE_SIZE', 'InputError',
+           'ToolParser', 'describe', 'float_in', 'image_size', 'int_in', 'missing', 'mxnet_reason',
            'run_tool']
 
 logger = logging.getLogger(__name__)
@@ -130,6 +130,8 @@ class ToolParser(argparse.ArgumentParser):
 #: Image sizes the networks accept: five stride-2 stages need 32 pixels; far beyond 2048 a
 #: single image no longer fits in memory.
 MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 32, 2048
+#: Most classes a network or a data set may have (``--classes``, labels in a ``.lst``).
+MAX_CLASSES = 10**6
 
 
 def int_in(low: int, high: int | None = None) -> Callable[[str], int]:

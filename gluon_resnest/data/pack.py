@@ -14,28 +14,45 @@ Images are encoded in parallel, written in list order: the same input gives the 
 """
 from __future__ import annotations
 
-import contextlib
 import io
 import logging
 import os
+import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from stat import S_ISREG
 from typing import List, Sequence, Tuple
 
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
-from ..errors import InputError, missing
-from .records import check_encoded_image, pack_image_record
+from ..atomic import FileSet, make_folder, write_failure
+from ..errors import MAX_CLASSES, InputError, missing
+from .records import (
+    MAX_IMAGE_PIXELS,
+    RecordFile,
+    check_encoded_image,
+    check_pixel_count,
+    pack_image_record,
+)
 
-__all__ = ['IMAGE_EXTENSIONS', 'MAX_KEY', 'ListEntry', 'PackResult', 'ScanResult', 'check_entries',
-           'encode_image', 'encode_image_bytes', 'image_pixels', 'pack_entries', 'pack_folder',
+__all__ = ['IMAGE_EXTENSIONS', 'MAX_IMAGE_PIXELS', 'MAX_KEY', 'ListEntry', 'PackResult',
+           'ScanResult', 'check_entries', 'check_pixel_count', 'encode_image',
+           'encode_image_bytes', 'escape_line', 'image_pixels', 'pack_entries', 'pack_folder',
            'read_image', 'read_lst', 'scan_folder', 'to_rgb', 'write_lst']
 
 logger = logging.getLogger(__name__)
 
 #: Largest record key: ``mx.recordio`` stores it as a signed 64-bit number in the ``.idx``.
 MAX_KEY = 2**63 - 1
+
+#: Characters that would split a line of a ``.lst``, ``.classes`` or ``.skipped.txt`` file
+#: (control characters, tab, and what Python's ``str.splitlines`` takes for line ends).
+_LINE_BREAKING = re.compile('[\x00-\x1f\x7f\x85\u2028\u2029]')
+
+#: The files :func:`pack_entries` writes for a prefix.
+PACK_SUFFIXES = ('.rec', '.idx', '.lst', '.classes', '.skipped.txt')
 
 IMAGE_EXTENSIONS = frozenset({'.jpg', '.jpeg', '.jpe', '.jfif', '.png', '.bmp', '.gif', '.tif',
                               '.tiff', '.webp', '.ppm', '.pgm', '.pbm', '.pnm'})
@@ -97,17 +114,41 @@ def _walk_images(folder: Path, root: Path, ancestors: frozenset,
         except OSError as err:
             result.skipped.append((_rel(path, root), f'cannot stat: {err.strerror}'))
             continue
-        if is_dir:
+        if is_dir and _LINE_BREAKING.search(child.name):
+            result.skipped.append((_rel(path, root), 'folder name holds a control character '
+                                   '(a newline, tab, ...): not read'))
+        elif is_dir:
             files.extend(_walk_images(path, root, ancestors, result))
         elif os.path.splitext(child.name)[1].lower() not in IMAGE_EXTENSIONS:
             result.ignored += 1
+        elif _LINE_BREAKING.search(child.name):
+            result.skipped.append((_rel(path, root), 'file name holds a control character '
+                                   '(a newline, tab, ...)'))
         else:
             try:
-                files.append((_rel(path, root), os.path.realpath(path, strict=True)))
+                real = os.path.realpath(path, strict=True)
             except OSError as err:  # a dangling link, or a loop of file links
                 result.skipped.append((_rel(path, root),
                                        f'cannot resolve: {err.strerror or err}'))
+                continue
+            if _is_regular(child):
+                files.append((_rel(path, root), real))
+            else:  # reading a FIFO would wait forever
+                result.skipped.append((_rel(path, root), 'not a regular file (a FIFO, device '
+                                       'or socket)'))
     return files
+
+
+def _is_regular(entry: os.DirEntry) -> bool:
+    try:
+        return entry.is_file()  # follows symbolic links; False for FIFOs, devices, sockets
+    except OSError:
+        return True  # reported when it is read
+
+
+def escape_line(text: str) -> str:
+    """``text`` with every line-breaking character written as a Python escape (``\\n``)."""
+    return _LINE_BREAKING.sub(lambda m: repr(m.group())[1:-1], text)
 
 
 def _rel(path: Path, root: Path) -> str:
@@ -153,6 +194,11 @@ def scan_folder(root: str) -> ScanResult:
         raise InputError(f'cannot list the image root: {err.strerror}', root) from None
     if not classes:
         raise InputError('no class sub-folders (expected ROOT/<class>/<image>)', root)
+    for name in classes:
+        if _LINE_BREAKING.search(name):
+            raise InputError(f'class folder {escape_line(name)!r} holds a control character (a '
+                             f'newline, tab, ...), which would break PREFIX.classes: rename it',
+                             root)
     result = ScanResult(classes, [])
     found = [(label, rel, real) for label, name in enumerate(classes)
              for rel, real in sorted(_walk_images(root_path / name, root_path, frozenset(),
@@ -184,8 +230,9 @@ def read_lst(lst_path: str) -> List[ListEntry]:
         raise missing('no such list file', lst_path)
     entries = []
     try:
-        with open(lst_path, encoding='utf-8') as f:
-            lines = f.read().splitlines()
+        with open(lst_path, encoding='utf-8', newline='') as f:
+            lines = [line[:-1] if line.endswith('\r') else line
+                     for line in f.read().split('\n')]
     except UnicodeDecodeError:
         raise InputError('not a text list file (expected key<TAB>label<TAB>path lines)',
                          lst_path) from None
@@ -209,15 +256,20 @@ def check_entries(entries: Sequence[ListEntry], num_classes: int | None = None,
     """Refuse keys and labels that would make a broken or ambiguous RecordIO file.
 
     Keys must be unique integers in ``[0, MAX_KEY]``; the first label of every entry (the
-    class) a whole number in ``[0, num_classes)`` (``num_classes`` None: any count); further
-    labels must be finite.
+    class) a whole number in ``[0, num_classes)`` (``num_classes`` None: below
+    :data:`~gluon_resnest.errors.MAX_CLASSES`, so that float32, the label type of RecordIO,
+    holds it exactly); further labels must be finite float32 numbers. Paths must not hold
+    control characters (each record is one line of the ``.lst``).
 
     Raises:
         InputError: the first offending entry, with its position, naming ``source``.
     """
     seen: dict = {}
     for pos, e in enumerate(entries, 1):
-        where = f'entry {pos} ({e.path})'
+        where = f'entry {pos} ({escape_line(e.path)})'
+        if _LINE_BREAKING.search(e.path):
+            raise InputError(f'{where}: the path holds a control character (a newline, tab, '
+                             f'...), which would break the .lst', source)
         if not 0 <= e.key <= MAX_KEY:
             raise InputError(f'{where}: key {e.key} is outside 0..{MAX_KEY}', source)
         if e.key in seen:
@@ -228,21 +280,37 @@ def check_entries(entries: Sequence[ListEntry], num_classes: int | None = None,
             raise InputError(f'{where}: no label', source)
         if not all(np.isfinite(e.labels)):
             raise InputError(f'{where}: label {e.labels} is not a finite number', source)
+        if any(abs(v) > _FLOAT32_MAX for v in e.labels):
+            raise InputError(f'{where}: label {e.labels} does not fit in a float32, the label '
+                             f'type of RecordIO', source)
         label = e.labels[0]
         if label < 0 or label != int(label):
             raise InputError(f'{where}: label {label:g} is not a class index 0, 1, 2, ...',
                              source)
+        if num_classes is None and label >= MAX_CLASSES:
+            raise InputError(f'{where}: label {int(label)} is not a class index of at most '
+                             f'{MAX_CLASSES} classes (give --num-classes for a check against '
+                             f'your class count)', source)
         if num_classes is not None and label >= num_classes:
             raise InputError(f'{where}: label {label:g} is outside 0..{num_classes - 1} '
                              f'({num_classes} classes)', source)
 
 
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def _lst_text(entries: Sequence[ListEntry]) -> str:
+    lines = []
+    for e in entries:
+        labels = ''.join(f'{v:f}\t' for v in e.labels)
+        lines.append(f'{e.key}\t{labels}{e.path}\n')
+    return ''.join(lines)
+
+
 def write_lst(path: str, entries: Sequence[ListEntry]) -> None:
     """Write entries in im2rec's list format."""
-    with open(path, 'w') as f:
-        for e in entries:
-            labels = ''.join(f'{v:f}\t' for v in e.labels)
-            f.write(f'{e.key}\t{labels}{e.path}\n')
+    with open(path, 'w', encoding='utf-8') as f:
+        f.write(_lst_text(entries))
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
@@ -281,11 +349,23 @@ def encode_image(path: str, resize: int = 0, quality: int = 95) -> Tuple[bytes, 
         OSError, ValueError: unreadable, empty, truncated or undecodable file (the message says
             which).
     """
-    with open(path, 'rb') as f:
-        raw = f.read()
+    raw = _read_regular_file(path)
     if not raw:
         raise ValueError('empty file')
     return encode_image_bytes(raw, resize, quality)
+
+
+def _read_regular_file(path: str) -> bytes:
+    """The contents of a regular file; a FIFO, device or socket is refused, not waited on."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        if not S_ISREG(os.fstat(fd).st_mode):
+            raise ValueError('not a regular file (a folder, FIFO, device or socket)')
+        os.set_blocking(fd, True)
+        with os.fdopen(os.dup(fd), 'rb') as handle:
+            return handle.read()
+    finally:
+        os.close(fd)
 
 
 def encode_image_bytes(raw: bytes, resize: int = 0, quality: int = 95) -> Tuple[bytes, bool]:
@@ -301,12 +381,21 @@ def encode_image_bytes(raw: bytes, resize: int = 0, quality: int = 95) -> Tuple[
     lenient = ImageFile.LOAD_TRUNCATED_IMAGES
     ImageFile.LOAD_TRUNCATED_IMAGES = False
     try:
-        img = Image.open(io.BytesIO(raw))
-        img.load()  # raises on a truncated file
+        with warnings.catch_warnings():
+            warnings.simplefilter('ignore', Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(raw))
+            check_pixel_count(img.width, img.height)
+            img.load()  # raises on a truncated file
     except UnidentifiedImageError:
         raise ValueError('not a recognised image format') from None
-    except (OSError, SyntaxError) as err:
-        raise ValueError(f'cannot decode: {err}') from None
+    except Image.DecompressionBombError:
+        raise ValueError(f'the image claims more than {MAX_IMAGE_PIXELS} pixels, the most '
+                         f'that is decoded') from None
+    except ValueError:
+        raise
+    except Exception as err:  # noqa: BLE001 - any failure to decode untrusted bytes
+        raise ValueError(f'cannot decode: {escape_line(str(err)) or type(err).__name__}'
+                         ) from None
     finally:
         ImageFile.LOAD_TRUNCATED_IMAGES = lenient
     if img.width == 0 or img.height == 0:
@@ -342,13 +431,14 @@ def read_image(path: str, quality: int = 95) -> np.ndarray:
         FileNotFoundError: no such file.
         InputError: an unreadable or undecodable file (the reason names it).
     """
-    if not os.path.isfile(path):
+    if not os.path.exists(path):
         raise FileNotFoundError(f'no image file at {path!r}')
     try:
-        with open(path, 'rb') as handle:
-            raw = handle.read()
+        raw = _read_regular_file(path)
     except OSError as err:
         raise InputError(f'cannot read {path!r} as an image: {err.strerror}') from None
+    except ValueError as err:
+        raise InputError(f'cannot read {path!r} as an image: {err}') from None
     if not raw:
         raise InputError(f'cannot read {path!r} as an image: empty file')
     try:
@@ -378,42 +468,17 @@ def _encode_job(args: Tuple[str, int, int]) -> Tuple[bytes | None, bool, str | N
         return None, False, str(err) or type(err).__name__
 
 
-def _remove_stale_temporaries(prefix: str) -> None:
-    """Delete ``prefix.{rec,idx}.tmpPID`` files whose writer process no longer exists."""
-    folder = os.path.dirname(os.path.abspath(prefix))
-    base = os.path.basename(prefix)
-    try:
-        names = os.listdir(folder)
-    except OSError:
-        return
-    for name in names:
-        for suffix in ('.rec.tmp', '.idx.tmp'):
-            pid = name[len(base + suffix):] if name.startswith(base + suffix) else ''
-            if pid.isdigit() and not _process_exists(int(pid)):
-                logger.info('removing %s, left by an interrupted run', name)
-                with contextlib.suppress(OSError):
-                    os.unlink(os.path.join(folder, name))
-
-
-def _process_exists(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's process
-        return True
-    return True
-
-
 def pack_entries(entries: Sequence[ListEntry], root: str, prefix: str, resize: int = 0,
                  quality: int = 95, workers: int = 1, classes: Sequence[str] | None = None,
                  progress: bool = True, renumber: bool = False,
-                 num_classes: int | None = None, source: str | None = None) -> PackResult:
+                 num_classes: int | None = None, source: str | None = None,
+                 skipped: Sequence[Tuple[str, str]] = ()) -> PackResult:
     """Encode ``entries`` (paths relative to ``root``) and write the ``prefix.*`` files.
 
-    The ``.rec`` and ``.idx`` are written under temporary names and renamed when complete: an
-    error or an interruption leaves no partial output (and temporaries left by a killed run
-    are removed by the next one).
+    The files are written as one set (:class:`~gluon_resnest.atomic.FileSet`): under temporary
+    names, checked, and renamed into place when all are complete. An error, a full disk or an
+    interruption leaves the previous files (if any) and no temporaries (temporaries left by a
+    killed run are removed by the next one).
 
     Args:
         entries: images to pack, in output order.
@@ -428,6 +493,7 @@ def pack_entries(entries: Sequence[ListEntry], root: str, prefix: str, resize: i
         num_classes: labels must lie in ``[0, num_classes)`` (default: ``len(classes)`` when
             given, else any class index).
         source: file the entries came from, named in errors.
+        skipped: ``(path, reason)`` of files skipped before (listed in ``prefix.skipped.txt``).
 
     Returns:
         A :class:`PackResult`; the files are written even if nothing could be packed.
@@ -446,61 +512,74 @@ def pack_entries(entries: Sequence[ListEntry], root: str, prefix: str, resize: i
                   else entries, num_classes, source)
     prefix = str(prefix)
     out_dir = os.path.dirname(os.path.abspath(prefix))
-    os.makedirs(out_dir, exist_ok=True)
+    make_folder(out_dir)
     if os.path.isdir(prefix + '.rec'):
         raise InputError('output is a directory', prefix + '.rec')
-    _remove_stale_temporaries(prefix)
     result = PackResult(rec_path=prefix + '.rec')
-    tmp_rec, tmp_idx = f'{prefix}.rec.tmp{os.getpid()}', f'{prefix}.idx.tmp{os.getpid()}'
+    result.skipped.extend(skipped)
+    final = {suffix: prefix + suffix for suffix in PACK_SUFFIXES}
     jobs = [(os.path.join(root, e.path), int(resize), int(quality)) for e in entries]
     packed: List[ListEntry] = []
     pool = None
     writer = None
-    try:
-        writer = mx.recordio.MXIndexedRecordIO(tmp_idx, tmp_rec, 'w')
-        if workers > 1 and len(jobs) > 1:
-            import multiprocessing as mp
-            # The encoders use only PIL: fork starts them at once (spawn re-imports MXNet).
-            method = 'fork' if 'fork' in mp.get_all_start_methods() else 'spawn'
-            pool = mp.get_context(method).Pool(workers)
-            chunk = max(1, min(64, len(jobs) // (8 * workers)))
-            results = pool.imap(_encode_job, jobs, chunksize=chunk)
-        else:
-            results = map(_encode_job, jobs)
-        bar = tqdm(results, total=len(jobs), unit='img', desc='pack', disable=not progress)
-        for entry, (data, unchanged, reason) in zip(entries, bar):
-            if data is None:
-                result.skipped.append((entry.path, reason))
-                logger.warning('skipping %s: %s', entry.path, reason)
-                continue
-            key = len(packed) if renumber else entry.key
-            writer.write_idx(key, pack_image_record(entry.labels, key, data))
-            packed.append(ListEntry(key, entry.labels, entry.path))
-            result.passed_through += unchanged
-        bar.close()
-        writer.close()
-        os.replace(tmp_rec, prefix + '.rec')
-        os.replace(tmp_idx, prefix + '.idx')
-    finally:
-        if pool is not None:
-            pool.terminate()
-            pool.join()
-        if writer is not None:
-            writer.close()
-        for tmp in (tmp_rec, tmp_idx):
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-    result.packed = len(packed)
-    write_lst(prefix + '.lst', packed)
-    if classes is None:
-        values = sorted({e.labels[0] for e in entries if e.labels})
-        if values and all(v >= 0 and v == int(v) for v in values):
-            values = range(int(values[-1]) + 1)  # line i names label i
-        classes = [f'{v:g}' for v in values]
-    with open(prefix + '.classes', 'w') as f:
-        f.writelines(f'{name}\n' for name in classes)
-    with open(prefix + '.skipped.txt', 'w') as f:
-        f.writelines(f'{path}\t{reason}\n' for path, reason in result.skipped)
+    # Every output is written under a temporary name and renamed when all are complete: an
+    # error, a full disk or a signal leaves the previous files (if any) and no temporaries.
+    with FileSet(stale=final.values()) as files:
+        tmp_rec, tmp_idx = files.temp(final['.rec']), files.temp(final['.idx'])
+        try:
+            writer = mx.recordio.MXIndexedRecordIO(tmp_idx, tmp_rec, 'w')
+            if workers > 1 and len(jobs) > 1:
+                import multiprocessing as mp
+                # The encoders use only PIL: fork starts them at once (spawn re-imports MXNet).
+                method = 'fork' if 'fork' in mp.get_all_start_methods() else 'spawn'
+                pool = mp.get_context(method).Pool(workers)
+                chunk = max(1, min(64, len(jobs) // (8 * workers)))
+                results = pool.imap(_encode_job, jobs, chunksize=chunk)
+            else:
+                results = map(_encode_job, jobs)
+            bar = tqdm(results, total=len(jobs), unit='img', desc='pack', disable=not progress)
+            for entry, (data, unchanged, reason) in zip(entries, bar):
+                if data is None:
+                    result.skipped.append((entry.path, reason))
+                    logger.warning('skipping %s: %s', escape_line(entry.path), reason)
+                    continue
+                key = len(packed) if renumber else entry.key
+                try:
+                    writer.write_idx(key, pack_image_record(entry.labels, key, data))
+                except mx.base.MXNetError as err:
+                    raise write_failure(err, final['.rec']) from None
+                packed.append(ListEntry(key, entry.labels, entry.path))
+                result.passed_through += unchanged
+            bar.close()
+            try:
+                writer.close()
+            except OSError as err:  # the .idx is written by Python, the .rec by MXNet
+                raise write_failure(err, final['.idx']) from None
+            except mx.base.MXNetError as err:
+                raise write_failure(err, final['.rec']) from None
+        finally:
+            if pool is not None:
+                pool.terminate()
+                pool.join()
+            if writer is not None:
+                try:
+                    writer.close()
+                except (OSError, mx.base.MXNetError):
+                    logger.debug('closing the record writer after an error', exc_info=True)
+        if packed:
+            # A write the file system cut short shows in the first or last record.
+            RecordFile(tmp_rec, tmp_idx, names=(final['.rec'], final['.idx']))
+        result.packed = len(packed)
+        if classes is None:
+            values = sorted({e.labels[0] for e in entries if e.labels})
+            if values and all(v >= 0 and v == int(v) for v in values):
+                values = range(int(values[-1]) + 1)  # line i names label i
+            classes = [f'{v:g}' for v in values]
+        files.write_text(final['.lst'], _lst_text(packed))
+        files.write_text(final['.classes'], ''.join(f'{name}\n' for name in classes))
+        files.write_text(final['.skipped.txt'], ''.join(
+            f'{escape_line(path)}\t{escape_line(reason)}\n' for path, reason in result.skipped))
+        files.commit()
     return result
 
 
@@ -513,11 +592,8 @@ def pack_folder(root: str, prefix: str, resize: int = 0, quality: int = 95, work
     """
     scan = scan_folder(root)
     for path, reason in scan.skipped:
-        logger.warning('skipping %s: %s', path, reason)
+        logger.warning('skipping %s: %s', escape_line(path), reason)
     result = pack_entries(scan.entries, root, prefix, resize, quality, workers, scan.classes,
-                          progress, renumber=True, source=root)
-    result.skipped[:0] = scan.skipped
+                          progress, renumber=True, source=root, skipped=scan.skipped)
     result.ignored = scan.ignored
-    with open(prefix + '.skipped.txt', 'w') as f:
-        f.writelines(f'{path}\t{reason}\n' for path, reason in result.skipped)
     return result

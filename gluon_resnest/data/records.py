@@ -22,7 +22,8 @@ import numpy as np
 
 from ..errors import InputError
 
-__all__ = ['CorruptRecordError', 'RecordFile', 'check_encoded_image', 'check_labels',
+__all__ = ['MAX_IMAGE_PIXELS', 'CorruptRecordError', 'RecordFile', 'check_encoded_image',
+           'check_labels', 'check_pixel_count', 'jpeg_size',
            'idx_path_for', 'unpack_image_record', 'pack_image_record']
 
 logger = logging.getLogger(__name__)
@@ -30,6 +31,10 @@ logger = logging.getLogger(__name__)
 _MAGIC = 0xCED7230A
 _MAGIC_BYTES = struct.pack('<I', _MAGIC)
 _LEN_MASK = (1 << 29) - 1
+#: Most pixels (width x height) an image may have: larger ones, and files whose header claims
+#: more (a decompression bomb), are refused before they are decoded (PIL's own limit). The one
+#: limit of packing, prediction, evaluation, training and the model server.
+MAX_IMAGE_PIXELS = 89_478_485
 _IR_FORMAT = '<IfQQ'
 _IR_SIZE = struct.calcsize(_IR_FORMAT)
 
@@ -84,16 +89,21 @@ class RecordFile:
     to the key written in the ``.idx`` file. The object can be pickled to worker processes; each
     process opens its own file descriptor on first use.
 
+    The index is checked against the file before use (:meth:`check_index`).
+
     Args:
         rec_path: the ``.rec`` file.
         idx_path: its index; default: ``rec_path`` with the suffix ``.idx``.
+        names: ``(rec, idx)`` names to give in errors (default: the paths).
 
     Raises:
         FileNotFoundError: a file is missing.
         ValueError: the index is malformed or empty.
+        InputError: the index does not fit the file (another file's index, a truncated file).
     """
 
-    def __init__(self, rec_path: str, idx_path: str | None = None):
+    def __init__(self, rec_path: str, idx_path: str | None = None,
+                 names: Tuple[str, str] | None = None):
         self.rec_path = str(rec_path)
         self.idx_path = str(idx_path) if idx_path else idx_path_for(self.rec_path)
         for path in (self.rec_path, self.idx_path):
@@ -111,6 +121,37 @@ class RecordFile:
         self.ends = ends
         self._fd: int | None = None
         self._pid: int | None = None
+        self.check_index(names or (self.rec_path, self.idx_path))
+
+    def check_index(self, names: Tuple[str, str], samples: int = 16) -> None:
+        """Check that the index fits the file: every offset inside it, and the headers of the
+        first, the last and evenly spaced records between them (in file order) complete.
+
+        Raises:
+            InputError: naming both files, the record and what is wrong.
+        """
+        where = f'{names[0]}, {names[1]}'
+        hint = 'the .idx belongs to another .rec, or the .rec is truncated'
+        outside = (self.offsets < 0) | (self.offsets > self.file_size - 8)
+        if outside.any():
+            pos = int(np.flatnonzero(outside)[0])
+            raise InputError(f'record {int(self.keys[pos])} starts at byte '
+                             f'{int(self.offsets[pos])}, outside the {self.file_size}-byte .rec '
+                             f'({int(outside.sum())} such records): {hint}', where)
+        order = np.argsort(self.offsets, kind='stable')
+        picks = np.unique(np.linspace(0, len(order) - 1, min(samples, len(order))).round())
+        fd = self._descriptor()
+        for pos in (int(order[int(i)]) for i in picks):
+            start = int(self.offsets[pos])
+            head = os.pread(fd, 8, start)
+            magic, lrec = struct.unpack('<II', head) if len(head) == 8 else (0, 0)
+            cflag, length = lrec >> 29, lrec & _LEN_MASK
+            if magic != _MAGIC or cflag not in (0, 1):
+                raise InputError(f'record {int(self.keys[pos])} at byte {start} has no record '
+                                 f'header: {hint}', where)
+            if start + 8 + length > self.file_size:
+                raise InputError(f'record {int(self.keys[pos])} at byte {start} runs past the '
+                                 f'end of the {self.file_size}-byte .rec: {hint}', where)
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -198,7 +239,13 @@ class RecordFile:
                 if lrec >> 29 != 0:  # a multi-part record: read it whole
                     labels[pos] = unpack_image_record(self.read(pos))[0]
                 else:
-                    labels[pos] = unpack_image_record(head[8:8 + (lrec & _LEN_MASK)])[0]
+                    length = lrec & _LEN_MASK
+                    flag, label = struct.unpack_from('<If', head, 8)
+                    if length < _IR_SIZE + 4 * flag or (flag > 0 and len(head) < head_size):
+                        raise ValueError('short')
+                    if flag > 0:  # several labels: the first one is the class
+                        label = np.frombuffer(head, np.float32, 1, 8 + _IR_SIZE)[0]
+                    labels[pos] = float(label)
                 readable[pos] = True
             except (ValueError, struct.error):
                 continue
@@ -268,15 +315,59 @@ def pack_image_record(label, key: int, image: bytes) -> bytes:
     return struct.pack(_IR_FORMAT, labels.size, 0.0, int(key), 0) + labels.tobytes() + image
 
 
+def check_pixel_count(width: int, height: int) -> None:
+    """Refuse an image of more than :data:`MAX_IMAGE_PIXELS` pixels (before decoding it).
+
+    Raises:
+        ValueError: naming the size and the limit.
+    """
+    if width * height > MAX_IMAGE_PIXELS:
+        raise ValueError(f'image of {width}x{height} pixels is larger than the {MAX_IMAGE_PIXELS} '
+                         f'pixels that are decoded')
+
+
+def jpeg_size(data: bytes) -> Tuple[int, int] | None:
+    """``(width, height)`` from a JPEG's frame header; None when there is none to read."""
+    if data[:2] != b'\xff\xd8':
+        return None
+    pos, end = 2, len(data)
+    while pos + 4 <= end:
+        if data[pos] != 0xFF:
+            return None
+        marker = data[pos + 1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+            continue
+        if 0xD0 <= marker <= 0xD8 or marker == 0x01:  # markers without a length
+            pos += 2
+            continue
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):  # start of frame
+            if pos + 9 > end:
+                return None
+            height, width = struct.unpack_from('>HH', data, pos + 5)
+            return width, height
+        if marker == 0xDA:  # start of scan before any frame header
+            return None
+        pos += 2 + struct.unpack_from('>H', data, pos + 2)[0]
+    return None
+
+
 def check_encoded_image(data: bytes) -> str | None:
     """Cheap checks before decoding; returns the reason the data is unusable, or None.
 
     A JPEG must start with SOI and end (up to a little trailing padding) with EOI: OpenCV decodes a
-    truncated JPEG without an error, filling the missing part with grey.
+    truncated JPEG without an error, filling the missing part with grey. Its frame header must
+    not claim more than :data:`MAX_IMAGE_PIXELS` pixels.
     """
     if len(data) == 0:
         return 'empty image data'
     if data[:2] == b'\xff\xd8':
         if b'\xff\xd9' not in data[-64:]:
             return 'truncated JPEG (no end-of-image marker)'
+        size = jpeg_size(data)
+        if size is not None:
+            try:
+                check_pixel_count(*size)
+            except ValueError as err:
+                return str(err)
     return None

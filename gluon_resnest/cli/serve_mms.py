@@ -13,15 +13,29 @@ import logging
 import os
 import signal
 import sys
+import zipfile
 
 from gluon_resnest.deploy.serving import ModelServer
-from gluon_resnest.errors import ToolParser, int_in, missing, run_tool
+from gluon_resnest.errors import InputError, ToolParser, int_in, missing, run_tool
 
 PROG = 'serve_mms'
 
 
 def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
+
+
+def _check_archive(path: str) -> None:
+    """Refuse a file that is not a model archive before the server starts."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = set(archive.namelist())
+    except (zipfile.BadZipFile, OSError, ValueError):
+        names = set()
+    if 'MAR-INF/MANIFEST.json' not in names:
+        raise InputError('not a model archive (tools/archive_mms.py writes one)', path)
+    if not path.endswith('.mar'):
+        raise InputError('the model server loads archives named NAME.mar only', path)
 
 
 def _main(argv: list[str] | None = None) -> int:
@@ -41,6 +55,7 @@ def _main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format='%(message)s')
     if not os.path.isfile(args.archive):
         raise missing('no archive', args.archive)
+    _check_archive(args.archive)
     try:
         server = ModelServer(os.path.dirname(os.path.abspath(args.archive)), port=args.port,
                              management_port=args.management_port, host=args.host,

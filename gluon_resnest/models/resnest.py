@@ -223,8 +223,9 @@ class ResNeSt(nn.HybridBlock):
         if output_stride not in _STAGE_PLANS:
             raise ValueError(f'output_stride must be one of {sorted(_STAGE_PLANS)}, '
                              f'got {output_stride}')
-        if classes < 1 and not features_only:
-            raise ValueError(f'classes must be positive, got {classes}')
+        if isinstance(classes, bool) or not hasattr(classes, '__index__') or (
+                classes < 1 and not features_only):
+            raise ValueError(f'classes must be a whole number above 0, got {classes!r}')
         if not 0.0 <= final_drop < 1.0:
             raise ValueError(f'final_drop must be in [0, 1), got {final_drop}')
         norm_kwargs = dict(norm_kwargs or {})

@@ -25,6 +25,7 @@ from ..errors import ToolParser, float_in, int_in, run_tool
 from .options import (
     RunOptions,
     TrainingError,
+    check_launcher,
     launch_from_env,
     resolve_config,
 )
@@ -118,10 +119,11 @@ def _main(argv: list[str] | None = None) -> int:
     options = options_from_args(args)
     if args.plan:
         return _print_plan(args, options)
-    if args.print_config:
-        print(json.dumps(resolve_config(options, launch_from_env()[1])))
-        return 0
     try:
+        if args.print_config:
+            print(json.dumps(resolve_config(options, launch_from_env()[1])))
+            return 0
+        check_launcher()
         from .loop import train_model  # Horovod is needed only to train
 
         return train_model(options)

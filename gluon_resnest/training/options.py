@@ -68,11 +68,46 @@ class RunOptions:
 
 
 def launch_from_env() -> tuple[int, int]:
-    """``(rank, size)`` of this process as its launcher tells it, read before Horovod starts."""
+    """``(rank, size)`` of this process as its launcher tells it, read before Horovod starts.
+
+    Raises:
+        TrainingError: a variable that is not a whole number, or a rank outside
+            ``0..size-1``.
+    """
     for rank_key, size_key in _LAUNCH_ENV:
         if os.environ.get(size_key):
-            return int(os.environ.get(rank_key) or 0), int(os.environ[size_key])
+            values = []
+            for key, default in ((rank_key, '0'), (size_key, '1')):
+                text = os.environ.get(key) or default
+                try:
+                    values.append(int(text))
+                except ValueError:
+                    raise TrainingError(f'environment variable {key}={text!r} is not a whole '
+                                        f'number') from None
+            rank, size = values
+            if size < 1 or not 0 <= rank < size:
+                raise TrainingError(f'environment variables {rank_key}={rank} and '
+                                    f'{size_key}={size}: the rank must be in 0..size-1')
+            return rank, size
     return 0, 1
+
+
+def check_launcher() -> None:
+    """Before training: refuse Horovod's variables for several workers set by hand.
+
+    ``horovodrun`` sets ``HOROVOD_RANK``/``HOROVOD_SIZE`` together with the address of its
+    rendezvous; without it Horovod would wait for the other workers and then abort.
+
+    Raises:
+        TrainingError: naming the variables.
+    """
+    rank, size = launch_from_env()
+    if (os.environ.get('HOROVOD_SIZE') and size > 1
+            and not os.environ.get('HOROVOD_GLOO_RENDEZVOUS_ADDR')
+            and not os.environ.get('OMPI_COMM_WORLD_SIZE') and not os.environ.get('PMI_SIZE')):
+        raise TrainingError(f'HOROVOD_RANK={rank} and HOROVOD_SIZE={size} are set, but not by '
+                            f'horovodrun (no HOROVOD_GLOO_RENDEZVOUS_ADDR): start the workers '
+                            f'with horovodrun, or unset them to train on one worker')
 
 
 def configure_logging(rank: int) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import math
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -136,21 +137,25 @@ def coerce(key: str, value: Any, default: Any, source: str = 'recipe') -> Any:
                 raise TypeError('expected true or false')
             return value
         if isinstance(default, int):
-            if isinstance(value, bool) or float(value) != int(value):
+            if isinstance(value, bool) or not math.isfinite(float(value)) \
+                    or float(value) != int(value):
                 raise TypeError('expected an integer')
             return int(value)
         if isinstance(default, float):
-            if isinstance(value, bool):
-                raise TypeError('expected a number')
+            if isinstance(value, bool) or not math.isfinite(float(value)):
+                raise TypeError('expected a finite number')
             return float(value)
         if isinstance(default, tuple):
+            if isinstance(value, (str, bytes)) or not all(
+                    math.isfinite(float(v)) for v in value):
+                raise TypeError('expected a list of finite numbers')
             return tuple(float(v) for v in value)
         if isinstance(default, dict):
             if not isinstance(value, dict):
                 raise TypeError('expected a mapping')
             return dict(value)
         return str(value)
-    except (TypeError, ValueError) as err:
+    except (TypeError, ValueError, OverflowError) as err:
         raise ValueError(f'{source}: bad value {value!r} for {key!r}: {err}') from None
 
 

@@ -97,6 +97,45 @@ def bad(tmp_path_factory) -> dict[str, Path]:
     (root / 'used_run').mkdir()
     (root / 'used_run' / 'run.json').write_text('{"run_id": "0123"}')
     (root / 'used_run' / 'config.json').write_text('{"model": "resnetd50"}')
+    # Exports a reader must refuse: no meta file, impossible meta values, a file that does not
+    # match its checksum; exports ONNX cannot take (--fast, INT8).
+    def export_copy(name: str, **meta_changes) -> None:
+        for suffix in ('-symbol.json', '-0000.params', '-meta.json'):
+            (root / f'{name}{suffix}').write_bytes(
+                (root / 'export' / f'net{suffix}').read_bytes())
+        meta = json.loads((root / f'{name}-meta.json').read_text())
+        meta.update(meta_changes)
+        (root / f'{name}-meta.json').write_text(json.dumps(meta))
+
+    export_copy('nometa_export')
+    (root / 'nometa_export-meta.json').unlink()
+    export_copy('badmean_export', mean='abc')
+    export_copy('nullsize_export', input_size=None)
+    export_copy('size1_export', input_size=1)
+    export_copy('fast_export', fast=True)
+    export_copy('int8_export', quantized=True)
+    export_copy('edited_export')
+    with open(root / 'edited_export-symbol.json', 'a') as handle:
+        handle.write(' ')
+    # An index of another file, and data folders whose train.idx belongs to another .rec or
+    # whose train.rec lost its second half.
+    (root / 'foreign.rec').write_bytes((root / 'data' / 'val.rec').read_bytes())
+    (root / 'foreign.idx').write_bytes((root / 'data20' / 'val.idx').read_bytes())
+    for name, rec, idx in (('data_foreign', (root / 'data' / 'train.rec').read_bytes(),
+                            (root / 'data20' / 'val.idx').read_bytes()),
+                           ('data_truncated', (root / 'data' / 'train.rec').read_bytes(),
+                            (root / 'data' / 'train.idx').read_bytes())):
+        (root / name).mkdir()
+        (root / name / 'train.rec').write_bytes(rec[:len(rec) // 2] if 'trunc' in name else rec)
+        (root / name / 'train.idx').write_bytes(idx)
+        for suffix in ('rec', 'idx'):
+            (root / name / f'val.{suffix}').write_bytes(
+                (root / 'data' / f'val.{suffix}').read_bytes())
+    # Parameters whose model.json names the class count as a word.
+    (root / 'badspec').mkdir()
+    (root / 'badspec' / 'model.params').write_bytes((root / 'net.params').read_bytes())
+    (root / 'badspec' / 'model.json').write_text(
+        '{"model": "resnest14", "classes": "ten", "model_kwargs": {}}')
     # A run directory whose run.json names a run that none of its checkpoints carries.
     from gluon_resnest.training.cli import build_parser, options_from_args
     from gluon_resnest.training.options import resolve_config
@@ -133,6 +172,7 @@ CASES += [('pack_rec', ['--root', _at(f), '--prefix', '{out}'], _at(f))
 CASES += [('pack_rec', ['--lst', _at(f), '--prefix', '{out}'], _at(f))
           for f in ('missing', 'random', 'folder')]
 CASES += [('pack_rec', ['--root', '{root}/folder', '--prefix', '{out}'], '{folder}')]
+CASES += [('pack_rec', ['--root', '{root}/images', '--prefix', '{random}/sub/out'], '{random}')]
 CASES += _numbers('pack_rec', '--quality', ['--root', '{root}/images', '--prefix', '{out}'],
                   ('0', '101', 'x'))
 CASES += _numbers('pack_rec', '--resize', ['--root', '{root}/images', '--prefix', '{out}'],
@@ -156,7 +196,17 @@ CASES += [('predict', [*EXPORT, '--classes', _at(f), '{root}/images/c0/0.png'],
            _at(f)) for f in ('missing', 'folder', 'random')]
 CASES += _numbers('predict', '--input-size', [*EXPORT, '{root}/images/c0/0.png'], SIZES)
 CASES += _numbers('predict', '--top-k', [*EXPORT, '{root}/images/c0/0.png'], ('0', 'x'))
+CASES += [('predict', ['--prefix', f'{{root}}/{f}_export', '{root}/images/c0/0.png'],
+           f'{f}_export-{expect}') for f, expect in (
+               ('nometa', 'meta.json'), ('badmean', 'meta.json'), ('nullsize', 'meta.json'),
+               ('size1', 'meta.json'), ('edited', 'symbol.json'))]
+CASES += [('predict', ['--model', 'resnest14', '--params', '{root}/badspec/model.params',
+                       '{root}/images/c0/0.png'], 'badspec/model.json')]
 # evaluate
+CASES += [('evaluate', ['--prefix', f'{{root}}/{f}_export', '--rec', '{root}/data/val.rec'],
+           f'{f}_export-{expect}') for f, expect in (
+               ('nometa', 'meta.json'), ('nullsize', 'meta.json'), ('edited', 'symbol.json'))]
+CASES += [('evaluate', [*EXPORT, '--rec', '{root}/foreign.rec'], 'foreign.rec, ')]
 CASES += [('evaluate', [*EXPORT, '--rec', _at(f)], _at(f))
           for f in ('missing', 'random', 'folder')]
 CASES += [('evaluate', [*EXPORT, '--rec', f'{{root}}/{f}.rec'], f + '.')
@@ -192,6 +242,10 @@ CASES += [('export_onnx', ['--prefix', '{root}/garbage_export', '--output', '{ou
            'garbage_export')]
 CASES += [('export_onnx', [*EXPORT, '--output', '{folder}'], '{folder}')]
 CASES += _numbers('export_onnx', '--input-size', [*EXPORT, '--output', '{out}.onnx'], SIZES)
+CASES += [('export_onnx', ['--prefix', f'{{root}}/{f}_export', '--output', '{out}.onnx'],
+           f'{f}_export-{expect}') for f, expect in (
+               ('fast', 'symbol.json'), ('int8', 'symbol.json'), ('nometa', 'meta.json'),
+               ('edited', 'symbol.json'))]
 # quantize
 CASES += [('quantize', [*EXPORT, '--calib-rec', _at(f), '--output', '{out}'], _at(f))
           for f in ('missing', 'random', 'folder')]
@@ -199,6 +253,12 @@ CASES += [('quantize', [*EXPORT, '--calib-rec', f'{{root}}/{f}.rec', '--output',
            f + '.') for f in ('noise', 'noidx', 'empty', 'junk')]
 CASES += [('quantize', ['--prefix', _at(f), '--calib-rec', '{root}/data/val.rec',
                         '--output', '{out}'], _at(f)) for f in FILES]
+CASES += [('quantize', [*EXPORT, '--calib-rec', '{root}/data/val.rec', '--output',
+                        '{root}/export/net'], 'is the FP32 export')]
+CASES += [('quantize', [*EXPORT, '--calib-rec', '{root}/data/val.rec', '--output',
+                        '{random}/sub/int8'], '{random}')]
+CASES += [('quantize', ['--prefix', '{root}/nometa_export', '--calib-rec',
+                        '{root}/data/val.rec', '--output', '{out}'], 'nometa_export-meta.json')]
 CASES += _numbers('quantize', '--batch-size', [*EXPORT, '--calib-rec', '{root}/data/val.rec',
                                                '--output', '{out}'])
 # convert_torch
@@ -226,7 +286,9 @@ CASES += _numbers('demo', '--workers', [], ('0', '-1', 'x'))
 # archive_mms, serve_mms
 CASES += [('archive_mms', ['--prefix', _at(f), '--output', '{out}.mar'], _at(f)) for f in FILES]
 CASES += _numbers('archive_mms', '--epoch', [*EXPORT, '--output', '{out}.mar'], ('-1', 'x'))
-CASES += [('serve_mms', [_at(f)], _at(f)) for f in ('missing', 'folder')]
+CASES += [('serve_mms', [_at(f)], _at(f)) for f in ('missing', 'folder', 'list.yaml')]
+CASES += [('archive_mms', ['--prefix', '{root}/nometa_export', '--output', '{out}.mar'],
+           'nometa_export-meta.json')]
 CASES += _numbers('serve_mms', '--port', ['{random}'], ('0', '-1', '100000', 'x'))
 CASES += _numbers('serve_mms', '--batch-size', ['{random}'], ('0', '-1', 'x'))
 CASES += _numbers('serve_mms', '--workers', ['{random}'], ('0', 'x'))
@@ -251,6 +313,10 @@ CASES += [('train', [*TRAIN, option, value], option[2:].replace('-', '_'))
 CASES += [('train', [*TRAIN, option, value], option[2:].replace('-', '_'))
           for option in ('--epochs', '--global-batch-size', '--classes')
           for value in ('0', '-1', 'x')]
+CASES += [('train', [*TRAIN, '--epochs', value], 'epochs') for value in ('.inf', '1.0e+400')]
+CASES += [('train', ['--recipe', 'digits', '--global-batch-size', '4', '--data-dir',
+                     f'{{root}}/{f}', '--run-dir', '{out}'], f'{f}/train.rec, ')
+          for f in ('data_foreign', 'data_truncated')]
 CASES += [('train', [*TRAIN, '--num-workers', '-1'], 'num_workers')]
 CASES += _numbers('train', '--keep-checkpoints', TRAIN, ('0', '-1', 'x'))
 CASES += _numbers('train', '--per-worker-batch-size', TRAIN, ('0', '-1', 'x'))
@@ -400,3 +466,46 @@ def test_error_line_format(capsys):
 
     with pytest.raises(KeyError):  # a bug keeps its traceback
         run_tool('probe', bug, [])
+
+
+@pytest.mark.parametrize('env, named', [
+    ({'HOROVOD_RANK': '1', 'HOROVOD_SIZE': '2'}, 'HOROVOD_RANK=1 and HOROVOD_SIZE=2'),
+    ({'HOROVOD_RANK': '0', 'HOROVOD_SIZE': 'abc'}, "HOROVOD_SIZE='abc'"),
+    ({'HOROVOD_RANK': '5', 'HOROVOD_SIZE': '2'}, 'HOROVOD_RANK=5'),
+])
+def test_horovod_variables_set_by_hand_fail_at_once(env, named, tmp_path, monkeypatch, capsys):
+    """Outside horovodrun, Horovod would wait 30 s for the other workers and then abort."""
+    import logging
+    import time
+
+    from gluon_resnest.training.cli import main
+
+    logging.basicConfig(level=logging.WARNING, force=True)  # not a stream of an earlier test
+    for key in ('HOROVOD_GLOO_RENDEZVOUS_ADDR', 'OMPI_COMM_WORLD_SIZE', 'PMI_SIZE'):
+        monkeypatch.delenv(key, raising=False)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    start = time.monotonic()
+    code = main(['--recipe', 'digits', '--data-dir', str(tmp_path), '--run-dir',
+                 str(tmp_path / 'run')])
+    check_contract('train', capsys.readouterr().err, code, named, [])
+    assert time.monotonic() - start < 10
+    assert not (tmp_path / 'run').exists()
+
+
+def test_value_errors_name_the_argument():
+    from gluon_resnest.deploy import fast_inference
+
+    for classes in (10.5, 'ten', True):
+        with pytest.raises(ValueError, match=f'classes must be a whole number above 0, got '
+                                             f'{classes!r}'):
+            get_model('resnest14', classes=classes)
+    net = get_model('resnest14', classes=3)
+    net.initialize()
+    for data, named in ((np.zeros((1, 3, 64, 64), np.float32), 'data: .*NDArray'),
+                        (mx.nd.zeros((1, 3, 7, 7)), 'data: images of 7x7 pixels'),
+                        (mx.nd.array(np.zeros((0, 3, 64, 64), np.float32)),
+                         'data: the sample batch is empty'),
+                        (mx.nd.array([]), 'data: .*float32 batch of shape')):
+        with pytest.raises(ValueError, match=named):
+            fast_inference(net, data)

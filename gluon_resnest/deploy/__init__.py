@@ -23,11 +23,20 @@ from .export import (
     load_network,
     read_export,
     read_model_spec,
+    write_export,
 )
 from .fast_inference import fast_inference, fast_inference_graph
 from .graph import Graph
 from .inference import fold_batchnorm, optimize_for_inference, subgraph_backend_available
-from .meta import META_DEFAULTS, check_export, export_paths, read_meta, write_meta
+from .meta import (
+    META_DEFAULTS,
+    check_export,
+    export_paths,
+    meta_document,
+    read_meta,
+    verify_export,
+    write_meta,
+)
 from .onnx_export import (
     MXNET_ONNX_OPSET,
     export_onnx,
@@ -79,10 +88,11 @@ __all__ = ['CALIB_MODES', 'CROP_RATIO', 'Graph', 'IMAGENET_MEAN', 'IMAGENET_STD'
            'grouped_convolutions',
            'initializers_as_constants',
            'load_class_names', 'load_exported', 'load_image', 'load_network',
-           'load_safetensors', 'load_torch_file', 'load_torch_state_dict',
+           'load_safetensors', 'load_torch_file', 'load_torch_state_dict', 'meta_document',
            'onnx_compatible_symbol', 'optimize_for_inference', 'pool_splits_per_branch',
            'quantize_export',
            'quantize_network', 'read_export', 'read_meta', 'read_model_spec', 'resize_size',
            'save_params',
            'split_grouped_convolutions', 'subgraph_backend_available', 'sum_splits_per_branch',
-           'top1_agreement', 'torch_to_gluon_name', 'verify_onnx', 'write_meta']
+           'top1_agreement', 'torch_to_gluon_name', 'verify_export', 'verify_onnx', 'write_export',
+           'write_meta']

@@ -1,5 +1,9 @@
 """gluon_resnest: ResNeSt (Split-Attention Networks) in Apache MXNet Gluon."""
-from .cpu import enable_amx
+from . import threads
+
+threads.configure()  # before libmxnet.so loads where possible (see gluon_resnest.threads)
+
+from .cpu import enable_amx  # noqa: E402
 
 enable_amx()  # before MXNet's first oneDNN call (see gluon_resnest.cpu)
 

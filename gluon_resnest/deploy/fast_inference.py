@@ -31,7 +31,7 @@ import mxnet as mx
 import numpy as np
 from mxnet.gluon import nn
 
-from .. import native
+from .. import native, threads
 from ..errors import MIN_IMAGE_SIZE
 from ..layers import unfused_norm_relu
 from .graph import Graph
@@ -252,6 +252,7 @@ def fast_inference(net: nn.HybridBlock, data: mx.nd.NDArray, winograd: bool = Tr
     if min(data.shape[2:]) < MIN_IMAGE_SIZE:
         raise ValueError(f'data: images of {data.shape[2]}x{data.shape[3]} pixels are too small '
                          f'for the network\'s five stride-2 stages (at least {MIN_IMAGE_SIZE})')
+    threads.report()
     reason = native.fast_inference_unavailable_reason()
     if reason is not None:
         if strict:

@@ -20,6 +20,7 @@ from typing import Any
 import mxnet as mx
 from mxnet.gluon import nn
 
+from .. import threads
 from .graph import Graph
 
 __all__ = ['fold_batchnorm', 'optimize_for_inference', 'subgraph_backend_available']
@@ -66,6 +67,7 @@ def optimize_for_inference(net: nn.HybridBlock, batch_size: int = 1, input_size:
     """
     if not isinstance(net, nn.HybridBlock):
         raise TypeError(f'optimize_for_inference needs a HybridBlock, got {type(net).__name__}')
+    threads.report()
     if data is None:
         channels = in_channels or getattr(net, 'in_channels', 3)
         data = mx.nd.zeros((batch_size, channels, input_size, input_size), ctx=ctx or mx.cpu())

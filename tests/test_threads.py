@@ -1,0 +1,98 @@
+"""MXNet's OpenMP threads: one per physical core unless the user chose (gluon_resnest.threads)."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from gluon_resnest import threads
+
+THREADS_PY = threads.__file__
+# The module alone (importing the package runs the same configure(), and takes longer).
+_CODE = '''
+import importlib.util, os, sys
+{first}
+spec = importlib.util.spec_from_file_location('threads_under_test', {path!r})
+threads = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(threads)
+threads.configure()
+print("COUNT", threads.mxnet_thread_count(), threads.configured_threads(),
+      "MXNET_OMP_MAX_THREADS" in os.environ)
+'''
+_PACKAGE_CODE = '''
+import os
+import gluon_resnest
+from gluon_resnest import threads
+print("COUNT", threads.mxnet_thread_count(), threads.configured_threads(),
+      "MXNET_OMP_MAX_THREADS" in os.environ)
+'''
+
+
+def _count(first: str = '', package: bool = False, **env: str) -> tuple[int, str, bool]:
+    clean = {k: v for k, v in os.environ.items()
+             if k not in ('OMP_NUM_THREADS', 'MXNET_OMP_MAX_THREADS', 'HOROVOD_LOCAL_SIZE',
+                          'OMPI_COMM_WORLD_LOCAL_SIZE')}
+    clean.update(env)
+    code = _PACKAGE_CODE if package else _CODE.format(first=first, path=THREADS_PY)
+    proc = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
+                          env=clean, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    count, configured, leaked = proc.stdout.split('COUNT ')[1].split()
+    return int(count), configured, leaked == 'True'
+
+
+def _plain_mxnet_count() -> int:
+    """What MXNet 1.9.1 alone uses without OMP_NUM_THREADS: half the CPUs on x86."""
+    code = ('import ctypes, mxnet as mx\n'
+            'lib = mx.base._LIB\n'
+            'get = lib._ZN5mxnet6engine6OpenMP3GetEv; get.restype = ctypes.c_void_p\n'
+            'rec = lib._ZNK5mxnet6engine6OpenMP28GetRecommendedOMPThreadCountEb\n'
+            'rec.argtypes = [ctypes.c_void_p, ctypes.c_bool]\n'
+            'print(rec(get(), False))\n')
+    env = {k: v for k, v in os.environ.items() if k not in ('OMP_NUM_THREADS',
+                                                             'MXNET_OMP_MAX_THREADS')}
+    proc = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, env=env,
+                          timeout=300, check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return int(proc.stdout.split()[-1])
+
+
+def test_without_the_variable_mxnet_runs_one_thread_per_physical_core():
+    """Importing gluon_resnest, before MXNet, gives MXNet one thread per physical core (MXNet
+    alone takes half the CPUs)."""
+    cores = threads.physical_cores()
+    count, configured, leaked = _count(package=True)
+    assert count == cores and configured == str(cores)
+    assert not leaked  # child processes decide for themselves
+    assert _plain_mxnet_count() == max(1, len(os.sched_getaffinity(0)) // 2)
+
+
+@pytest.mark.slow
+def test_mxnet_imported_first_gets_the_same_count():
+    cores = threads.physical_cores()
+    assert _count(first='import mxnet')[:2] == (cores, str(cores))
+
+
+def test_an_explicit_setting_is_left_alone():
+    assert _count(OMP_NUM_THREADS='1')[:2] == (1, 'None')
+
+
+@pytest.mark.slow
+def test_an_explicit_mxnet_setting_is_left_alone():
+    assert _count(MXNET_OMP_MAX_THREADS='1')[:2] == (1, 'None')
+
+
+@pytest.mark.slow
+def test_horovod_local_ranks_divide_the_cores():
+    cores = threads.physical_cores()
+    want = max(1, cores // 2)
+    assert _count(HOROVOD_LOCAL_SIZE='2')[:2] == (want, str(want))
+    assert _count(OMPI_COMM_WORLD_LOCAL_SIZE='2')[:2] == (want, str(want))
+
+
+def test_physical_cores_count_hardware_threads_once():
+    cpus = os.sched_getaffinity(0)
+    assert 1 <= threads.physical_cores(cpus) <= len(cpus)
+    assert threads.physical_cores({min(cpus)}) == 1

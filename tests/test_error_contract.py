@@ -117,6 +117,10 @@ def bad(tmp_path_factory) -> dict[str, Path]:
     export_copy('edited_export')
     with open(root / 'edited_export-symbol.json', 'a') as handle:
         handle.write(' ')
+    export_copy('reshaped_export', sha256={})  # an older export: no checksums to compare
+    symbol = (root / 'reshaped_export-symbol.json').read_text()
+    (root / 'reshaped_export-symbol.json').write_text(
+        symbol.replace('"kernel": "(3, 3)"', '"kernel": "(5, 5)"', 1))
     # An index of another file, and data folders whose train.idx belongs to another .rec or
     # whose train.rec lost its second half.
     (root / 'foreign.rec').write_bytes((root / 'data' / 'val.rec').read_bytes())
@@ -199,7 +203,7 @@ CASES += _numbers('predict', '--top-k', [*EXPORT, '{root}/images/c0/0.png'], ('0
 CASES += [('predict', ['--prefix', f'{{root}}/{f}_export', '{root}/images/c0/0.png'],
            f'{f}_export-{expect}') for f, expect in (
                ('nometa', 'meta.json'), ('badmean', 'meta.json'), ('nullsize', 'meta.json'),
-               ('size1', 'meta.json'), ('edited', 'symbol.json'))]
+               ('size1', 'meta.json'), ('edited', 'symbol.json'), ('reshaped', 'symbol.json'))]
 CASES += [('predict', ['--model', 'resnest14', '--params', '{root}/badspec/model.params',
                        '{root}/images/c0/0.png'], 'badspec/model.json')]
 # evaluate

@@ -4,6 +4,8 @@ See :mod:`gluon_resnest.deploy.meta` for the files of an export.
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import logging
 import os
@@ -116,7 +118,9 @@ def export_network(net: nn.HybridBlock, prefix: str, input_size: int = 224, epoc
                       input_size=int(input_size), in_channels=int(in_channels),
                       mean=[float(m) for m in mean], std=[float(s) for s in std],
                       preprocess=bool(preprocess), classes=classes, epoch=int(epoch),
-                      model_kwargs=dict(model_kwargs or {}), fast=bool(fast))
+                      model_kwargs=dict(model_kwargs or {}), fast=bool(fast),
+                      native_operators=native.operators_in(
+                          block(mx.sym.var('data')).tojson()) if fast else [])
         symbol_file, params_file = write_export(block, prefix, epoch, fields, names)
     logger.info('exported %s and %s', symbol_file, params_file)
     return symbol_file, params_file
@@ -239,6 +243,19 @@ def load_exported(prefix: str, epoch: int = 0,
             reason = mxnet_reason(err).split(', which contains')[0]
             raise InputError(f'parameters do not fit the symbol {symbol_file}: {reason}',
                              params_file) from None
+    if len(inputs) == 1 and not meta['quantized']:
+        # The shapes of an edited symbol and its parameters must agree for the meta file's
+        # input (MXNet checks only at the first forward pass).
+        arguments = set(symbol.list_arguments())
+        shapes = {k.split(':', 1)[-1]: v.shape for k, v in saved.items()
+                  if k.split(':', 1)[-1] in arguments}
+        size, channels = meta['input_size'], meta['in_channels']
+        try:
+            with contextlib.redirect_stdout(io.StringIO()):  # MXNet prints every shape there
+                symbol.infer_shape(**{inputs[0]: (1, channels, size, size)}, **shapes)
+        except mx.base.MXNetError as err:
+            raise InputError(f'the symbol does not fit its parameters ({params_file}) and '
+                             f'{size}x{size} input: {mxnet_reason(err)}', symbol_file) from None
     return net, meta
 
 

@@ -40,8 +40,8 @@ def _main(argv: list[str] | None = None) -> int:
     parser = ToolParser(PROG, description=__doc__.split('\n\n')[0])
     parser.add_argument('names', nargs='*', metavar='NAME', help='models whose weights to fetch')
     parser.add_argument('--all', action='store_true', help='every model with published weights')
-    parser.add_argument('--root', help='cache folder (default: $MXNET_HOME/models when '
-                                       'MXNET_HOME is set, else ~/.mxnet/models)')
+    parser.add_argument('--root', help='cache folder; without it $MXNET_HOME/models when '
+                                       'MXNET_HOME is set, else ~/.mxnet/models')
     parser.add_argument('--list', action='store_true',
                         help='list the published files and their state in the cache (sha1 '
                              'checked), then exit')

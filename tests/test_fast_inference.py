@@ -260,6 +260,9 @@ def test_unavailable_operators_are_reported(tmp_path):
     assert 'ERROR float32 inference on oneDNN 3 is unavailable' in proc.stdout
 
 
+FAST_OPERATORS = ['gluon_resnest_conv', 'gluon_resnest_sa_sum_nhwc', 'gluon_resnest_sa_gap_nhwc']
+
+
 def test_export_tool_fast_graph_predicts_like_the_plain_export(tmp_path):
     """``tools/export.py --fast`` writes a graph on the oneDNN 3 operators; ``tools/predict.py``
     loads it (and the libraries) and gives the plain export's answers."""
@@ -279,6 +282,9 @@ def test_export_tool_fast_graph_predicts_like_the_plain_export(tmp_path):
         assert done.returncode == 0, done.stderr
         text = (prefix.parent / 'net-symbol.json').read_text()
         assert ('"gluon_resnest_conv"' in text) is bool(flags)
+        meta = json.loads((prefix.parent / 'net-meta.json').read_text())
+        assert meta['native_operators'] == (FAST_OPERATORS if flags else [])
+        assert ("calls gluon_resnest's native operators" in done.stderr) is bool(flags)
         assert ('"winograd": "1"' in text) is (flags == ['--fast'])
         done = run_tool('predict', '--prefix', prefix, '--json', image)
         assert done.returncode == 0, done.stderr

@@ -98,6 +98,7 @@ def test_module_api_matches_gluon(trained, exported):
 def test_default_export_loads_without_gluon_resnest(trained, exported, tmp_path):
     """The default export needs nothing but MXNet: SymbolBlock.imports and Module, in a process
     that never imports gluon_resnest, give the network's outputs."""
+    assert read_meta(str(exported[False]))['native_operators'] == []
     gluon_out, module_out = load_with_plain_mxnet(str(exported[False]),
                                                   normalise(trained['raw']), str(tmp_path))
     assert_close_to_largest(gluon_out, trained['expected'], 1e-5)

@@ -16,7 +16,14 @@ import mxnet as mx
 from mxnet.gluon import nn
 
 from .. import native
-from ..atomic import CHECKSUM_KEY, FileSet, make_folder, temporary_name, write_failure
+from ..atomic import (
+    CHECKSUM_KEY,
+    FileSet,
+    make_folder,
+    temporary_name,
+    verify_checksums,
+    write_failure,
+)
 from ..errors import InputError, mxnet_reason
 from ..layers import DropBlock, set_drop_prob, unfused_norm_relu
 from ..models.info import model_info
@@ -281,6 +288,7 @@ def build_network(model: str, params: str | None = None, classes: int | None = N
     if params is not None:
         if not os.path.isfile(params):
             raise FileNotFoundError(f'no parameter file at {params!r}')
+        _verify_checkpoint_file(params)
         spec = read_model_spec(params)
         if spec:
             if str(spec.get('model', model)).lower() != model.lower():
@@ -301,6 +309,19 @@ def build_network(model: str, params: str | None = None, classes: int | None = N
     else:
         net.load_parameters(params, ctx=ctx)
     return net
+
+
+def _verify_checkpoint_file(params: str) -> None:
+    """Compare a checkpoint's parameter file with the SHA-256 its ``meta.json`` records."""
+    folder = os.path.dirname(os.path.abspath(params))
+    meta_file = os.path.join(folder, 'meta.json')
+    try:
+        with open(meta_file, encoding='utf-8') as handle:
+            table = json.load(handle).get(CHECKSUM_KEY)
+    except (OSError, ValueError, AttributeError):
+        return  # not a checkpoint folder
+    if isinstance(table, dict) and os.path.basename(params) in table:
+        verify_checksums(folder, table, [os.path.basename(params)], meta=meta_file)
 
 
 def read_model_spec(params: str) -> dict[str, Any] | None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -177,3 +178,14 @@ def test_guards_refuse_another_compiler(tmp_path):
     fake.write_text('#!/bin/sh\necho "Debian clang version 14.0.6"\n')
     fake.chmod(0o755)
     assert 'not GCC' in guards.onednn_refusal(str(fake))
+
+
+def test_without_a_compiler_the_library_says_why():
+    """Where no C++ compiler is on PATH (CI runs the suite so), loading reports it and the
+    package keeps MXNet's operators."""
+    if shutil.which(os.environ.get('CXX', 'g++')) is not None:
+        pytest.skip('a C++ compiler is on PATH (.ci/without_compiler.sh removes it)')
+    if not native.enabled():
+        pytest.skip('GLUON_RESNEST_NATIVE=0')
+    assert not native.load()
+    assert 'no C++ compiler' in native.fast_inference_unavailable_reason()

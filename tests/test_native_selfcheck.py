@@ -189,3 +189,13 @@ def test_without_a_compiler_the_library_says_why():
         pytest.skip('GLUON_RESNEST_NATIVE=0')
     assert not native.load()
     assert 'no C++ compiler' in native.fast_inference_unavailable_reason()
+
+
+def test_guards_refuse_another_mxnet_version(monkeypatch):
+    """Another MXNet than the CPU 1.9.1 build the libraries were written for is refused."""
+    import mxnet as mx
+
+    from gluon_resnest.native import guards
+
+    monkeypatch.setattr(mx, '__version__', '1.9.0')
+    assert 'written for MXNet 1.9.1, this is 1.9.0' in guards.library_refusal()

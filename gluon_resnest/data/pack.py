@@ -404,17 +404,21 @@ def encode_image_bytes(raw: bytes, resize: int = 0, quality: int = 95) -> Tuple[
     if (img.format == 'JPEG' and img.mode == 'RGB' and resize <= 0 and orientation in (1, None)
             and check_encoded_image(raw) is None):
         return raw, True
-    if orientation not in (1, None):
-        img = ImageOps.exif_transpose(img)
-    rgb = to_rgb(img)
-    if resize > 0:
-        w, h = rgb.size
-        scale = resize / min(w, h)
-        size = (max(1, int(round(w * scale))), max(1, int(round(h * scale))))
-        if size != rgb.size:
-            rgb = rgb.resize(size, Image.BICUBIC)
-    out = io.BytesIO()
-    rgb.save(out, format='JPEG', quality=int(quality))
+    try:
+        if orientation not in (1, None):
+            img = ImageOps.exif_transpose(img)
+        rgb = to_rgb(img)
+        if resize > 0:
+            w, h = rgb.size
+            scale = resize / min(w, h)
+            size = (max(1, int(round(w * scale))), max(1, int(round(h * scale))))
+            if size != rgb.size:
+                rgb = rgb.resize(size, Image.BICUBIC)
+        out = io.BytesIO()
+        rgb.save(out, format='JPEG', quality=int(quality))
+    except Exception as err:  # noqa: BLE001 - decoded, but with values no image has
+        raise ValueError(f'cannot convert to an RGB JPEG: '
+                         f'{escape_line(str(err)) or type(err).__name__}') from None
     return out.getvalue(), False
 
 

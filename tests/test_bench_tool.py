@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+from tools_cli import load_tool
 
 from gluon_resnest import native
 
@@ -109,3 +110,31 @@ def test_benchmark_all_peers_table():
     for name in ('gluoncv', 'torch', 'onnxruntime', 'openvino', 'openvino-default',
                  'openvino-int8'):
         assert f'ours / {name}: ' in proc.stdout
+
+
+def test_benchmark_detection_rejects_bad_input(capsys):
+    benchmark = load_tool('benchmark')
+    for args, message in [(('--model', 'resnest14'), 'resnest50 or resnest101'),
+                          (('--compare', 'torch'), 'gluoncv only'),
+                          (('--batch-size', '2'), 'one image per batch'),
+                          (('--dtype', 'int8'), 'float32')]:
+        with pytest.raises(SystemExit) as exit_info:
+            benchmark.main(['--task', 'detect', *args])
+        assert exit_info.value.code == 2
+        err = capsys.readouterr().err
+        assert err.count('\n') == 1 and message in err, err
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('task, mode', [('detect', 'infer'), ('detect-features', 'train')])
+def test_benchmark_detection(task, mode):
+    proc = _run('--task', task, '--mode', mode, '--model', 'resnest50', '--input-size', '64',
+                '--repetitions', '1', '--iters', '1', '--threads', '1', '--compare', 'gluoncv',
+                '--json')
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(proc.stdout)
+    assert report['task'] == task and report['mode'] == mode and report['batch_size'] == 1
+    ours, gluoncv = report['results']
+    assert (ours['framework'], gluoncv['framework']) == ('ours', 'gluoncv')
+    assert ours['params'] == gluoncv['params'] > 30e6  # the whole detector, same layers
+    assert all(r['images_per_sec'] > 0 and r['latency_ms'] is None for r in report['results'])

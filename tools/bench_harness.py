@@ -63,6 +63,9 @@ class BenchConfig:
     #: :func:`gluon_resnest.deploy.quantize_network` (e.g. ``{'split_grouped': False}``);
     #: empty means one row with the defaults.
     int8_variants: Sequence[dict[str, Any]] = ()
+    #: ``classify``, or GluonCV's Faster R-CNN FPN on the backbone: ``detect`` (the whole
+    #: detector) or ``detect-features`` (backbone and FPN only); see ``bench_worker.py``.
+    task: str = 'classify'
 
 
 class Worker:
@@ -87,7 +90,7 @@ class Worker:
         cmd = [python, WORKER, '--framework', framework, '--model', config.model,
                '--batch-size', str(config.batch_size), '--input-size', str(config.input_size),
                '--classes', str(config.classes), '--mode', config.mode, '--dtype', self.dtype,
-               '--threads', str(config.threads)]
+               '--threads', str(config.threads), '--task', config.task]
         if quantize_options:
             cmd += ['--quantize-options', json.dumps(quantize_options)]
         if onnx is not None:
@@ -195,7 +198,7 @@ def run_benchmark(config: BenchConfig, progress: bool = True) -> dict[str, Any]:
             results[-1]['quantize_options'] = worker.quantize_options
     ours = results[0]['images_per_sec']
     ratios = {_label(r): ours / r['images_per_sec'] for r in results[1:]}
-    report = {'model': config.model, 'batch_size': config.batch_size,
+    report = {'model': config.model, 'task': config.task, 'batch_size': config.batch_size,
               'input_size': config.input_size, 'mode': config.mode, 'dtype': config.dtype,
               'threads': config.threads, 'repetitions': config.repetitions,
               'iters': config.iters, 'results': results, 'ratios': ratios}
@@ -244,6 +247,8 @@ def format_table(report: dict[str, Any]) -> str:
     ours = report['results'][0]['images_per_sec']
     names = {'ours': 'gluon_resnest', 'gluoncv': 'GluonCV', 'torch': 'PyTorch (resnest.torch)',
              'onnxruntime': 'onnxruntime (our ONNX)', 'openvino': 'OpenVINO (our ONNX)'}
+    mode = report['mode'] if report.get('task', 'classify') == 'classify' else (
+        f"{report['task']} {report['mode']}")
     for row in report['results']:
         latency = f"{row['latency_ms']:.1f}" if row['latency_ms'] is not None else '-'
         dtype = row['dtype']
@@ -251,7 +256,7 @@ def format_table(report: dict[str, Any]) -> str:
             dtype += ' ' + json.dumps(row['quantize_options'], sort_keys=True)
         lines.append(
             f"| {names[row['framework']]} | {dtype} | {row['params'] / 1e6:.1f}M | "
-            f"{report['input_size']} | {report['mode']} | {report['batch_size']} | "
+            f"{report['input_size']} | {mode} | {report['batch_size']} | "
             f"{row['images_per_sec']:.2f} | {latency} | {row['peak_rss_mib']:.0f} | "
             f"{ours / row['images_per_sec']:.2f}x | {row.get('setting') or '-'} |")
     return '\n'.join(lines)

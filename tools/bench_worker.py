@@ -15,6 +15,17 @@ Every worker draws the same input (numpy seed 0, uniform in [-1, 1]) and runs wi
 count it was given (``OMP_NUM_THREADS``, set by the driver before start, and each runtime's own
 thread setting).
 
+``--task detect`` times GluonCV's Faster R-CNN with FPN (``custom_faster_rcnn_fpn``: frozen
+BatchNorm, GluonCV's head sizes and the FPN settings of its COCO ResNeSt detectors, 80 classes,
+images resized to ``--input-size``) on the ResNeSt
+``--model``: GluonCV's own backbone (``gluoncv``) or ours served by
+``gluon_resnest.register_gluoncv(override=True)`` (``ours``); the same weights' initialisers,
+hybridized with a static memory plan as GluonCV's training script does. Inference returns the
+detections; training is forward, GluonCV's RPN and R-CNN losses, backward and an SGD step on one
+synthetic image with two boxes. ``--task detect-features`` times only the detector's feature
+extractor (the backbone and the FPN layers, what the override changes): inference, or forward
+and backward of the mean of each FPN level for training (GluonCV's frozen BatchNorm).
+
 The ``onnxruntime`` and ``openvino`` workers run an ONNX file of our network (``--onnx``,
 written by the driver with :func:`gluon_resnest.deploy.export_onnx`), each at its documented
 best setting for CPU inference, which the ready message states (``setting``):
@@ -41,6 +52,7 @@ from typing import Any, Callable
 import numpy as np
 
 FRAMEWORKS = ('ours', 'gluoncv', 'torch', 'onnxruntime', 'openvino')
+TASKS = ('classify', 'detect', 'detect-features')
 _TORCH_EXTRA = {'resnest14': [1, 1, 1, 1], 'resnest26': [2, 2, 2, 2]}
 
 
@@ -171,6 +183,104 @@ def _mxnet_runner(args: argparse.Namespace) -> _Runner:
         model(state['x']).wait_to_read()
     runner.step = infer
     runner.set_batch = make_input
+    return runner
+
+
+#: The FPN settings of GluonCV's ``faster_rcnn_fpn_*_resnest*_coco`` builders (its
+#: ``predefined_models.py``), but for the image size.
+GLUONCV_FPN_SETTINGS = dict(
+    min_stage=2, max_stage=6, nms_thresh=0.5, nms_topk=-1, post_nms=-1, roi_mode='align',
+    roi_size=(7, 7), strides=(4, 8, 16, 32, 64), clip=4.14, rpn_channel=256, base_size=16,
+    scales=(2, 4, 8, 16, 32), ratios=(0.5, 1, 2), alloc_size=(384, 384), rpn_nms_thresh=0.7,
+    rpn_train_pre_nms=12000, rpn_train_post_nms=2000, rpn_test_pre_nms=6000,
+    rpn_test_post_nms=1000, rpn_min_size=1, num_sample=512, pos_iou_thresh=0.5,
+    pos_ratio=0.25, max_num_gt=100)
+
+
+def _detector_runner(args: argparse.Namespace) -> _Runner:
+    """GluonCV's Faster R-CNN FPN on GluonCV's or our backbone (see the module docstring)."""
+    import contextlib
+
+    import mxnet as mx
+    from gluoncv.data.batchify import FasterRCNNTrainBatchify
+    from gluoncv.data.transforms.presets.rcnn import FasterRCNNDefaultTrainTransform
+    from gluoncv.model_zoo.rcnn.faster_rcnn.faster_rcnn import custom_faster_rcnn_fpn
+    from mxnet import autograd, gluon
+
+    scope: Any = contextlib.nullcontext()
+    if args.framework == 'ours':
+        import gluon_resnest
+        scope = gluon_resnest.gluoncv_override()
+    with scope:
+        net = custom_faster_rcnn_fpn([f'class{i}' for i in range(80)], pretrained_base=False,
+                                     base_network_name=args.model, short=args.input_size,
+                                     max_size=args.input_size, **GLUONCV_FPN_SETTINGS)
+    mx.random.seed(0)
+    # The backbone as an ImageNet-trained one is scaled (Xavier); GluonCV's layers carry
+    # their own initialisers.
+    net.collect_params('resnest_.*').initialize(mx.init.Xavier(), ctx=mx.cpu())
+    net.initialize(ctx=mx.cpu())
+    x = mx.nd.array(_batch(1, args.input_size))
+    net(x)  # completes the deferred initialisation of the FPN and head layers
+    runner = _Runner()
+    runner.params = int(sum(int(np.prod(p.shape)) for p in net.collect_params().values()
+                            if p.grad_req != 'null'))
+    net.hybridize(static_alloc=True)
+    runner.setting = 'custom_faster_rcnn_fpn, frozen BatchNorm, hybridized, static memory'
+
+    def set_batch(batch_size: int) -> None:
+        if batch_size != 1:
+            raise ValueError('detection runs one image per batch')
+    runner.set_batch = set_batch
+    if args.task == 'detect-features':
+        features = net.features
+
+        def features_infer() -> Any:
+            for out in features(x):
+                out.wait_to_read()
+
+        def features_train() -> Any:
+            with autograd.record():
+                losses = [out.mean() for out in features(x)]
+            autograd.backward(losses)
+            mx.nd.waitall()
+        runner.step = features_train if args.mode == 'train' else features_infer
+        return runner
+    if args.mode == 'infer':
+        def infer() -> Any:
+            net(x)[2].wait_to_read()
+        runner.step = infer
+        return runner
+    transform = FasterRCNNDefaultTrainTransform(net.short, net.max_size, net, ashape=net.ashape,
+                                                multi_stage=True, flip_p=0.0)
+    rng = np.random.RandomState(0)
+    image = mx.nd.array(rng.randint(0, 256, (args.input_size, args.input_size, 3)),
+                        dtype='uint8')
+    edge = args.input_size
+    boxes = np.array([[0.1 * edge, 0.1 * edge, 0.5 * edge, 0.6 * edge, 0],
+                      [0.4 * edge, 0.3 * edge, 0.9 * edge, 0.8 * edge, 1]], dtype='float32')
+    batch = FasterRCNNTrainBatchify(net, 1)([transform(image, boxes)])
+    data, label, rpn_cls_targets, rpn_box_targets, rpn_box_masks = [
+        a.as_in_context(mx.cpu()) for a in batch[:2] + tuple(s[0] for s in batch[2:])]
+    trainer = gluon.Trainer(net.collect_train_params(), 'sgd',
+                            {'learning_rate': 1e-4, 'momentum': 0.9, 'wd': 1e-4})
+    sigmoid_ce = gluon.loss.SigmoidBinaryCrossEntropyLoss(from_sigmoid=False)
+    softmax_ce = gluon.loss.SoftmaxCrossEntropyLoss()
+    rpn_huber, rcnn_huber = gluon.loss.HuberLoss(rho=1 / 9.), gluon.loss.HuberLoss()
+
+    def train() -> Any:
+        with autograd.record():
+            (cls_pred, box_pred, _, _, _, rpn_score, rpn_box, _, cls_targets, box_targets,
+             box_masks, _) = net(data, label[:, :, :4], label[:, :, 4:5])
+            losses = [
+                sigmoid_ce(rpn_score.squeeze(axis=-1), rpn_cls_targets, rpn_cls_targets >= 0),
+                rpn_huber(rpn_box, rpn_box_targets, rpn_box_masks),
+                softmax_ce(cls_pred, cls_targets, cls_targets.expand_dims(-1) >= 0),
+                rcnn_huber(box_pred, box_targets, box_masks)]
+        autograd.backward(losses)
+        trainer.step(1)
+        mx.nd.waitall()
+    runner.step = train
     return runner
 
 
@@ -345,6 +455,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument('--input-size', type=int, default=224)
     parser.add_argument('--classes', type=int, default=1000)
     parser.add_argument('--mode', choices=('infer', 'train'), default='infer')
+    parser.add_argument('--task', choices=TASKS, default='classify')
     parser.add_argument('--dtype', choices=('float32', 'int8', 'bfloat16', 'default'),
                         default='float32', help='default: the runtime\'s own (openvino)')
     parser.add_argument('--threads', type=int, default=os.cpu_count() or 1)
@@ -373,6 +484,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         build = {'torch': _torch_runner, 'onnxruntime': _onnxruntime_runner,
                  'openvino': _openvino_runner}.get(args.framework, _mxnet_runner)
+        if args.task != 'classify':
+            build = _detector_runner
         runner = build(args)
         _time(runner.step, args.warmup)
     except Exception as err:  # noqa: BLE001 - reported to the driver, which fails loudly

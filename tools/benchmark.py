@@ -8,6 +8,14 @@ Example::
 onnxruntime and OpenVINO run an ONNX export of our network (made for the run); OpenVINO adds
 three rows: FP32, its default precision (bf16 on CPUs with AMX) and INT8 from NNCF. The last
 column of the table states each row's setting.
+
+``--task detect`` times GluonCV's Faster R-CNN with FPN on the model as backbone, ours (served
+by ``register_gluoncv(override=True)``) against GluonCV's own with ``--compare gluoncv``, one
+image of ``--input-size`` pixels per batch; ``--task detect-features`` times only the backbone
+and FPN part of that detector::
+
+    python tools/benchmark.py --task detect --model resnest50 --input-size 512 \\
+        --compare gluoncv --repetitions 3 --iters 2
 """
 from __future__ import annotations
 
@@ -23,14 +31,20 @@ from gluon_resnest.registry import list_models
 
 PROG = 'benchmark'
 COMPARABLE = ('gluoncv', 'torch', 'onnxruntime', 'openvino')
+TASKS = ('classify', 'detect', 'detect-features')
+DETECTION_BACKBONES = ('resnest50', 'resnest101')
 
 
 def _main(argv: list[str] | None = None) -> int:
     parser = ToolParser(PROG, description=__doc__.splitlines()[0])
     parser.add_argument('--model', default='resnest50', help='registered model name')
-    parser.add_argument('--batch-size', type=int_in(1, 65536), default=16)
+    parser.add_argument('--batch-size', type=int_in(1, 65536), default=None,
+                        help='16; with --task detect*, 1 (the only choice)')
     parser.add_argument('--input-size', type=image_size, default=224)
     parser.add_argument('--mode', choices=('infer', 'train'), default='infer')
+    parser.add_argument('--task', choices=TASKS, default='classify',
+                        help='detect: GluonCV\'s Faster R-CNN FPN on the model; '
+                             'detect-features: its backbone and FPN only')
     parser.add_argument('--dtype', choices=('float32', 'int8', 'bfloat16'), default='float32',
                         help='our dtype (inference); int8/bfloat16 rows add our float32 row')
     parser.add_argument('--compare', default='',
@@ -57,6 +71,20 @@ def _main(argv: list[str] | None = None) -> int:
     bad = [c for c in compare if c not in COMPARABLE]
     if bad:
         parser.error(f'--compare takes {", ".join(COMPARABLE)}; got {", ".join(bad)}')
+    if args.task != 'classify':
+        if args.model not in DETECTION_BACKBONES:
+            parser.error(f'--task {args.task} takes --model {" or ".join(DETECTION_BACKBONES)} '
+                         f'(the ResNeSt backbones of GluonCV\'s custom_rcnn_fpn)')
+        if any(c != 'gluoncv' for c in compare):
+            parser.error(f'--task {args.task} compares with gluoncv only')
+        if args.batch_size not in (None, 1):
+            parser.error(f'--task {args.task} runs one image per batch (--batch-size 1)')
+        if args.dtype != 'float32':
+            parser.error(f'--task {args.task} runs float32')
+        args.batch_size = 1
+        args.latency_iters = 0
+    elif args.batch_size is None:
+        args.batch_size = 16
     onnx_peers = [c for c in compare if c in ('onnxruntime', 'openvino')]
     if onnx_peers and args.mode == 'train':
         parser.error(f'{", ".join(onnx_peers)} time inference only (--mode infer)')
@@ -77,7 +105,7 @@ def _main(argv: list[str] | None = None) -> int:
                          input_size=args.input_size, mode=args.mode, dtype=args.dtype,
                          compare=compare, repetitions=args.repetitions, iters=args.iters,
                          latency_iters=args.latency_iters, threads=args.threads,
-                         classes=args.classes, int8_variants=variants)
+                         classes=args.classes, int8_variants=variants, task=args.task)
     try:
         report = run_benchmark(config, progress=not args.json)
     except (RuntimeError, FileNotFoundError) as err:

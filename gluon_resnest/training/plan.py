@@ -19,6 +19,7 @@ import shlex
 from typing import Any, Sequence
 
 from ..data.sharding import shard_indices
+from .schedule import schedule_epoch_size
 
 # ImageNet-1k (ILSVRC 2012), the data set of the paper's recipes.
 IMAGENET_TRAIN_IMAGES = 1_281_167
@@ -149,7 +150,10 @@ def launch_plan(config: dict[str, Any], hosts: Sequence[str], gpus_per_host: int
         'global_batch_size': config['global_batch_size'], 'per_worker_batch_size': batch,
         'lr': config['lr'], 'epochs': epochs, 'warmup_epochs': config['warmup_epochs'],
         'train_images': train_images, 'steps_per_epoch': steps,
-        'warmup_iterations': int(round(config['warmup_epochs'] * steps)),
+        # The learning-rate schedule counts epochs as the authors' script does (see
+        # schedule.schedule_epoch_size): its warm-up can be a few iterations longer.
+        'warmup_iterations': int(round(config['warmup_epochs']
+                                       * schedule_epoch_size(train_images, world, batch))),
         'total_iterations': epochs * steps,
         'images_per_worker_per_epoch': steps * batch,
         'train_crop': config['train_crop'], 'eval_crop': config['eval_crop'],

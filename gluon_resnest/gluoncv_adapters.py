@@ -78,6 +78,7 @@ def gluoncv_set_drop_prob(original: Callable[[float, Any], None]) -> Callable[[f
     return set_drop_prob
 
 
+@functools.lru_cache(maxsize=None)
 def gluoncv_resnest_class(dropblock: str = 'gluoncv') -> type:
     """Our :class:`~gluon_resnest.models.ResNeSt` with the constructor of GluonCV's ``ResNeSt``.
 

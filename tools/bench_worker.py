@@ -218,8 +218,9 @@ def _detector_runner(args: argparse.Namespace) -> _Runner:
     mx.random.seed(0)
     # The backbone as an ImageNet-trained one is scaled (Xavier); GluonCV's layers carry
     # their own initialisers.
-    net.collect_params('resnest_.*').initialize(mx.init.Xavier(), ctx=mx.cpu())
     net.initialize(ctx=mx.cpu())
+    net.collect_params('resnest_.*').initialize(mx.init.Xavier(), ctx=mx.cpu(),
+                                                force_reinit=True)
     x = mx.nd.array(_batch(1, args.input_size))
     net(x)  # completes the deferred initialisation of the FPN and head layers
     runner = _Runner()

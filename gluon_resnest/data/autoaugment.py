@@ -5,7 +5,7 @@ The authors' ``scripts/gluon/train.py`` applies ``resnest.gluon``'s ``Augmentati
 Table 9), each two operations ``(name, probability, magnitude level)``, with the magnitude
 conventions of Fast AutoAugment and the operations of PIL. One sub-policy is drawn uniformly per
 image and each of its operations runs with its probability. This module reproduces that table
-and every operation pixel for pixel (the operations run on PIL, as theirs do).
+and every operation pixel for pixel.
 
 Levels run ``0 .. 10`` and map to arguments as the authors' policy maps them (``int(...)`` as
 there; the sign of the geometric operations is random):
@@ -25,14 +25,17 @@ AutoContrast,     no magnitude (PIL's ImageOps)
 Equalize, Invert
 ================  ==============================================================
 
-All operations take and return ``(H, W, 3)`` uint8 RGB arrays.
+All operations take and return ``(H, W, 3)`` uint8 RGB arrays; the geometric and enhancement
+operations run on PIL, the table operations (Posterize2, Solarize, Invert, AutoContrast,
+Equalize) with OpenCV, bit-exact with PIL's.
 """
 from __future__ import annotations
 
 from typing import Callable, Dict, List, Sequence, Tuple
 
+import cv2
 import numpy as np
-from PIL import Image, ImageEnhance, ImageOps
+from PIL import Image, ImageEnhance
 
 __all__ = ['IMAGENET_POLICY', 'OPS', 'AutoAugment', 'apply_op', 'magnitude_to_arg']
 
@@ -136,34 +139,61 @@ def sharpness(img: Image.Image, factor: float) -> Image.Image:
     return ImageEnhance.Sharpness(img).enhance(factor)
 
 
-@_pil_op
-def posterize(img: Image.Image, bits: int) -> Image.Image:
+# The table operations below give PIL's ImageOps results bit for bit, with OpenCV on the array
+# (no conversion to and from a PIL image).
+
+
+def posterize(img: np.ndarray, bits: int) -> np.ndarray:
     """Keep the ``bits`` most significant bits of every channel."""
-    return ImageOps.posterize(img, int(bits))
+    mask = (0xFF << (8 - int(bits))) & 0xFF
+    return np.bitwise_and(img, np.uint8(mask))
 
 
-@_pil_op
-def solarize(img: Image.Image, threshold: float) -> Image.Image:
+def solarize(img: np.ndarray, threshold: float) -> np.ndarray:
     """Invert every value ``>= threshold``."""
-    return ImageOps.solarize(img, threshold)
+    values = np.arange(256)
+    lut = np.where(values < threshold, values, 255 - values).astype(np.uint8)
+    return cv2.LUT(img, lut)
 
 
-@_pil_op
-def invert(img: Image.Image, _unused: float | None = None) -> Image.Image:
+def invert(img: np.ndarray, _unused: float | None = None) -> np.ndarray:
     """``255 - img``."""
-    return ImageOps.invert(img)
+    return cv2.bitwise_not(img)
 
 
-@_pil_op
-def autocontrast(img: Image.Image, _unused: float | None = None) -> Image.Image:
-    """Stretch each channel so its minimum maps to 0 and its maximum to 255."""
-    return ImageOps.autocontrast(img)
+def _per_channel_lut(img: np.ndarray, luts: np.ndarray) -> np.ndarray:
+    """Apply a (3, 256) uint8 table, one row per channel."""
+    return cv2.LUT(img, np.ascontiguousarray(luts.T.reshape(256, 1, 3)))
 
 
-@_pil_op
-def equalize(img: Image.Image, _unused: float | None = None) -> Image.Image:
-    """Histogram equalisation per channel."""
-    return ImageOps.equalize(img)
+def autocontrast(img: np.ndarray, _unused: float | None = None) -> np.ndarray:
+    """Stretch each channel so its minimum maps to 0 and its maximum to 255 (PIL's, cutoff 0)."""
+    values = np.arange(256, dtype=np.float64)
+    luts = np.empty((3, 256), np.uint8)
+    for c, plane in enumerate(cv2.split(img)):
+        lo, hi = (int(v) for v in cv2.minMaxLoc(plane)[:2])
+        if hi <= lo:
+            luts[c] = values
+            continue
+        scale = 255.0 / (hi - lo)
+        luts[c] = np.clip((values * scale + (-lo * scale)).astype(np.int64), 0, 255)
+    return _per_channel_lut(img, luts)
+
+
+def equalize(img: np.ndarray, _unused: float | None = None) -> np.ndarray:
+    """Histogram equalisation per channel with PIL's ``ImageOps.equalize`` rule."""
+    luts = np.empty((3, 256), np.uint8)
+    identity = np.arange(256)
+    for c in range(3):
+        hist = cv2.calcHist([img], [c], None, [256], [0, 256]).ravel().astype(np.int64)
+        nonzero = hist[hist > 0]
+        step = (int(nonzero.sum()) - int(nonzero[-1])) // 255 if nonzero.size > 1 else 0
+        if step == 0:
+            luts[c] = identity
+            continue
+        before = np.concatenate([[0], np.cumsum(hist)[:-1]])
+        luts[c] = np.minimum((step // 2 + before) // step, 255)
+    return _per_channel_lut(img, luts)
 
 
 OPS: Dict[str, Callable[[np.ndarray, float | None], np.ndarray]] = {

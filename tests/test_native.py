@@ -383,9 +383,11 @@ def _assert_same_gradients(got, want):
 
 
 def _training_net(native_ops):
+    from gluon_resnest.models import KAIMING_FAN_IN
+
     mx.random.seed(0)
     net = get_model('resnest14', classes=10, native=native_ops)
-    net.initialize(mx.init.Xavier())
+    net.initialize(KAIMING_FAN_IN)  # the trainer's initialisation
     net.hybridize(static_alloc=True, static_shape=True)
     return net
 

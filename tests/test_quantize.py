@@ -24,6 +24,7 @@ from gluon_resnest.deploy.quantization import (
     split_grouped_convolutions,
     sum_splits_per_branch,
 )
+from gluon_resnest.models import KAIMING_FAN_IN
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOOL = os.path.join(REPO, 'tools', 'quantize.py')
@@ -62,7 +63,7 @@ def calib_rec(tmp_path_factory):
 def fp32_export(tmp_path_factory):
     mx.random.seed(0)
     net = get_model('resnest14', classes=10)
-    net.initialize(mx.init.Xavier(magnitude=2))
+    net.initialize(KAIMING_FAN_IN)  # weights at the scale training starts from
     randomize_norm_stats(net, seed=3)
     prefix = str(tmp_path_factory.mktemp('export') / 'resnest14')
     export_network(net, prefix, input_size=SIZE)
@@ -178,7 +179,7 @@ def test_quantize_network_splits_grouped_convolutions(fp32_export):
     inside = [c for convs in _quantized_convs(kept(mx.sym.var('data'))).values() for c in convs]
     assert not set(grouped) & set(inside)
     # Quantizing the split convolutions adds little error; MXNet's INT8 grouped conv adds a lot
-    # (measured on this net: 0.25, 0.25 and 0.46 relative error, argmax agreement 0% for the last).
+    # (measured on this net: 0.27, 0.26 and 0.43 relative error).
     grouped_int8 = quantize_network(net, calib, split_grouped=False, quantize_grouped=True)
     assert error(got) <= 1.25 * error(kept(x).asnumpy()) + 0.02
     assert error(got) <= 0.7 * error(grouped_int8(x).asnumpy())

@@ -62,7 +62,9 @@ def load_image(path: str) -> np.ndarray:
 def eval_transform(img: np.ndarray | mx.nd.NDArray, crop: int = 224,
                    mean: Sequence[float] | None = IMAGENET_MEAN,
                    std: Sequence[float] | None = IMAGENET_STD) -> mx.nd.NDArray:
-    """The paper's evaluation transform: resize short side to ``ceil(crop/0.875)``, center crop.
+    """The authors' evaluation transform (``verify.py``): resize the short side to
+    ``ceil(crop/0.875)``, center crop; from 320 up, their centre crop of ``crop / (crop + 32)``
+    of the short side, resized to ``crop``.
 
     The same code as the validation loader (:class:`gluon_resnest.data.ValTransform`), so a
     prediction and an evaluation see identical pixels.

@@ -117,7 +117,9 @@ def test_benchmark_detection_rejects_bad_input(capsys):
     for args, message in [(('--model', 'resnest14'), 'resnest50 or resnest101'),
                           (('--compare', 'torch'), 'gluoncv only'),
                           (('--batch-size', '2'), 'one image per batch'),
-                          (('--dtype', 'int8'), 'float32')]:
+                          (('--dtype', 'int8'), 'float32'),
+                          (('--task', 'classify', '--dropblock', 'effective'),
+                           '--dropblock is for --task detect')]:
         with pytest.raises(SystemExit) as exit_info:
             benchmark.main(['--task', 'detect', *args])
         assert exit_info.value.code == 2
@@ -126,11 +128,12 @@ def test_benchmark_detection_rejects_bad_input(capsys):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize('task, mode', [('detect', 'infer'), ('detect-features', 'train')])
-def test_benchmark_detection(task, mode):
+@pytest.mark.parametrize('task, mode, dropblock', [('detect', 'infer', 'gluoncv'),
+                                                 ('detect-features', 'train', 'effective')])
+def test_benchmark_detection(task, mode, dropblock):
     proc = _run('--task', task, '--mode', mode, '--model', 'resnest50', '--input-size', '64',
                 '--repetitions', '1', '--iters', '1', '--threads', '1', '--compare', 'gluoncv',
-                '--json')
+                '--dropblock', dropblock, '--json')
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(proc.stdout)
     assert report['task'] == task and report['mode'] == mode and report['batch_size'] == 1
@@ -138,3 +141,4 @@ def test_benchmark_detection(task, mode):
     assert (ours['framework'], gluoncv['framework']) == ('ours', 'gluoncv')
     assert ours['params'] == gluoncv['params'] > 30e6  # the whole detector, same layers
     assert all(r['images_per_sec'] > 0 and r['latency_ms'] is None for r in report['results'])
+    assert ("dropblock='effective'" in ours['setting']) is (dropblock == 'effective')

@@ -66,6 +66,8 @@ class BenchConfig:
     #: ``classify``, or GluonCV's Faster R-CNN FPN on the backbone: ``detect`` (the whole
     #: detector) or ``detect-features`` (backbone and FPN only); see ``bench_worker.py``.
     task: str = 'classify'
+    #: With a detection task: ``register_gluoncv(dropblock=...)`` of our row.
+    dropblock: str = 'gluoncv'
 
 
 class Worker:
@@ -90,7 +92,8 @@ class Worker:
         cmd = [python, WORKER, '--framework', framework, '--model', config.model,
                '--batch-size', str(config.batch_size), '--input-size', str(config.input_size),
                '--classes', str(config.classes), '--mode', config.mode, '--dtype', self.dtype,
-               '--threads', str(config.threads), '--task', config.task]
+               '--threads', str(config.threads), '--task', config.task,
+               '--dropblock', config.dropblock]
         if quantize_options:
             cmd += ['--quantize-options', json.dumps(quantize_options)]
         if onnx is not None:

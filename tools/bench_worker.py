@@ -210,7 +210,7 @@ def _detector_runner(args: argparse.Namespace) -> _Runner:
     scope: Any = contextlib.nullcontext()
     if args.framework == 'ours':
         import gluon_resnest
-        scope = gluon_resnest.gluoncv_override()
+        scope = gluon_resnest.gluoncv_override(dropblock=args.dropblock)
     with scope:
         net = custom_faster_rcnn_fpn([f'class{i}' for i in range(80)], pretrained_base=False,
                                      base_network_name=args.model, short=args.input_size,
@@ -228,6 +228,8 @@ def _detector_runner(args: argparse.Namespace) -> _Runner:
                             if p.grad_req != 'null'))
     net.hybridize(static_alloc=True)
     runner.setting = 'custom_faster_rcnn_fpn, frozen BatchNorm, hybridized, static memory'
+    if args.framework == 'ours' and args.dropblock == 'effective':
+        runner.setting += ", dropblock='effective' (0.1)"
 
     def set_batch(batch_size: int) -> None:
         if batch_size != 1:
@@ -457,6 +459,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument('--classes', type=int, default=1000)
     parser.add_argument('--mode', choices=('infer', 'train'), default='infer')
     parser.add_argument('--task', choices=TASKS, default='classify')
+    parser.add_argument('--dropblock', choices=('gluoncv', 'effective'), default='gluoncv',
+                        help='detect*: register_gluoncv(dropblock=...) of our row')
     parser.add_argument('--dtype', choices=('float32', 'int8', 'bfloat16', 'default'),
                         default='float32', help='default: the runtime\'s own (openvino)')
     parser.add_argument('--threads', type=int, default=os.cpu_count() or 1)

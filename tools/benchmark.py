@@ -45,6 +45,9 @@ def _main(argv: list[str] | None = None) -> int:
     parser.add_argument('--task', choices=TASKS, default='classify',
                         help='detect: GluonCV\'s Faster R-CNN FPN on the model; '
                              'detect-features: its backbone and FPN only')
+    parser.add_argument('--dropblock', choices=('gluoncv', 'effective'), default='gluoncv',
+                        help='with --task detect*: register_gluoncv(dropblock=...) of our row '
+                             '(effective: the DropBlocks of GluonCV\'s 0.1 act in training)')
     parser.add_argument('--dtype', choices=('float32', 'int8', 'bfloat16'), default='float32',
                         help='our dtype (inference); int8/bfloat16 rows add our float32 row')
     parser.add_argument('--compare', default='',
@@ -85,6 +88,8 @@ def _main(argv: list[str] | None = None) -> int:
         args.latency_iters = 0
     elif args.batch_size is None:
         args.batch_size = 16
+    if args.dropblock != 'gluoncv' and args.task == 'classify':
+        parser.error('--dropblock is for --task detect or detect-features')
     onnx_peers = [c for c in compare if c in ('onnxruntime', 'openvino')]
     if onnx_peers and args.mode == 'train':
         parser.error(f'{", ".join(onnx_peers)} time inference only (--mode infer)')
@@ -105,7 +110,8 @@ def _main(argv: list[str] | None = None) -> int:
                          input_size=args.input_size, mode=args.mode, dtype=args.dtype,
                          compare=compare, repetitions=args.repetitions, iters=args.iters,
                          latency_iters=args.latency_iters, threads=args.threads,
-                         classes=args.classes, int8_variants=variants, task=args.task)
+                         classes=args.classes, int8_variants=variants, task=args.task,
+                         dropblock=args.dropblock)
     try:
         report = run_benchmark(config, progress=not args.json)
     except (RuntimeError, FileNotFoundError) as err:

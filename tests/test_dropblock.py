@@ -81,3 +81,38 @@ def _blocks(net):
     found = []
     net.apply(found.append)
     return found
+
+
+def test_graph_modes():
+    x = mx.sym.var('data')
+    ops = {}
+    for graph in ('auto', 'training', 'always'):
+        for prob in (0.0, 0.1):
+            for training in (False, True):
+                with autograd.train_mode() if training else autograd.predict_mode():
+                    out = DropBlock(prob, 3, graph=graph)(x)
+                ops[graph, prob, training] = '_random_uniform_like' in out.tojson()
+    assert ops == {('auto', 0.0, False): False, ('auto', 0.0, True): False,
+                   ('auto', 0.1, False): True, ('auto', 0.1, True): True,
+                   ('training', 0.0, False): False, ('training', 0.0, True): False,
+                   ('training', 0.1, False): False, ('training', 0.1, True): True,
+                   ('always', 0.0, False): True, ('always', 0.0, True): True,
+                   ('always', 0.1, False): True, ('always', 0.1, True): True}
+    with pytest.raises(ValueError, match='graph must be one of'):
+        DropBlock(0.1, 3, graph='never')
+
+
+def test_set_drop_prob_rewrites_an_imported_graph(tmp_path):
+    """A graph traced once (exported, then SymbolBlock.imports) takes a new probability."""
+    block = DropBlock(0.0, 3, graph='always')
+    block.hybridize()
+    x = mx.nd.ones((2, 8, 20, 20))
+    block(x)
+    block.export(str(tmp_path / 'db'))
+    imported = mx.gluon.SymbolBlock.imports(str(tmp_path / 'db-symbol.json'), ['data'])
+    assert _dropped_fraction(imported, x.shape)[0] == 0.0
+    assert set_drop_prob(imported, 0.3) == 1
+    assert _dropped_fraction(imported, x.shape)[0] > 0.15
+    np.testing.assert_array_equal(imported(x).asnumpy(), x.asnumpy())  # inference: identity
+    assert set_drop_prob(imported, 0.0) == 1
+    assert _dropped_fraction(imported, x.shape)[0] == 0.0

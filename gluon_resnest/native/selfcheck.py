@@ -64,10 +64,13 @@ def verdict(paths: dict[str, str | None]) -> list[dict[str, Any]]:
         pass
     failures, definite = _run_child()
     if definite:
-        fd, tmp = tempfile.mkstemp(suffix='.json', prefix='.selfcheck-', dir=folder)
-        with os.fdopen(fd, 'w', encoding='utf-8') as handle:
-            json.dump({'failures': failures}, handle)
-        os.replace(tmp, cache)
+        try:  # best effort: a read-only cache checks again in the next process
+            fd, tmp = tempfile.mkstemp(suffix='.json', prefix='.selfcheck-', dir=folder)
+            with os.fdopen(fd, 'w', encoding='utf-8') as handle:
+                json.dump({'failures': failures}, handle)
+            os.replace(tmp, cache)
+        except OSError:
+            pass
     return failures
 
 

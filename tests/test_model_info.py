@@ -1,6 +1,8 @@
 """gluon_resnest.models.model_info: one record per model, and what is derived from it."""
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import json
 import re
 from pathlib import Path
@@ -14,13 +16,15 @@ from tools_cli import run_tool
 from conftest import randomize_norm_stats
 from gluon_resnest import get_model, list_models, model_info
 from gluon_resnest.complexity import PAPER_GFLOPS
+from gluon_resnest.constants import CROP_RATIO, DEFAULT_CROP
 from gluon_resnest.deploy import TIMM_MODEL_NAMES, eval_transform, load_image
-from gluon_resnest.models import MODEL_INFO
+from gluon_resnest.models import MODEL_CONFIGS, MODEL_INFO, MODEL_SPECS, model_spec
+from gluon_resnest.registry import lookup
 from gluon_resnest.training import load_recipe, recipe_names, resolve
 
 ROOT = Path(__file__).resolve().parents[1]
-KEYS = {'name', 'train_crop', 'eval_crop', 'params', 'gflops', 'paper_top1', 'top1_source',
-        'timm'}
+KEYS = {'name', 'train_crop', 'eval_crop', 'crop_ratio', 'params', 'paper_params', 'gflops',
+        'paper_top1', 'top1_source', 'paper_table', 'timm'}
 
 
 def test_every_model_has_one_record():
@@ -36,6 +40,82 @@ def test_record(name):
     assert info['top1_source'] in ('paper', 'authors', 'gluoncv')
     info['eval_crop'] = 1  # a copy: the table stays as it is
     assert model_info(name)['eval_crop'] > 1
+
+
+def test_one_table():
+    """MODEL_CONFIGS and MODEL_INFO are views of MODEL_SPECS, whose records cannot change."""
+    assert sorted(MODEL_SPECS) == sorted(MODEL_CONFIGS) == list_models()
+    for name, spec in MODEL_SPECS.items():
+        assert spec.name == name and model_spec(name.upper()) is spec
+        assert MODEL_CONFIGS[name] is spec.config
+        assert {'name': name, **MODEL_INFO[name]} == model_info(name)
+        assert spec.crop_ratio == CROP_RATIO
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        MODEL_SPECS['resnest50'].eval_crop = 256
+    with pytest.raises(ValueError, match='unknown model'):
+        model_spec('resnest51')
+
+
+def test_the_networks_are_built_from_the_table():
+    net = get_model('resnest50_fast_1s4x24d')
+    config = MODEL_SPECS['resnest50_fast_1s4x24d'].config
+    assert (config.radix, config.cardinality, config.bottleneck_width) == (1, 4, 24)
+    conv2 = net.layer1[0].conv2
+    assert (conv2.radix, conv2.cardinality, conv2.channels) == (1, 4, 96)
+
+
+def test_paper_figures_are_the_papers_rows():
+    """A row of the paper has its table, printed parameter count and GFLOPs (Table 1 only);
+    the printed count (``27.5M``) is the counted one to within one unit of its last digit."""
+    for name, spec in MODEL_SPECS.items():
+        if spec.top1_source != 'paper':
+            assert (spec.paper_table, spec.paper_params, spec.gflops) == (None, None, None), name
+            continue
+        assert spec.paper_table in ('Table 1 (left)', 'Table 1 (right)', 'Table 2'), name
+        assert (spec.gflops is None) == (spec.paper_table == 'Table 2'), name
+        decimals = len(str(spec.paper_params).partition('.')[2])
+        unit = 10.0 ** -decimals
+        assert abs(round(spec.params / 1e6, decimals) - spec.paper_params) <= unit + 1e-9, name
+    # 26,217,896 counted; the paper prints 26.3M for 1s1x64d.
+    assert MODEL_SPECS['resnest50_fast_1s1x64d'].paper_params == 26.3
+
+
+_FIGURES = re.compile(
+    r"(?P<where>Paper, (?P<table>Table 1 \((?:left|right)\)|Table 2)|GluonCV's model zoo|"
+    r"The authors' model zoo): (?:(?P<paper_params>[\d.]+)M parameters, )?"
+    r"(?:(?P<gflops>[\d.]+) GFLOPs, )?(?P<top1>[\d.]+)% top-1 at (?P<crop>\d+)\.\s+"
+    r"Counted: (?P<params>[\d,]+) parameters\.")
+_ARCH = re.compile(r'layers (\d+),(\d+),(\d+),(\d+), (\d+)s(\d+)x(\d+)d\b')
+
+
+@pytest.mark.parametrize('name', list_models())
+def test_builder_docstring_figures_are_the_tables(name):
+    """Each builder's docstring states the paper's figures as the paper's, the parameter count
+    as counted, and the architecture, each equal to the table's."""
+    spec = MODEL_SPECS[name]
+    doc = inspect.getdoc(lookup(name))
+    match = _FIGURES.search(doc)
+    assert match, f'{name}: no figures in its docstring:\n{doc}'
+    assert len(_FIGURES.findall(doc)) == 1, name
+    where = {'paper': 'Paper', 'gluoncv': "GluonCV's model zoo",
+             'authors': "The authors' model zoo"}[spec.top1_source]
+    assert match['where'].startswith(where), name
+    assert match['table'] == spec.paper_table, name
+    assert (float(match['paper_params']) if match['paper_params'] else None) == (
+        None if spec.paper_params is None else float(spec.paper_params)), name
+    assert (float(match['gflops']) if match['gflops'] else None) == spec.gflops, name
+    assert (float(match['top1']), int(match['crop'])) == (spec.paper_top1, spec.eval_crop), name
+    assert int(match['params'].replace(',', '')) == spec.params, name
+    arch = _ARCH.search(doc)
+    assert arch, f'{name}: no layers/variant in its docstring'
+    config = spec.config
+    assert tuple(int(v) for v in arch.groups()) == (
+        *config.layers, config.radix, config.cardinality, config.bottleneck_width), name
+
+
+def test_default_crop_is_the_papers():
+    assert DEFAULT_CROP == 224 and CROP_RATIO == 0.875
+    assert sum(s.eval_crop == DEFAULT_CROP for s in MODEL_SPECS.values()) == 11
 
 
 def test_paper_crops():

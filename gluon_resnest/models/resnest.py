@@ -1,13 +1,14 @@
 """ResNeSt (Zhang et al., "ResNeSt: Split-Attention Networks") and its ResNet-D baseline.
 
-One network class, :class:`ResNeSt`, a table of the paper's configurations,
-:data:`MODEL_CONFIGS`, and one registered builder per row. Child names follow GluonCV's
+One network class, :class:`ResNeSt`, and one registered builder per row of the model table,
+:data:`gluon_resnest.models.MODEL_SPECS` (architecture and figures; :data:`MODEL_CONFIGS` is
+its view of the architectures). Child names follow GluonCV's
 ``gluoncv.model_zoo.resnest`` so that ``.params`` files saved by either load in the other.
 """
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from typing import Any, Callable, Sequence
 
 import mxnet as mx
@@ -17,6 +18,7 @@ from ..errors import mxnet_reason
 from ..layers import DeepStem, DropBlock, Shortcut, SplitAttention
 from ..layers.norm_relu import ReLU, fuse_norm_relu
 from ..registry import register_model
+from .info import MODEL_CONFIGS, MODEL_SPECS, ResNeStConfig  # noqa: F401 - their old home
 
 # The initialiser of training from scratch: the authors' script (``scripts/gluon/train.py``)
 # sets it globally, ``net.initialize(KAIMING_FAN_IN)``, on a network whose layers have no
@@ -152,22 +154,6 @@ class Bottleneck(nn.HybridBlock):
             out = self.dropblock3(out)
         residual = x if self.downsample is None else self.downsample(x)
         return self.relu3(out + residual)
-
-
-@dataclass(frozen=True)
-class ResNeStConfig:
-    """One row of the model table (the paper's Table 1 and §5.1; see :func:`model_info`)."""
-
-    layers: tuple[int, int, int, int]
-    stem_width: int = 32
-    radix: int = 2
-    cardinality: int = 1
-    bottleneck_width: int = 64
-    avd: bool = True
-    avd_first: bool = False
-    final_drop: float = 0.0
-    deep_stem: bool = True
-    avg_down: bool = True
 
 
 class ResNeSt(nn.HybridBlock):
@@ -361,116 +347,141 @@ def check_parameters(net: nn.Block, loaded: dict[str, mx.nd.NDArray], source: st
                              f'{extra[0]!r} ({len(extra)} in all) that the model lacks')
 
 
-MODEL_CONFIGS: dict[str, ResNeStConfig] = {
-    'resnest14': ResNeStConfig((1, 1, 1, 1)),
-    'resnest26': ResNeStConfig((2, 2, 2, 2)),
-    'resnest50': ResNeStConfig((3, 4, 6, 3)),
-    'resnest101': ResNeStConfig((3, 4, 23, 3), stem_width=64),
-    'resnest200': ResNeStConfig((3, 24, 36, 3), stem_width=64, final_drop=0.2),
-    'resnest269': ResNeStConfig((3, 30, 48, 8), stem_width=64, final_drop=0.2),
-    'resnest50_fast_1s1x64d': ResNeStConfig((3, 4, 6, 3), radix=1, avd_first=True),
-    'resnest50_fast_2s1x64d': ResNeStConfig((3, 4, 6, 3), radix=2, avd_first=True),
-    'resnest50_fast_4s1x64d': ResNeStConfig((3, 4, 6, 3), radix=4, avd_first=True),
-    'resnest50_fast_1s2x40d': ResNeStConfig((3, 4, 6, 3), radix=1, cardinality=2,
-                                            bottleneck_width=40, avd_first=True),
-    'resnest50_fast_2s2x40d': ResNeStConfig((3, 4, 6, 3), radix=2, cardinality=2,
-                                            bottleneck_width=40, avd_first=True),
-    'resnest50_fast_4s2x40d': ResNeStConfig((3, 4, 6, 3), radix=4, cardinality=2,
-                                            bottleneck_width=40, avd_first=True),
-    'resnest50_fast_1s4x24d': ResNeStConfig((3, 4, 6, 3), radix=1, cardinality=4,
-                                            bottleneck_width=24, avd_first=True),
-    'resnetd50': ResNeStConfig((3, 4, 6, 3), radix=0, avd_first=True),
-}
-
-
 def _create(name: str, **kwargs: Any) -> ResNeSt:
-    """Build the network of ``MODEL_CONFIGS[name]``; keyword arguments override the row."""
-    config = asdict(MODEL_CONFIGS[name])
+    """Build the network of ``MODEL_SPECS[name].config``; keyword arguments override it."""
+    config = asdict(MODEL_SPECS[name].config)
     config.update(kwargs)
     return ResNeSt(name=name, **config)
 
 
 @register_model
 def resnest14(**kwargs: Any) -> ResNeSt:
-    """ResNeSt-14 (GluonCV's row, 75.75% top-1): layers 1,1,1,1, 2s1x64d."""
+    """ResNeSt-14: layers 1,1,1,1, 2s1x64d; not a model of the paper.
+
+    GluonCV's model zoo: 75.75% top-1 at 224. Counted: 10,611,688 parameters.
+    """
     return _create('resnest14', **kwargs)
 
 
 @register_model
 def resnest26(**kwargs: Any) -> ResNeSt:
-    """ResNeSt-26 (GluonCV's row, 78.68% top-1): layers 2,2,2,2, 2s1x64d."""
+    """ResNeSt-26: layers 2,2,2,2, 2s1x64d; not a model of the paper.
+
+    GluonCV's model zoo: 78.68% top-1 at 224. Counted: 17,069,448 parameters.
+    """
     return _create('resnest26', **kwargs)
 
 
 @register_model
 def resnest50(**kwargs: Any) -> ResNeSt:
-    """ResNeSt-50 (paper Table 3: 27.5M params, 5.39 GFLOPs, 81.13% top-1 at 224)."""
+    """ResNeSt-50: layers 3,4,6,3, 2s1x64d.
+
+    Paper, Table 1 (left): 27.5M parameters, 5.39 GFLOPs, 81.13% top-1 at 224.
+    Counted: 27,483,240 parameters.
+    """
     return _create('resnest50', **kwargs)
 
 
 @register_model
 def resnest101(**kwargs: Any) -> ResNeSt:
-    """ResNeSt-101 (paper Table 4: 48M params, 83.0% top-1 at 256); stem width 64."""
+    """ResNeSt-101: layers 3,4,23,3, 2s1x64d, stem width 64.
+
+    Paper, Table 2: 48M parameters, 83.0% top-1 at 256. Counted: 48,275,016 parameters.
+    """
     return _create('resnest101', **kwargs)
 
 
 @register_model
 def resnest200(**kwargs: Any) -> ResNeSt:
-    """ResNeSt-200 (paper Table 4: 70M params, 83.9% top-1 at 320); dropout 0.2 before the FC."""
+    """ResNeSt-200: layers 3,24,36,3, 2s1x64d, stem width 64, dropout 0.2 before the FC.
+
+    Paper, Table 2: 70M parameters, 83.9% top-1 at 320. Counted: 70,201,544 parameters.
+    """
     return _create('resnest200', **kwargs)
 
 
 @register_model
 def resnest269(**kwargs: Any) -> ResNeSt:
-    """ResNeSt-269 (paper Table 4: 111M params, 84.5% top-1 at 416); dropout 0.2 before the FC."""
+    """ResNeSt-269: layers 3,30,48,8, 2s1x64d, stem width 64, dropout 0.2 before the FC.
+
+    Paper, Table 2: 111M parameters, 84.5% top-1 at 416. Counted: 110,929,480 parameters.
+    """
     return _create('resnest269', **kwargs)
 
 
 @register_model
 def resnest50_fast_1s1x64d(**kwargs: Any) -> ResNeSt:
-    """ResNeSt-50-fast 1s1x64d (paper Table 1 right: 26.3M, 4.34 GFLOPs, 80.35%)."""
+    """ResNeSt-50-fast: layers 3,4,6,3, 1s1x64d, average downsampling before the 3x3 conv.
+
+    Paper, Table 1 (right): 26.3M parameters, 4.34 GFLOPs, 80.35% top-1 at 224.
+    Counted: 26,217,896 parameters.
+    """
     return _create('resnest50_fast_1s1x64d', **kwargs)
 
 
 @register_model
 def resnest50_fast_2s1x64d(**kwargs: Any) -> ResNeSt:
-    """ResNeSt-50-fast 2s1x64d (paper Table 1 right: 27.5M, 4.34 GFLOPs, 80.64%)."""
+    """ResNeSt-50-fast: layers 3,4,6,3, 2s1x64d, average downsampling before the 3x3 conv.
+
+    Paper, Table 1 (right): 27.5M parameters, 4.34 GFLOPs, 80.64% top-1 at 224.
+    Counted: 27,483,240 parameters.
+    """
     return _create('resnest50_fast_2s1x64d', **kwargs)
 
 
 @register_model
 def resnest50_fast_4s1x64d(**kwargs: Any) -> ResNeSt:
-    """ResNeSt-50-fast 4s1x64d (paper Table 1 right: 31.9M, 4.35 GFLOPs, 80.90%)."""
+    """ResNeSt-50-fast: layers 3,4,6,3, 4s1x64d, average downsampling before the 3x3 conv.
+
+    Paper, Table 1 (right): 31.9M parameters, 4.35 GFLOPs, 80.90% top-1 at 224.
+    Counted: 31,912,712 parameters.
+    """
     return _create('resnest50_fast_4s1x64d', **kwargs)
 
 
 @register_model
 def resnest50_fast_1s2x40d(**kwargs: Any) -> ResNeSt:
-    """ResNeSt-50-fast 1s2x40d (published model, 80.72%; not a row of the paper)."""
+    """ResNeSt-50-fast: layers 3,4,6,3, 1s2x40d; not a row of the paper.
+
+    The authors' model zoo: 80.72% top-1 at 224. Counted: 25,946,680 parameters.
+    """
     return _create('resnest50_fast_1s2x40d', **kwargs)
 
 
 @register_model
 def resnest50_fast_2s2x40d(**kwargs: Any) -> ResNeSt:
-    """ResNeSt-50-fast 2s2x40d (paper Table 1 right: 26.9M, 4.38 GFLOPs, 81.00%)."""
+    """ResNeSt-50-fast: layers 3,4,6,3, 2s2x40d, average downsampling before the 3x3 conv.
+
+    Paper, Table 1 (right): 26.9M parameters, 4.38 GFLOPs, 81.00% top-1 at 224.
+    Counted: 26,943,792 parameters.
+    """
     return _create('resnest50_fast_2s2x40d', **kwargs)
 
 
 @register_model
 def resnest50_fast_4s2x40d(**kwargs: Any) -> ResNeSt:
-    """ResNeSt-50-fast 4s2x40d (published model, 81.17%; not a row of the paper)."""
+    """ResNeSt-50-fast: layers 3,4,6,3, 4s2x40d; not a row of the paper.
+
+    The authors' model zoo: 81.17% top-1 at 224. Counted: 30,417,592 parameters.
+    """
     return _create('resnest50_fast_4s2x40d', **kwargs)
 
 
 @register_model
 def resnest50_fast_1s4x24d(**kwargs: Any) -> ResNeSt:
-    """ResNeSt-50-fast 1s4x24d (published model, 80.97%; not a row of the paper)."""
+    """ResNeSt-50-fast: layers 3,4,6,3, 1s4x24d; not a row of the paper.
+
+    The authors' model zoo: 80.97% top-1 at 224. Counted: 25,677,000 parameters.
+    """
     return _create('resnest50_fast_1s4x24d', **kwargs)
 
 
 @register_model
 def resnetd50(**kwargs: Any) -> ResNeSt:
-    """ResNet-D-50, the paper's "0s1x64d" baseline (Table 1: 25.6M, 4.34 GFLOPs, 78.31%).
+    """ResNet-D-50, the paper's "0s1x64d" baseline: layers 3,4,6,3, 0s1x64d.
+
+    Paper, Table 1 (left): 25.6M parameters, 4.34 GFLOPs, 78.31% top-1 at 224.
+    Counted: 25,576,264 parameters.
 
     Deviation note: built in the ResNeSt-fast setting of Table 1 (right), i.e. with the average
     downsampling placed before the 3x3 convolution; this has no parameters and the same

@@ -18,14 +18,15 @@ from typing import Any
 import mxnet as mx
 import numpy as np
 
+from .constants import DEFAULT_CROP
 from .model_zoo import get_model
-from .models.info import MODEL_INFO
+from .models.info import MODEL_SPECS
 
 __all__ = ['PAPER_GFLOPS', 'count_symbol', 'model_complexity']
 
-#: GFLOPs at 224x224 reported in the paper (Table 1), from :data:`MODEL_INFO`.
-PAPER_GFLOPS = {name: info['gflops'] for name, info in MODEL_INFO.items()
-                if info['gflops'] is not None}
+#: GFLOPs at 224x224 reported in the paper (Table 1), from :data:`MODEL_SPECS`.
+PAPER_GFLOPS = {name: spec.gflops for name, spec in MODEL_SPECS.items()
+                if spec.gflops is not None}
 
 
 def count_symbol(symbol: mx.sym.Symbol, input_shape: tuple[int, ...],
@@ -65,7 +66,7 @@ def count_symbol(symbol: mx.sym.Symbol, input_shape: tuple[int, ...],
             'norm_elements': norm}
 
 
-def model_complexity(name: str, input_size: int = 224, classes: int = 1000,
+def model_complexity(name: str, input_size: int = DEFAULT_CROP, classes: int = 1000,
                      **kwargs: Any) -> dict[str, Any]:
     """Parameters and GFLOPs (multiply-accumulates) of a registered model.
 

@@ -1,6 +1,7 @@
 """gluon_resnest.models.model_info: one record per model, and what is derived from it."""
 from __future__ import annotations
 
+import ast
 import dataclasses
 import inspect
 import json
@@ -116,6 +117,40 @@ def test_builder_docstring_figures_are_the_tables(name):
 def test_default_crop_is_the_papers():
     assert DEFAULT_CROP == 224 and CROP_RATIO == 0.875
     assert sum(s.eval_crop == DEFAULT_CROP for s in MODEL_SPECS.values()) == 11
+
+
+def _default_literals(tree: ast.AST):
+    """(line, value) of each int/float literal given as a default: of a parameter, of an
+    argparse ``default=``, or inside a tuple default."""
+    for node in ast.walk(tree):
+        defaults = []
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+            defaults = [*node.args.defaults, *(d for d in node.args.kw_defaults if d)]
+        elif isinstance(node, ast.keyword) and node.arg == 'default':
+            defaults = [node.value]
+        for default in defaults:
+            for leaf in ast.walk(default):
+                if isinstance(leaf, ast.Constant) and type(leaf.value) in (int, float):
+                    yield leaf.lineno, leaf.value
+
+
+def test_the_paper_transform_constants_are_read_not_repeated():
+    """0.875 is written once (gluon_resnest.constants) and no default of the library is a
+    literal 224: each reads DEFAULT_CROP or CROP_RATIO."""
+    package = ROOT / 'gluon_resnest'
+    found = []
+    for path in sorted(package.rglob('*.py')):
+        rel = path.relative_to(ROOT).as_posix()
+        tree = ast.parse(path.read_text(), rel)
+        if rel != 'gluon_resnest/constants.py':
+            found += [(rel, node.lineno) for node in ast.walk(tree)
+                      if isinstance(node, ast.Constant) and node.value == CROP_RATIO
+                      and type(node.value) is float]
+        # GluonCV's ResNeSt signature, mirrored with GluonCV's own defaults.
+        if rel != 'gluon_resnest/gluoncv_adapters.py':
+            found += [(rel, line) for line, value in _default_literals(tree)
+                      if value == DEFAULT_CROP]
+    assert not found, f'literal 0.875 or default 224 outside gluon_resnest.constants: {found}'
 
 
 def test_paper_crops():

@@ -14,6 +14,7 @@ import sys
 
 from gluon_resnest import list_models
 from gluon_resnest.complexity import PAPER_GFLOPS, model_complexity
+from gluon_resnest.constants import DEFAULT_CROP
 from gluon_resnest.errors import ToolParser, int_in, run_tool
 
 PROG = 'complexity'
@@ -23,7 +24,7 @@ def _main(argv: list[str] | None = None) -> int:
     parser = ToolParser(PROG, description=__doc__.split('\n\n')[0])
     parser.add_argument('--model', nargs='+', default=None,
                         help='model names (default: all registered models)')
-    parser.add_argument('--input-size', type=int_in(32, 65536), default=224,
+    parser.add_argument('--input-size', type=int_in(32, 65536), default=DEFAULT_CROP,
                         help='square input size')
     parser.add_argument('--classes', type=int_in(1, 10**6), default=1000, help='classifier outputs')
     parser.add_argument('--json', action='store_true',
@@ -42,7 +43,7 @@ def _main(argv: list[str] | None = None) -> int:
                               'gflops_bn': round(row['gflops_bn'], 4),
                               'input_size': row['input_size']}))
         return 0
-    paper = args.input_size == 224 and args.classes == 1000
+    paper = args.input_size == DEFAULT_CROP and args.classes == 1000
     header = f'{"model":<24s} {"params":>12s} {"GFLOPs":>8s} {"+BN":>8s}'
     print(header + (f' {"paper":>6s}' if paper else ''))
     for row in rows:

@@ -27,7 +27,7 @@ from typing import Iterator, List, Sequence, Tuple
 import mxnet as mx
 import numpy as np
 
-from ..constants import IMAGENET_MEAN, IMAGENET_STD
+from ..constants import CROP_RATIO, DEFAULT_CROP, IMAGENET_MEAN, IMAGENET_STD
 from ..errors import InputError
 from .records import CorruptRecordError, RecordFile, check_labels, unpack_image_record
 from .sharding import eval_shard, shard_indices
@@ -431,8 +431,8 @@ class TrainLoader(_LoaderBase):
         ``(data, label)``: float32 (B, 3, S, S) normalised images and float32 (B,) labels.
     """
 
-    def __init__(self, rec_path: str, batch_size: int, input_size: int = 224, rank: int = 0,
-                 world_size: int = 1, seed: int = 0, num_workers: int = 2,
+    def __init__(self, rec_path: str, batch_size: int, input_size: int = DEFAULT_CROP,
+                 rank: int = 0, world_size: int = 1, seed: int = 0, num_workers: int = 2,
                  crop_scale: Tuple[float, float] = (0.08, 1.0),
                  crop_ratio: Tuple[float, float] = (3 / 4, 4 / 3), hflip: bool = True,
                  color_jitter: float = 0.4, pca_noise: float = 0.1, auto_augment: bool = False,
@@ -518,10 +518,10 @@ class ValLoader(_LoaderBase):
             :func:`~gluon_resnest.data.records.check_labels`).
     """
 
-    def __init__(self, rec_path: str, batch_size: int, eval_crop: int = 224, rank: int = 0,
+    def __init__(self, rec_path: str, batch_size: int, eval_crop: int = DEFAULT_CROP, rank: int = 0,
                  world_size: int = 1, num_workers: int = 2,
                  mean: Sequence[float] = IMAGENET_MEAN,
-                 std: Sequence[float] = IMAGENET_STD, crop_ratio: float = 0.875,
+                 std: Sequence[float] = IMAGENET_STD, crop_ratio: float = CROP_RATIO,
                  idx_path: str | None = None, ctx: mx.Context | None = None,
                  prefetch: int | None = None, mp_context: str | None = None,
                  num_classes: int | None = None):

@@ -31,7 +31,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from ..constants import IMAGENET_MEAN, IMAGENET_STD
+from ..constants import CROP_RATIO, IMAGENET_MEAN, IMAGENET_STD
 from .autoaugment import AutoAugment
 from .records import check_encoded_image
 
@@ -105,7 +105,7 @@ def random_crop_box(height: int, width: int, scale: Tuple[float, float],
     return (height - h) // 2, (width - w) // 2, h, w
 
 
-def val_resize_size(crop: int, crop_ratio: float = 0.875) -> int:
+def val_resize_size(crop: int, crop_ratio: float = CROP_RATIO) -> int:
     """Short side before the center crop: ``ceil(crop / crop_ratio)`` (256 for 224)."""
     return int(math.ceil(crop / crop_ratio))
 
@@ -127,7 +127,7 @@ class ValTransform:
     """
 
     def __init__(self, crop: int, mean: Sequence[float], std: Sequence[float],
-                 crop_ratio: float = 0.875):
+                 crop_ratio: float = CROP_RATIO):
         self.crop = int(crop)
         self.resize = val_resize_size(crop, crop_ratio)
         self.mean = np.asarray(mean, np.float64)

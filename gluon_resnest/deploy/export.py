@@ -24,6 +24,7 @@ from ..atomic import (
     verify_checksums,
     write_failure,
 )
+from ..constants import DEFAULT_CROP
 from ..errors import InputError, mxnet_reason
 from ..layers import DropBlock, set_drop_prob, unfused_norm_relu
 from ..models.info import model_info
@@ -54,7 +55,7 @@ class _Preprocessed(nn.HybridBlock):
         return self.net(self.normalize(x))
 
 
-def export_network(net: nn.HybridBlock, prefix: str, input_size: int = 224, epoch: int = 0,
+def export_network(net: nn.HybridBlock, prefix: str, input_size: int = DEFAULT_CROP, epoch: int = 0,
                    preprocess: bool = False, classes: int | Sequence[str] | None = None,
                    mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
                    model_name: str | None = None,

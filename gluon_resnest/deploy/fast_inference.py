@@ -32,6 +32,7 @@ import numpy as np
 from mxnet.gluon import nn
 
 from .. import native, threads
+from ..constants import DEFAULT_CROP
 from ..errors import MIN_IMAGE_SIZE
 from ..layers import unfused_norm_relu
 from .graph import Graph
@@ -95,7 +96,7 @@ def _spatial_inputs(symbol: mx.sym.Symbol, data_shape: tuple[int, ...]) -> dict[
 
 def fast_inference_graph(symbol: mx.sym.Symbol, arg_params: dict[str, mx.nd.NDArray],
                          aux_params: dict[str, mx.nd.NDArray],
-                         data_shape: tuple[int, int, int, int] = (1, 3, 224, 224),
+                         data_shape: tuple[int, int, int, int] = (1, 3, DEFAULT_CROP, DEFAULT_CROP),
                          winograd: bool = True
                          ) -> tuple[mx.sym.Symbol, dict[str, mx.nd.NDArray],
                                     dict[str, mx.nd.NDArray], dict[str, int]]:

@@ -21,6 +21,7 @@ import mxnet as mx
 from mxnet.gluon import nn
 
 from .. import threads
+from ..constants import DEFAULT_CROP
 from .graph import Graph
 
 __all__ = ['fold_batchnorm', 'optimize_for_inference', 'subgraph_backend_available']
@@ -38,7 +39,7 @@ def subgraph_backend_available() -> bool:
     return Features().is_enabled('MKLDNN')
 
 
-def optimize_for_inference(net: nn.HybridBlock, batch_size: int = 1, input_size: int = 224,
+def optimize_for_inference(net: nn.HybridBlock, batch_size: int = 1, input_size: int = DEFAULT_CROP,
                            in_channels: int | None = None, ctx: Any = None,
                            backend: str | None = ONEDNN_BACKEND,
                            data: mx.nd.NDArray | None = None) -> nn.HybridBlock:

@@ -25,6 +25,7 @@ import re
 from typing import Any
 
 from ..atomic import CHECKSUM_KEY, FileSet, checksums, verify_checksums
+from ..constants import DEFAULT_CROP
 from ..errors import MAX_IMAGE_SIZE, MIN_IMAGE_SIZE, InputError
 from .preprocess import IMAGENET_MEAN, IMAGENET_STD
 
@@ -37,7 +38,7 @@ META_DEFAULTS: dict[str, Any] = {
     'format': 'gluon_resnest-export',
     'version': 1,
     'model': None,           # registered model name, when known
-    'input_size': 224,       # square crop the network was exported for
+    'input_size': DEFAULT_CROP,  # square crop the network was exported for
     'in_channels': 3,
     'mean': list(IMAGENET_MEAN),
     'std': list(IMAGENET_STD),

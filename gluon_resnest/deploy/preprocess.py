@@ -9,15 +9,11 @@ import mxnet as mx
 import numpy as np
 from mxnet.gluon import nn
 
-from ..constants import IMAGENET_MEAN, IMAGENET_STD
+from ..constants import CROP_RATIO, DEFAULT_CROP, IMAGENET_MEAN, IMAGENET_STD
 from ..errors import InputError
 
 __all__ = ['CROP_RATIO', 'IMAGENET_MEAN', 'IMAGENET_STD', 'Normalize', 'eval_transform',
            'load_class_names', 'load_image', 'resize_size']
-
-#: Ratio of the center crop to the resized short side in the paper's evaluation transform.
-CROP_RATIO = 0.875
-
 
 class Normalize(nn.HybridBlock):
     """``(x - mean) / std`` per channel, with mean/std stored as constants of the graph."""
@@ -59,7 +55,7 @@ def load_image(path: str) -> np.ndarray:
     return read_image(path)
 
 
-def eval_transform(img: np.ndarray | mx.nd.NDArray, crop: int = 224,
+def eval_transform(img: np.ndarray | mx.nd.NDArray, crop: int = DEFAULT_CROP,
                    mean: Sequence[float] | None = IMAGENET_MEAN,
                    std: Sequence[float] | None = IMAGENET_STD) -> mx.nd.NDArray:
     """The authors' evaluation transform (``verify.py``): resize the short side to

@@ -22,6 +22,7 @@ from mxnet.gluon import nn
 
 from .. import native as native_ops
 from ..atomic import CHECKSUM_KEY, make_folder
+from ..constants import DEFAULT_CROP
 from ..errors import InputError, mxnet_reason
 from ..layers import unfused_norm_relu
 from .export import load_exported, write_export
@@ -578,7 +579,7 @@ def quantize_export(prefix: str, calib_rec: str, output: str, epoch: int = 0,
     input_names = meta.get('input_names') or ['data']
     if len(input_names) != 1:
         raise ValueError(f'{prefix!r} has inputs {input_names}; quantization supports one')
-    size = int(meta.get('input_size') or 224)
+    size = int(meta.get('input_size') or DEFAULT_CROP)
     preprocess = bool(meta.get('preprocess'))
     mean = None if preprocess else meta.get('mean')
     std = None if preprocess else meta.get('std')

@@ -41,7 +41,7 @@ from .gluoncv_adapters import (
     gluoncv_set_drop_prob,
     install_resnest_new,
 )
-from .model_zoo import get_model
+from .models.zoo import get_model
 from .registry import list_models
 
 __all__ = ['GLUONCV_DEFAULTS', 'gluoncv_builder', 'gluoncv_override', 'register_gluoncv',

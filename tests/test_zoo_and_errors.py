@@ -1,6 +1,12 @@
 """model_zoo.get_model's GluonCV signature, pretrained files, and clear errors for bad input."""
 from __future__ import annotations
 
+import ast
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
 import mxnet as mx
 import numpy as np
 import pytest
@@ -19,6 +25,95 @@ def _saved(name: str, path, **kwargs):
 
 def test_get_model_is_the_zoo_function():
     assert gluon_resnest.get_model is gluon_resnest.model_zoo.get_model
+
+
+PACKAGE = Path(gluon_resnest.__file__).resolve().parent
+
+
+def _import_graph() -> tuple[dict[str, set[str]], set[str]]:
+    """The package's modules and what each imports of the package, at any depth of its code
+    (lazy imports inside functions too), and the names that are packages (``__init__``)."""
+    files = {}
+    for path in PACKAGE.rglob('*.py'):
+        parts = ('gluon_resnest', *path.relative_to(PACKAGE).with_suffix('').parts)
+        is_package = parts[-1] == '__init__'
+        files['.'.join(parts[:-1] if is_package else parts)] = (path, is_package)
+    graph = {}
+    for name, (path, is_package) in files.items():
+        here = name.split('.') if is_package else name.split('.')[:-1]
+        deps = set()
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                targets = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = here[:len(here) - node.level + 1] if node.level else []
+                module = '.'.join(base + ([node.module] if node.module else []))
+                # 'from package import submodule' needs the submodule, not the package's names
+                targets = [f'{module}.{alias.name}' if f'{module}.{alias.name}' in files
+                           else module for alias in node.names]
+            else:
+                continue
+            deps.update(t for t in targets if t in files and t != name)
+        graph[name] = deps
+    return graph, {name for name, (_, is_package) in files.items() if is_package}
+
+
+def _reachable(graph: dict[str, set[str]], start: str) -> set[str]:
+    seen, todo = set(), [start]
+    while todo:
+        for dep in graph[todo.pop()] - seen:
+            seen.add(dep)
+            todo.append(dep)
+    return seen
+
+
+def test_register_gluoncv_and_get_model_are_defined_once():
+    from gluon_resnest import gluoncv_bridge, model_zoo
+    from gluon_resnest.models import zoo
+
+    assert model_zoo.register_gluoncv is gluoncv_bridge.register_gluoncv
+    assert gluon_resnest.register_gluoncv is gluoncv_bridge.register_gluoncv
+    assert model_zoo.get_model is zoo.get_model is gluon_resnest.get_model
+    defined = {}
+    for path in PACKAGE.rglob('*.py'):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.FunctionDef) and node.name in ('register_gluoncv',
+                                                                   'get_model'):
+                defined.setdefault(node.name, []).append(path.relative_to(PACKAGE).as_posix())
+    assert defined == {'register_gluoncv': ['gluoncv_bridge.py'], 'get_model': ['models/zoo.py']}
+
+
+def test_no_import_circles():
+    """gluoncv_bridge does not import model_zoo, even lazily or through other modules, and no
+    module of the package imports itself back (edges into a package's ``__init__`` aside: the
+    top-level one imports everything)."""
+    graph, packages = _import_graph()
+    assert 'gluon_resnest.gluoncv_bridge' in _reachable(graph, 'gluon_resnest.model_zoo')
+    assert 'gluon_resnest.model_zoo' not in _reachable(graph, 'gluon_resnest.gluoncv_bridge')
+    modules = {name: deps - packages for name, deps in graph.items()}
+    circles = sorted(name for name in modules if name in _reachable(modules, name))
+    assert not circles, f'modules that import themselves back: {circles}'
+
+
+def test_the_zoo_works_without_gluoncv():
+    """GluonCV is optional: with it unimportable the package, its zoo and its models work, and
+    register_gluoncv says what is missing."""
+    code = textwrap.dedent("""
+        import sys
+        sys.modules['gluoncv'] = None  # 'import gluoncv' raises ImportError
+        import gluon_resnest.model_zoo as zoo
+        net = zoo.get_model('resnest14', classes=3)
+        assert type(net).__name__ == 'ResNeSt', net
+        try:
+            zoo.register_gluoncv()
+        except ImportError as err:
+            print('ImportError', err)
+        assert not [m for m in sys.modules if m.startswith('gluoncv.')]
+    """)
+    result = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert 'ImportError' in result.stdout and 'gluoncv' in result.stdout
 
 
 def test_unknown_name_lists_close_matches():

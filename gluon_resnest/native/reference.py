@@ -47,8 +47,8 @@ def sa_sum(F: Any, a: Any, x: Any, radix: int, pool: bool = False) -> Any:  # no
     return avd_pool(F, total) if pool else total
 
 
-def sa_sum_u8(F: Any, a: Any, ranges: list[tuple[Any, Any]], xs: list[Any], out_max: float,  # noqa: N803
-              pool: bool = False) -> tuple[Any, Any, Any]:
+def sa_sum_u8(F: Any, a: Any, ranges: list[tuple[Any, Any]], xs: list[Any],  # noqa: N803
+              out_max: float, pool: bool = False) -> tuple[Any, Any, Any]:
     """The uint8 weighted sum ``(q, min, max)`` of the uint8 splits ``xs`` (each ``(N, C, H, W)``,
     ``ranges[r]`` its ``(min, max)`` arrays) with the attention ``a`` ``(N, radix * C, 1, 1)``,
     quantized to ``[0, out_max]``; with ``pool``, avd-pooled as MXNet pools uint8."""

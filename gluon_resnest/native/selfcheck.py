@@ -4,8 +4,8 @@ After a build, and before a process uses the libraries, :func:`verdict` runs eve
 operator on small random inputs beside its MXNet formulation (:mod:`.reference`, MXNet's
 convolution and quantization operators): forward, backward for the training operators, and each
 layout path (N x C x H x W, through the operator-library interface or after a reorder;
-oneDNN's nChw16c in place in training; N x H x W x C in place in float32 and INT8 inference). It runs in a child process
-(:func:`main`), so that a crash cannot take the caller down.
+oneDNN's nChw16c in place in training; N x H x W x C in place in float32 and INT8 inference).
+It runs in a child process (:func:`main`), so that a crash cannot take the caller down.
 The verdict is kept beside the build, keyed by the libraries (their sources, flags, compiler,
 MXNet version and oneDNN 3 version), the MXNet build and this check, so it runs once per machine.
 

@@ -140,7 +140,6 @@ def test_self_check_rejects_each_perturbed_operator(op, monkeypatch):
     assert all('largest difference' in f['detail'] for f in named)
 
 
-@pytest.mark.slow
 def test_self_check_rejects_a_perturbed_int8_operator():
     """A wrong gluon_resnest_sa_sum_u8: the library is not loaded (one warning naming it) and
     INT8 quantization keeps MXNet's operators, with their results."""

@@ -1,0 +1,134 @@
+// The float32 Split-Attention kernels shared by both libraries (split_attention.cc through
+// MXNet's operator-library interface, split_attention_onednn.cc in MXNet's registry).
+//
+// For R splits of C channels each, radix-major along the channels:
+//
+//     sum: y[n, c] = sum_r a[n, r*C + c] * x[n, r*C + c], optionally followed by the 3x3,
+//          stride 2, padding 1 average pooling (padding counted, divisor 9);
+//     gap: g[n, c] = mean over the feature map of sum_r x[n, r*C + c].
+#ifndef GLUON_RESNEST_SPLIT_ATTENTION_F32_H_
+#define GLUON_RESNEST_SPLIT_ATTENTION_F32_H_
+
+#include <algorithm>
+#include <cstdint>
+#include <vector>
+
+#include "split_attention_u8.h"  // GR_MULTIVERSION
+
+namespace gluon_resnest {
+namespace f32 {
+
+GR_MULTIVERSION
+static void axpy(const float* x, float s, float* acc, int64_t n, bool first) {
+  if (first) {
+    for (int64_t i = 0; i < n; ++i) acc[i] = s * x[i];
+  } else {
+    for (int64_t i = 0; i < n; ++i) acc[i] += s * x[i];
+  }
+}
+
+GR_MULTIVERSION
+static double sum(const float* x, int64_t n) {
+  float part[16] = {0.f};
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16)
+    for (int j = 0; j < 16; ++j) part[j] += x[i + j];
+  double total = 0.0;
+  for (int j = 0; j < 16; ++j) total += part[j];
+  for (; i < n; ++i) total += x[i];
+  return total;
+}
+
+// 3x3 average, stride 2, padding 1, divisor 9, of one H x W plane; col: W floats of scratch.
+static void avg_pool_3s2(const float* in, int64_t H, int64_t W, float* out, int64_t Ho,
+                         int64_t Wo, float* col) {
+  for (int64_t oh = 0; oh < Ho; ++oh) {
+    const int64_t h = 2 * oh;
+    const float* mid = in + h * W;
+    for (int64_t w = 0; w < W; ++w) col[w] = mid[w];
+    if (h > 0) for (int64_t w = 0; w < W; ++w) col[w] += mid[w - W];
+    if (h + 1 < H) for (int64_t w = 0; w < W; ++w) col[w] += mid[w + W];
+    for (int64_t ow = 0; ow < Wo; ++ow) {
+      const int64_t w = 2 * ow;
+      float sum = col[w];
+      if (w > 0) sum += col[w - 1];
+      if (w + 1 < W) sum += col[w + 1];
+      out[oh * Wo + ow] = sum * (1.f / 9.f);
+    }
+  }
+}
+
+template <int kC>
+__attribute__((always_inline)) inline void weighted_pixels_t(
+    const float* __restrict__ x, int64_t x_split, int64_t x_pixel, const float* __restrict__ a,
+    int64_t a_split, int radix, int64_t pixels, int64_t channels, float* __restrict__ y,
+    int64_t y_pixel) {
+  if (kC > 0) {  // a block of kC channels: accumulated in registers
+    for (int64_t p = 0; p < pixels; ++p, x += x_pixel, y += y_pixel) {
+      float o[kC > 0 ? kC : 1];
+      for (int c = 0; c < kC; ++c) o[c] = a[c] * x[c];
+      for (int r = 1; r < radix; ++r)
+        for (int c = 0; c < kC; ++c) o[c] += a[r * a_split + c] * x[r * x_split + c];
+      for (int c = 0; c < kC; ++c) y[c] = o[c];
+    }
+    return;
+  }
+  for (int64_t p = 0; p < pixels; ++p, x += x_pixel, y += y_pixel) {
+    for (int64_t c = 0; c < channels; ++c) y[c] = a[c] * x[c];
+    for (int r = 1; r < radix; ++r)
+      for (int64_t c = 0; c < channels; ++c) y[c] += a[r * a_split + c] * x[r * x_split + c];
+  }
+}
+
+// The weighted sum where the channels are innermost: for each of `pixels` pixels,
+// y[c] = sum_r a[r * a_split + c] * x[r * x_split + c] over `channels` channels, the pixels
+// x_pixel (y_pixel) floats apart. N x H x W x C: one row of W pixels of R*C channels;
+// nChw16c: the pixels of one block of 16 channels, the splits' blocks x_split apart.
+GR_MULTIVERSION
+static void weighted_pixels(const float* x, int64_t x_split, int64_t x_pixel, const float* a,
+                            int64_t a_split, int radix, int64_t pixels, int64_t channels,
+                            float* y, int64_t y_pixel) {
+  if (channels == 16) {
+    weighted_pixels_t<16>(x, x_split, x_pixel, a, a_split, radix, pixels, 16, y, y_pixel);
+  } else {
+    weighted_pixels_t<0>(x, x_split, x_pixel, a, a_split, radix, pixels, channels, y, y_pixel);
+  }
+}
+
+}  // namespace f32
+
+// y (N x C x Ho x Wo) from a (N x R*C) and x (N x R*C x H x W), one plane (n, c) at a time.
+inline void sa_sum_f32_nchw(const float* a, const float* x, int64_t N, int64_t C, int radix,
+                            int64_t H, int64_t W, bool pool, float* y) {
+  const int64_t HW = H * W, Ho = pool ? (H - 1) / 2 + 1 : H, Wo = pool ? (W - 1) / 2 + 1 : W;
+#pragma omp parallel
+  {
+    std::vector<float> plane(pool ? HW + W : 0);  // the sum and the pooling's column sums
+#pragma omp for schedule(static)
+    for (int64_t nc = 0; nc < N * C; ++nc) {
+      const int64_t n = nc / C, c = nc % C;
+      float* sum = pool ? plane.data() : y + nc * HW;
+      for (int r = 0; r < radix; ++r) {
+        const int64_t k = n * radix * C + r * C + c;
+        f32::axpy(x + k * HW, a[k], sum, HW, r == 0);
+      }
+      if (pool) f32::avg_pool_3s2(sum, H, W, y + nc * Ho * Wo, Ho, Wo, plane.data() + HW);
+    }
+  }
+}
+
+// g (N x C) from x (N x R*C x H x W), one plane (n, c) at a time (double accumulation).
+inline void sa_gap_f32_nchw(const float* x, int64_t N, int64_t C, int radix, int64_t HW,
+                            float* g) {
+#pragma omp parallel for schedule(static)
+  for (int64_t nc = 0; nc < N * C; ++nc) {
+    const int64_t n = nc / C, c = nc % C;
+    double total = 0.0;
+    for (int r = 0; r < radix; ++r) total += f32::sum(x + (n * radix * C + r * C + c) * HW, HW);
+    g[nc] = static_cast<float>(total / HW);
+  }
+}
+
+}  // namespace gluon_resnest
+
+#endif  // GLUON_RESNEST_SPLIT_ATTENTION_F32_H_

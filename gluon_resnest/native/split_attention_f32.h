@@ -95,6 +95,50 @@ static void weighted_pixels(const float* x, int64_t x_split, int64_t x_pixel, co
   }
 }
 
+template <int kC>
+__attribute__((always_inline)) inline void avg_pool_pixels_t(
+    const float* __restrict__ in, int64_t H, int64_t W, int64_t channels,
+    float* __restrict__ out, int64_t oh_begin, int64_t oh_end, int64_t Wo) {
+  if (kC > 0) {  // a block of kC channels: summed in registers
+    for (int64_t oh = oh_begin; oh < oh_end; ++oh)
+      for (int64_t ow = 0; ow < Wo; ++ow) {
+        float s[kC > 0 ? kC : 1] = {};
+        for (int64_t h = std::max<int64_t>(2 * oh - 1, 0); h <= std::min(2 * oh + 1, H - 1); ++h)
+          for (int64_t w = std::max<int64_t>(2 * ow - 1, 0); w <= std::min(2 * ow + 1, W - 1);
+               ++w)
+            for (int c = 0; c < kC; ++c) s[c] += in[(h * W + w) * kC + c];
+        for (int c = 0; c < kC; ++c) out[(oh * Wo + ow) * kC + c] = s[c] * (1.f / 9.f);
+      }
+    return;
+  }
+  const int64_t C = channels;
+  for (int64_t oh = oh_begin; oh < oh_end; ++oh) {
+    const int64_t h0 = std::max<int64_t>(2 * oh - 1, 0), h1 = std::min(2 * oh + 1, H - 1);
+    for (int64_t ow = 0; ow < Wo; ++ow) {
+      const int64_t w0 = std::max<int64_t>(2 * ow - 1, 0), w1 = std::min(2 * ow + 1, W - 1);
+      float* o = out + (oh * Wo + ow) * C;
+      for (int64_t c = 0; c < C; ++c) o[c] = 0.f;
+      for (int64_t h = h0; h <= h1; ++h)
+        for (int64_t w = w0; w <= w1; ++w)
+          for (int64_t c = 0; c < C; ++c) o[c] += in[(h * W + w) * C + c];
+      for (int64_t c = 0; c < C; ++c) o[c] *= 1.f / 9.f;
+    }
+  }
+}
+
+// Output rows [oh_begin, oh_end) of the 3x3, stride 2, padding 1 average pooling (padding
+// counted) of an H x W plane of `channels` channels innermost (N x H x W x C: one image;
+// nChw16c: one block of 16 channels) into an Ho x Wo plane.
+GR_MULTIVERSION
+static void avg_pool_pixels(const float* in, int64_t H, int64_t W, int64_t channels, float* out,
+                            int64_t oh_begin, int64_t oh_end, int64_t Wo) {
+  if (channels == 16) {
+    avg_pool_pixels_t<16>(in, H, W, 16, out, oh_begin, oh_end, Wo);
+  } else {
+    avg_pool_pixels_t<0>(in, H, W, channels, out, oh_begin, oh_end, Wo);
+  }
+}
+
 }  // namespace f32
 
 // y (N x C x Ho x Wo) from a (N x R*C) and x (N x R*C x H x W), one plane (n, c) at a time.

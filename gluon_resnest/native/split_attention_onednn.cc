@@ -622,23 +622,10 @@ void sum_forward(const nnvm::NodeAttrs& attrs, const mxnet::OpContext& ctx,
     }
     if (!pool) return;
 #pragma omp parallel for
-    for (int64_t nh = 0; nh < N * Ho; ++nh) {
+    for (int64_t nh = 0; nh < N * Ho; ++nh) {  // one output row
       const int64_t n = nh / Ho, oh = nh % Ho;
-      for (int64_t ow = 0; ow < Wo; ++ow) {
-        float* o = yp + (nh * Wo + ow) * C;
-        for (int64_t c = 0; c < C; ++c) o[c] = 0.f;
-        for (int64_t ih = 2 * oh - 1; ih <= 2 * oh + 1; ++ih) {
-          if (ih < 0 || ih >= H) continue;
-          for (int64_t iw = 2 * ow - 1; iw <= 2 * ow + 1; ++iw) {
-            if (iw < 0 || iw >= W) continue;
-            const float* p = plane + ((n * H + ih) * W + iw) * C;
-#pragma omp simd
-            for (int64_t c = 0; c < C; ++c) o[c] += p[c];
-          }
-        }
-#pragma omp simd
-        for (int64_t c = 0; c < C; ++c) o[c] *= 1.f / 9.f;
-      }
+      gluon_resnest::f32::avg_pool_pixels(plane + n * H * W * C, H, W, C, yp + n * Ho * Wo * C,
+                                          oh, oh + 1, Wo);
     }
     return;
   }
@@ -730,20 +717,8 @@ void block_fill(const float* v, int64_t HW, float* y) {
     for (int j = 0; j < kBlk; ++j) y[p * kBlk + j] = v[j];
 }
 
-// 3x3 average, stride 2, padding 1, divisor 9, of an H x W x 16 plane.
-GR_MULTIVERSION
-void block_avg_pool(const float* in, int64_t H, int64_t W, float* out, int64_t Ho, int64_t Wo) {
-  for (int64_t oh = 0; oh < Ho; ++oh)
-    for (int64_t ow = 0; ow < Wo; ++ow) {
-      float s[kBlk] = {};
-      for (int64_t h = std::max<int64_t>(2 * oh - 1, 0); h <= std::min(2 * oh + 1, H - 1); ++h)
-        for (int64_t w = std::max<int64_t>(2 * ow - 1, 0); w <= std::min(2 * ow + 1, W - 1); ++w)
-          for (int j = 0; j < kBlk; ++j) s[j] += in[(h * W + w) * kBlk + j];
-      for (int j = 0; j < kBlk; ++j) out[(oh * Wo + ow) * kBlk + j] = s[j] * (1.f / 9.f);
-    }
-}
-
-// Gradient of block_avg_pool: each input pixel gets dy / 9 of every window covering it.
+// Gradient of the nChw16c avd pooling (gluon_resnest::f32::avg_pool_pixels): each input
+// pixel gets dy / 9 of every window covering it.
 GR_MULTIVERSION
 void block_avg_pool_grad(const float* dy, int64_t Ho, int64_t Wo, float* g, int64_t H,
                          int64_t W) {
@@ -854,7 +829,8 @@ void train_sum_forward(const nnvm::NodeAttrs& attrs, const mxnet::OpContext& ctx
     gluon_resnest::f32::weighted_pixels(x + (n * radix * CB + cb) * H * W * kBlk, step, kBlk,
                                         a + n * RC + cb * kBlk, CB * kBlk, radix, H * W, kBlk,
                                         plane.data(), kBlk);
-    block_avg_pool(plane.data(), H, W, y + nb * Ho * Wo * kBlk, Ho, Wo);
+    gluon_resnest::f32::avg_pool_pixels(plane.data(), H, W, kBlk, y + nb * Ho * Wo * kBlk, 0, Ho,
+                                        Wo);
   }
 }
 

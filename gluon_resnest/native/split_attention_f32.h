@@ -84,6 +84,8 @@ __attribute__((always_inline)) inline void weighted_pixels_t(
 // y[c] = sum_r a[r * a_split + c] * x[r * x_split + c] over `channels` channels, the pixels
 // x_pixel (y_pixel) floats apart. N x H x W x C: one row of W pixels of R*C channels;
 // nChw16c: the pixels of one block of 16 channels, the splits' blocks x_split apart.
+// The uint8 kernels (split_attention_u8.h) stay apart: they fold each split's scale into the
+// weights and round and saturate every sum to uint8 in the same pass.
 GR_MULTIVERSION
 static void weighted_pixels(const float* x, int64_t x_split, int64_t x_pixel, const float* a,
                             int64_t a_split, int radix, int64_t pixels, int64_t channels,
@@ -142,6 +144,8 @@ static void avg_pool_pixels(const float* in, int64_t H, int64_t W, int64_t chann
 }  // namespace f32
 
 // y (N x C x Ho x Wo) from a (N x R*C) and x (N x R*C x H x W), one plane (n, c) at a time.
+// Not weighted_pixels: here one weight serves a whole plane and the loops run over its pixels
+// (as in sa_sum_u8_nchw, which also says what the channels-innermost kernel costs here).
 inline void sa_sum_f32_nchw(const float* a, const float* x, int64_t N, int64_t C, int radix,
                             int64_t H, int64_t W, bool pool, float* y) {
   const int64_t HW = H * W, Ho = pool ? (H - 1) / 2 + 1 : H, Wo = pool ? (W - 1) / 2 + 1 : W;

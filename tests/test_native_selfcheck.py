@@ -225,6 +225,14 @@ def test_fast_inference_falls_back_without_the_library():
     assert proc.stderr.count('fast_inference: float32 inference on oneDNN 3 is unavailable') == 1
 
 
+def test_self_check_without_the_library():
+    """GLUON_RESNEST_NATIVE=0: the check says there is nothing to check (and builds nothing)."""
+    proc = _run('import sys\nfrom gluon_resnest.native.selfcheck import main\nsys.exit(main())\n',
+                GLUON_RESNEST_NATIVE='0')
+    assert proc.stdout.strip() == ('GLUON_RESNEST_NATIVE=0: the operator libraries are disabled, '
+                                   'nothing to check')
+
+
 def test_guards_accept_this_mxnet_and_compiler():
     """The checked build: MXNet 1.9.1 CPU with oneDNN 2.4 (and GCC, where the library builds)."""
     from gluon_resnest.native import guards

@@ -444,10 +444,17 @@ def run_checks() -> list[dict[str, Any]]:
 
 def main() -> int:
     """The child: load the libraries without the check, run the checks, print the records."""
-    from . import load
+    from . import NativeBuildError, enabled, load
 
+    if not enabled():
+        print('GLUON_RESNEST_NATIVE=0: the operator libraries are disabled, nothing to check')
+        return 0
     os.environ[CHILD_ENV] = 'child'
-    load(required=True)
+    try:
+        load(required=True)
+    except NativeBuildError as err:
+        print(f'gluon_resnest.native.selfcheck: error: {err}', file=sys.stderr)
+        return 1
     run_checks()
     print(_PREFIX + json.dumps({'done': True}), flush=True)
     return 0

@@ -35,18 +35,9 @@ def _splits(rng, radix, shape):
 
 
 def _mxnet_chain(xs, ranges, atten, out_max, pool):
-    """What MXNet runs without the operator: dequantize, multiply, add, quantize (, pool)."""
-    radix, channels = len(xs), xs[0].shape[1]
-    parts = mx.nd.split(atten, num_outputs=radix, axis=1) if radix > 1 else [atten]
-    total = mx.nd.add_n(*[mx.nd.broadcast_mul(
-        mx.nd.contrib.dequantize(x, mx.nd.array([lo]), mx.nd.array([hi])), part)
-        for x, (lo, hi), part in zip(xs, ranges, parts)])
-    assert total.shape[1] == channels
-    q, lo, hi = mx.nd.contrib.quantize_v2(total, min_calib_range=0.0,
-                                          max_calib_range=out_max, out_type='uint8')
-    if pool:
-        q, lo, hi = mx.nd.contrib.quantized_pooling(q, lo, hi, kernel=(3, 3), stride=(2, 2),
-                                                    pad=(1, 1), pool_type='avg')
+    """What MXNet runs without the operator (:func:`reference.sa_sum_u8`), as integers."""
+    q, lo, hi = reference.sa_sum_u8(mx.nd, atten, [(mx.nd.array([a]), mx.nd.array([b]))
+                                                   for a, b in ranges], xs, out_max, pool)
     return q.asnumpy().astype(int), float(lo.asscalar()), float(hi.asscalar())
 
 

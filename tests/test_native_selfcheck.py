@@ -98,10 +98,78 @@ def test_unperturbed_library_passes_and_its_verdict_is_kept():
     assert 'gluon_resnest_sa_gap differs from MXNet: planted' in proc.stderr
 
 
+#: The operators the self-check must compare: every registered one, and the backward ones.
+CHECKED = native.OPERATORS + ('_backward_gluon_resnest_sa_gap', '_backward_gluon_resnest_sa_sum')
+
+
+def test_self_check_covers_every_operator_and_layout_path():
+    """Every registered operator (and the backward ones) is compared, and every layout path of
+    the oneDNN-layout library runs: INT8 and float32 N x H x W x C in place and reordered,
+    nChw16c in place in training (all four operators) and the operator-library fallback."""
+    _library_or_skip()
+    full = native.onednn_loaded() and native.fast_inference_available()
+    before = native.onednn_calls() if native.onednn_loaded() else None
+    records = selfcheck.run_checks()
+    assert records and all(r['ok'] for r in records), [r for r in records if not r['ok']]
+    if not full:
+        pytest.skip('the oneDNN-layout libraries are not all loaded here')
+    assert {r['op'] for r in records} == set(CHECKED)
+    after = native.onednn_calls()
+    runs = {k: after[k] - before[k] for k in after}
+    assert all(n > 0 for n in runs.values()), runs
+    # Both pooling variants of the four training operators read nChw16c in place.
+    assert runs['train_nchw16c'] == 8, runs
+
+
 @pytest.mark.slow
-def test_self_check_rejects_a_perturbed_inference_convolution():
-    """A wrong gluon_resnest_conv: fast_inference falls back to MXNet's operators (one warning
-    naming it) and gives the network's own outputs; the INT8 operator stays available."""
+@pytest.mark.parametrize('op', CHECKED)
+def test_self_check_rejects_each_perturbed_operator(op, monkeypatch):
+    """One output element of any checked operator made wrong: the check's child process names
+    that operator among its failures."""
+    _library_or_skip()
+    if op in selfcheck.FAST_INFERENCE_OPERATORS and not native.fast_inference_available():
+        pytest.skip(native.fast_inference_unavailable_reason())
+    monkeypatch.setenv(selfcheck.PERTURB_ENV, op)
+    failures, definite = selfcheck._run_child()
+    assert definite
+    named = [f for f in failures if f['op'] == op]
+    assert named, failures
+    assert all('largest difference' in f['detail'] for f in named)
+
+
+def test_self_check_rejects_a_perturbed_int8_operator():
+    """A wrong gluon_resnest_sa_sum_u8: the library is not loaded (one warning naming it) and
+    INT8 quantization keeps MXNet's operators, with their results."""
+    _library_or_skip()
+    code = (
+        'import json, mxnet as mx, numpy as np\n'
+        'from gluon_resnest import get_model, native\n'
+        'from gluon_resnest.deploy.quantization import quantize_network\n'
+        'print("LOADED", native.load())\n'
+        'mx.random.seed(0)\n'
+        'net = get_model("resnest14", classes=10); net.initialize(mx.init.Xavier())\n'
+        'rng = np.random.RandomState(0)\n'
+        'calib = [mx.nd.array(rng.uniform(-1, 1, (4, 3, 32, 32)))]\n'
+        'q = quantize_network(net, calib)\n'
+        'ops = [n["op"] for n in json.loads(q(mx.sym.var("data")).tojson())["nodes"]]\n'
+        'print("NATIVE", "gluon_resnest_sa_sum_u8" in ops)\n'
+        'want = quantize_network(net, calib, native=False)\n'
+        'print("SAME", bool((q(calib[0]).asnumpy() == want(calib[0]).asnumpy()).all()))\n')
+    proc = _run(code, GLUON_RESNEST_NATIVE_SELFTEST_PERTURB='gluon_resnest_sa_sum_u8')
+    assert 'LOADED False' in proc.stdout
+    assert 'NATIVE False' in proc.stdout
+    assert 'SAME True' in proc.stdout
+    lines = _warnings(proc.stderr)
+    assert len(lines) == 1, proc.stderr
+    assert 'gluon_resnest_sa_sum_u8 differs from MXNet' in lines[0]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('op', selfcheck.FAST_INFERENCE_OPERATORS)
+def test_self_check_rejects_a_perturbed_inference_operator(op):
+    """A wrong float32 inference operator: fast_inference falls back to MXNet's operators (one
+    warning naming it) and gives the network's own outputs; the INT8 operator stays
+    available."""
     _library_or_skip()
     if not native.fast_inference_available():
         pytest.skip(native.fast_inference_unavailable_reason())
@@ -116,12 +184,12 @@ def test_self_check_rejects_a_perturbed_inference_convolution():
         'block = fast_inference(net, x)\n'
         'print("NATIVE", "gluon_resnest_conv" in block._cached_graph[1].tojson())\n'
         'print("DIFF", float(np.abs(block(x).asnumpy() - want).max()))\n')
-    proc = _run(code, GLUON_RESNEST_NATIVE_SELFTEST_PERTURB='gluon_resnest_conv')
+    proc = _run(code, GLUON_RESNEST_NATIVE_SELFTEST_PERTURB=op)
     assert 'LOADED True False' in proc.stdout
     assert 'NATIVE False' in proc.stdout
     diff = float(proc.stdout.split('DIFF ')[1].split()[0])
     assert diff < 1e-4
-    assert 'gluon_resnest_conv differs from MXNet' in proc.stderr
+    assert f'{op} differs from MXNet' in proc.stderr
     assert proc.stderr.count('fast_inference: float32 inference on oneDNN 3 is unavailable') == 1
 
 
@@ -155,6 +223,14 @@ def test_fast_inference_falls_back_without_the_library():
     assert float(proc.stdout.split('DIFF ')[1].split()[0]) < 1e-4
     assert 'STRICT float32 inference on oneDNN 3 is unavailable' in proc.stdout
     assert proc.stderr.count('fast_inference: float32 inference on oneDNN 3 is unavailable') == 1
+
+
+def test_self_check_without_the_library():
+    """GLUON_RESNEST_NATIVE=0: the check says there is nothing to check (and builds nothing)."""
+    proc = _run('import sys\nfrom gluon_resnest.native.selfcheck import main\nsys.exit(main())\n',
+                GLUON_RESNEST_NATIVE='0')
+    assert proc.stdout.strip() == ('GLUON_RESNEST_NATIVE=0: the operator libraries are disabled, '
+                                   'nothing to check')
 
 
 def test_guards_accept_this_mxnet_and_compiler():

@@ -71,13 +71,27 @@ def naive_split_attention(x, p, channels, radix, cardinality, stride):
     return np.concatenate(outputs, axis=1)                         # V = Concat{V^k}
 
 
-@pytest.mark.parametrize('radix,cardinality,stride',
-                         list(itertools.product([1, 2, 4], [1, 2, 4], [1, 2])))
-def test_split_attention_matches_paper(radix, cardinality, stride):
+def _native_or_skip() -> None:
+    from gluon_resnest import native
+
+    try:
+        native.load(required=True)
+    except native.NativeBuildError as err:
+        pytest.skip(f'the native operator library is unavailable here: {err}')
+
+
+@pytest.mark.parametrize('radix,cardinality,stride,native',
+                         [(r, k, s, False) for r, k, s in
+                          itertools.product([1, 2, 4], [1, 2, 4], [1, 2])] +
+                         [(r, k, 1, True) for r, k in itertools.product([2, 4], [1, 2])])
+def test_split_attention_matches_paper(radix, cardinality, stride, native):
+    """MXNet's operators and, with ``native``, the native Split-Attention operators."""
+    if native:
+        _native_or_skip()
     channels = 8 * cardinality
     in_channels = 8 * radix * cardinality
     block = SplitAttention(channels, 3, stride, 1, radix=radix, cardinality=cardinality,
-                           in_channels=in_channels)
+                           in_channels=in_channels, native=native)
     block.initialize(mx.init.Normal(0.3))
     randomize_norm_stats(block, seed=radix * 10 + cardinality)
     for name, param in block.collect_params().items():

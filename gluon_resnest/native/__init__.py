@@ -62,7 +62,8 @@ OPERATORS = ('gluon_resnest_sa_sum_u8', 'gluon_resnest_sa_sum', 'gluon_resnest_s
 _HERE = os.path.dirname(os.path.abspath(__file__))
 _SOURCE = os.path.join(_HERE, 'split_attention.cc')
 _ONEDNN_SOURCE = os.path.join(_HERE, 'split_attention_onednn.cc')
-_HEADERS = (os.path.join(_HERE, 'split_attention_u8.h'), os.path.join(_HERE, 'mxnet_bridge.h'))
+_HEADERS = (os.path.join(_HERE, 'split_attention_u8.h'),
+            os.path.join(_HERE, 'split_attention_f32.h'), os.path.join(_HERE, 'mxnet_bridge.h'))
 _CONV_SOURCE = os.path.join(_HERE, 'conv_dnnl3.cc')
 _CONV_LIBRARY = 'libgluon_resnest_dnnl3.so'
 _LIBRARY = 'libgluon_resnest_ops.so'

@@ -3,9 +3,9 @@
 After a build, and before a process uses the libraries, :func:`verdict` runs every native
 operator on small random inputs beside its MXNet formulation (:mod:`.reference`, MXNet's
 convolution and quantization operators): forward, backward for the training operators, and each
-layout path (N x C x H x W through the operator-library interface, oneDNN's nChw16c in place in
-training, N x H x W x C in place in float32 inference). It runs in a child process
-(:func:`main`), so that a crash cannot take the caller down.
+layout path (N x C x H x W, through the operator-library interface or after a reorder;
+oneDNN's nChw16c in place in training; N x H x W x C in place in float32 and INT8 inference).
+It runs in a child process (:func:`main`), so that a crash cannot take the caller down.
 The verdict is kept beside the build, keyed by the libraries (their sources, flags, compiler,
 MXNet version and oneDNN 3 version), the MXNet build and this check, so it runs once per machine.
 
@@ -181,7 +181,8 @@ def _sa_library_path(report: _Report) -> None:
 
 def _sa_blocked_path(report: _Report) -> None:
     """The training operators reading oneDNN's nChw16c in place: a hybridized convolution feeds
-    them, forward and backward."""
+    them and another takes the weighted sum (so that its gradient also arrives in nChw16c),
+    forward and backward, with and without the avd pooling."""
     import mxnet as mx
     import numpy as np
 
@@ -192,83 +193,147 @@ def _sa_blocked_path(report: _Report) -> None:
     x = mx.nd.array(rng.normal(size=(2, 8, 9, 9)))
     a = mx.nd.array(rng.uniform(0, 1, (2, radix * channels, 1, 1)))
     weight = mx.nd.array(rng.normal(scale=0.3, size=(radix * channels, 8, 3, 3)))
+    weight2 = mx.nd.array(rng.normal(scale=0.2, size=(channels, channels, 1, 1)))
 
-    def graph(native: bool) -> mx.sym.Symbol:
+    def graph(native: bool, pool: bool) -> mx.sym.Symbol:
         data, atten = mx.sym.var('data'), mx.sym.var('atten')
         conv = mx.sym.Convolution(data, mx.sym.var('weight'), kernel=(3, 3), pad=(1, 1),
                                   num_filter=radix * channels, no_bias=True, name='conv')
         if native:
             g = mx.sym.gluon_resnest_sa_gap(conv, radix=radix)
-            y = mx.sym.gluon_resnest_sa_sum(atten, conv, radix=radix, pool=1)
+            y = mx.sym.gluon_resnest_sa_sum(atten, conv, radix=radix, pool=int(pool))
         else:
             g = sa_gap(mx.sym, conv, radix)
-            y = sa_sum(mx.sym, atten, conv, radix, pool=True)
-        return mx.sym.Group([g, y])
+            y = sa_sum(mx.sym, atten, conv, radix, pool=pool)
+        after = mx.sym.Convolution(y, mx.sym.var('weight2'), kernel=(1, 1),
+                                   num_filter=channels, no_bias=True, name='after')
+        # y as an output without a gradient of its own: dy is the convolution's, in nChw16c.
+        return mx.sym.Group([g, mx.sym.BlockGrad(y), after])
 
-    results = {}
-    for native in (True, False):
-        args = {'data': x, 'atten': a, 'weight': weight}
-        grads = {k: mx.nd.zeros_like(v) for k, v in args.items()}
-        exe = graph(native).bind(mx.cpu(), args, args_grad=grads)
-        outs = exe.forward(is_train=True)
-        heads = [mx.nd.array(np.random.RandomState(4 + i).normal(size=o.shape))
-                 for i, o in enumerate(outs)]
-        exe.backward(heads)
-        results[native] = [o.asnumpy() for o in outs] + \
-            [grads[k].asnumpy() for k in ('atten', 'weight')]
-    got, want = results[True], results[False]
-    case = f'radix {radix}, pool 1, after a convolution (nChw16c)'
-    report.compare('gluon_resnest_sa_gap', got[0], want[0], 1e-5, case)
-    report.compare('gluon_resnest_sa_sum', got[1], want[1], 1e-5, case)
-    report.compare('_backward_gluon_resnest_sa_sum', got[2], want[2], 1e-4,
-                   case + ', attention gradient')
-    report.compare('_backward_gluon_resnest_sa_gap', got[3], want[3], 1e-4,
-                   case + ', convolution weight gradient (both backward operators)')
+    for pool in (True, False):
+        results = {}
+        for native in (True, False):
+            args = {'data': x, 'atten': a, 'weight': weight, 'weight2': weight2}
+            grads = {k: mx.nd.zeros_like(v) for k, v in args.items()}
+            exe = graph(native, pool).bind(mx.cpu(), args, args_grad=grads)
+            outs = exe.forward(is_train=True)
+            heads = [mx.nd.array(np.random.RandomState(4 + i).normal(size=o.shape))
+                     for i, o in enumerate(outs)]
+            exe.backward(heads)
+            results[native] = [o.asnumpy() for o in outs[:2]] + \
+                [grads[k].asnumpy() for k in ('atten', 'weight')]
+        got, want = results[True], results[False]
+        case = f'radix {radix}, pool {int(pool)}, between convolutions (nChw16c)'
+        report.compare('gluon_resnest_sa_gap', got[0], want[0], 1e-5, case)
+        report.compare('gluon_resnest_sa_sum', got[1], want[1], 1e-5, case)
+        report.compare('_backward_gluon_resnest_sa_sum', got[2], want[2], 1e-4,
+                       case + ', attention gradient')
+        report.compare('_backward_gluon_resnest_sa_gap', got[3], want[3], 1e-4,
+                       case + ', convolution weight gradient (both backward operators)')
+
+
+def _compare_u8(report: _Report, got: Any, want: Any, what: str) -> None:
+    """uint8 results: float32 rounding in another order moves at most one step, in few
+    elements."""
+    import numpy as np
+
+    got, want = np.asarray(got, dtype=np.int64), np.asarray(want, dtype=np.int64)
+    diff = np.abs(got - want) if got.shape == want.shape else np.array([np.inf])
+    ok = bool(diff.max() <= 1 and diff.mean() < 0.02)
+    record = {'op': 'gluon_resnest_sa_sum_u8', 'ok': ok,
+              'detail': f'{what}: largest difference from MXNet\'s {float(diff.max()):g} steps, '
+                        f'mean {float(diff.mean()):.3g} (tolerance 1 step, mean 0.02)'}
+    report.results.append(record)
+    print(_PREFIX + json.dumps(record), flush=True)
 
 
 def _sa_sum_u8(report: _Report) -> None:
-    """gluon_resnest_sa_sum_u8 against MXNet's dequantize, multiply, add, quantize (, pool)."""
+    """gluon_resnest_sa_sum_u8 against MXNet's dequantize, multiply, add, quantize (, pool):
+    given plain arrays and, where the oneDNN-layout library is loaded, reading the
+    N x H x W x C uint8 outputs of MXNet's INT8 convolutions in place."""
     import mxnet as mx
     import numpy as np
+
+    from . import _state
+    from .reference import sa_sum_u8
 
     rng = np.random.RandomState(5)
     for radix, pool in ((2, False), (3, True)):
         shape = (2, 8, 7, 5)
         xs = [mx.nd.array(rng.randint(0, 256, shape), dtype='uint8') for _ in range(radix)]
-        ranges = [(0.0, float(rng.uniform(0.5, 3.0))) for _ in range(radix)]
+        ranges = [(mx.nd.array([0.0]), mx.nd.array([rng.uniform(0.5, 3.0)]))
+                  for _ in range(radix)]
         logits = rng.normal(size=(shape[0], radix, shape[1]))
         atten = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
         atten = mx.nd.array(atten.reshape(shape[0], radix * shape[1], 1, 1))
-        out_max = float(np.mean([hi for _, hi in ranges]))
-        args = [atten] + [mx.nd.array([v]) for pair in ranges for v in pair] + xs
+        out_max = float(np.mean([hi.asscalar() for _, hi in ranges]))
+        args = [atten] + [v for pair in ranges for v in pair] + xs
         got = mx.nd.gluon_resnest_sa_sum_u8(*args, radix=radix, max_calib_range=out_max,
-                                            pool=int(pool))[0].asnumpy().astype(np.int64)
-        parts = mx.nd.split(atten, num_outputs=radix, axis=1)
-        total = mx.nd.add_n(*[mx.nd.broadcast_mul(
-            mx.nd.contrib.dequantize(x, mx.nd.array([lo]), mx.nd.array([hi])), parts[r])
-            for r, (x, (lo, hi)) in enumerate(zip(xs, ranges))])
-        q, lo, hi = mx.nd.contrib.quantize_v2(total, min_calib_range=0.0,
-                                              max_calib_range=out_max, out_type='uint8')
-        if pool:
-            q, lo, hi = mx.nd.contrib.quantized_pooling(q, lo, hi, kernel=(3, 3),
-                                                        stride=(2, 2), pad=(1, 1),
-                                                        pool_type='avg')
-        want = q.asnumpy().astype(np.int64)
-        # Float32 rounding in another order: at most one step, in few elements.
-        diff = np.abs(got - want) if got.shape == want.shape else np.array([np.inf])
-        ok = bool(diff.max() <= 1 and diff.mean() < 0.02)
-        record = {'op': 'gluon_resnest_sa_sum_u8', 'ok': ok,
-                  'detail': f'radix {radix}, pool {int(pool)}: largest difference from MXNet\'s '
-                            f'{float(diff.max()):g} steps, mean {float(diff.mean()):.3g} '
-                            '(tolerance 1 step, mean 0.02)'}
-        report.results.append(record)
-        print(_PREFIX + json.dumps(record), flush=True)
+                                            pool=int(pool))[0]
+        want = sa_sum_u8(mx.nd, atten, ranges, xs, out_max, pool)[0]
+        _compare_u8(report, got.asnumpy(), want.asnumpy(),
+                    f'radix {radix}, pool {int(pool)}, N x C x H x W')
+    if _state['onednn']:
+        for radix, pool in ((2, False), (3, True)):
+            _sa_sum_u8_nhwc(report, radix, pool)
+
+
+def _sa_sum_u8_nhwc(report: _Report, radix: int, pool: bool) -> None:
+    """The splits straight from MXNet's INT8 convolutions (N x H x W x C, read in place); the
+    reference gets them reordered."""
+    import mxnet as mx
+    import numpy as np
+    from mxnet.contrib.quantization import quantize_net_v2
+    from mxnet.gluon import nn
+
+    from .reference import sa_sum_u8
+
+    class Splits(nn.HybridBlock):
+        def __init__(self) -> None:
+            super().__init__(prefix='selfcheck_')
+            for r in range(radix):
+                self.register_child(nn.Conv2D(16, 1, in_channels=8), f'split{r}')
+
+        def hybrid_forward(self, F, x):  # noqa: N803 - MXNet's convention
+            return tuple(F.Activation(c(x), act_type='relu') for c in self._children.values())
+
+    rng = np.random.RandomState(7 + radix)
+    mx.random.seed(7)
+    net = Splits()
+    net.initialize(mx.init.Normal(0.5))
+    x = mx.nd.array(rng.normal(size=(2, 8, 7, 5)))
+    net.hybridize()
+    net(x)
+    qnet = quantize_net_v2(net, quantized_dtype='auto', calib_data=[[x]], calib_mode='naive',
+                           num_calib_examples=x.shape[0], ctx=mx.cpu(), logger=None)
+    internals = mx.sym.Group(qnet(mx.sym.var('data'))).get_internals()
+    names = [n for n in internals.list_outputs()
+             if n.startswith('quantized_') and n.endswith('_output')]
+    if len(names) != radix:
+        raise RuntimeError(f'expected {radix} INT8 convolutions in the quantized graph, '
+                           f'found {names}')
+    xs = [internals[n] for n in names]
+    ranges = [internals[n + m] for n in names for m in ('_min', '_max')]
+    out_max = 0.6 * radix
+    y = mx.sym.gluon_resnest_sa_sum_u8(mx.sym.var('atten'), *ranges, *xs, radix=radix,
+                                       max_calib_range=out_max, pool=int(pool))
+    atten = mx.nd.array(rng.uniform(0, 1, (2, radix * 16, 1, 1)))
+    params = {p.name: p.data() for p in qnet.collect_params().values()}
+    exe = mx.sym.Group([y[0]] + xs + ranges).bind(
+        mx.cpu(), dict(params, data=x, atten=atten), grad_req='null')
+    outs = exe.forward(is_train=False)
+    splits = [mx.nd.array(o.asnumpy(), dtype='uint8') for o in outs[1:1 + radix]]
+    pairs = [(outs[1 + radix + 2 * r].copy(), outs[2 + radix + 2 * r].copy())
+             for r in range(radix)]
+    want = sa_sum_u8(mx.nd, atten, pairs, splits, out_max, pool)[0]
+    _compare_u8(report, outs[0].asnumpy(), want.asnumpy(),
+                f'radix {radix}, pool {int(pool)}, INT8 convolutions\' N x H x W x C in place')
 
 
 def _fast_inference(report: _Report) -> None:
-    """gluon_resnest_conv (direct and Winograd, with ReLU and residual sum) and the
-    N x H x W x C Split-Attention operators, reading each other's layout in place and, given
-    plain arrays, through a reorder."""
+    """gluon_resnest_conv (direct and Winograd, grouped and strided, with ReLU and residual sum,
+    the residual in place or reordered) and the N x H x W x C Split-Attention operators, reading
+    each other's layout in place and, given plain arrays, through a reorder."""
     import mxnet as mx
     import numpy as np
 
@@ -285,23 +350,28 @@ def _fast_inference(report: _Report) -> None:
         'w1': rng.normal(scale=0.25, size=(width, 16, 1, 1)), 'b1': rng.normal(size=(width,)),
         'w2': rng.normal(scale=0.08, size=(width, width, 3, 3)), 'b2': rng.normal(size=(width,)),
         'w3': rng.normal(scale=0.17, size=(width, width, 1, 1)), 'b3': rng.normal(size=(width,)),
+        'w4': rng.normal(scale=0.08, size=(16, 8, 3, 3)), 'b4': rng.normal(size=(16,)),
+        'w5': rng.normal(scale=0.08, size=(width, 16, 3, 3)), 'b5': rng.normal(size=(width,)),
         'atten': rng.uniform(0, 1, (2, width, 1, 1))}
     params = {k: mx.nd.array(v) for k, v in params.items()}
 
     def graph(native: bool) -> mx.sym.Symbol:
         v = {k: mx.sym.var(k) for k in params}
 
-        def conv(x, i, kernel, relu, residual=None):
+        def conv(x, i, kernel, relu, residual=None, stride=1, groups=1):
             pad = (kernel // 2,) * 2
+            filters = params[f'w{i}'].shape[0]
             if native:
                 inputs = [x, v[f'w{i}'], v[f'b{i}']] + ([residual] if residual is not None
                                                            else [])
                 return mx.sym.gluon_resnest_conv(
-                    *inputs, kernel=(kernel, kernel), stride=(1, 1), pad=pad, dilate=(1, 1),
-                    num_filter=width, num_group=1, relu=int(relu),
-                    sum=int(residual is not None), winograd=int(kernel == 3))
+                    *inputs, kernel=(kernel, kernel), stride=(stride, stride), pad=pad,
+                    dilate=(1, 1), num_filter=filters, num_group=groups, relu=int(relu),
+                    sum=int(residual is not None),
+                    winograd=int(kernel == 3 and stride == 1 and groups == 1))
             y = mx.sym.Convolution(x, v[f'w{i}'], v[f'b{i}'], kernel=(kernel, kernel),
-                                   pad=pad, num_filter=width)
+                                   stride=(stride, stride), pad=pad, num_filter=filters,
+                                   num_group=groups)
             if residual is not None:
                 y = y + residual
             return mx.sym.relu(y) if relu else y
@@ -309,6 +379,9 @@ def _fast_inference(report: _Report) -> None:
         c1 = conv(v['data'], 1, 1, True)
         c2 = conv(c1, 2, 3, True)
         c3 = conv(c2, 3, 1, True, residual=c1)
+        # A grouped convolution whose residual is a plain array (reordered), then a strided one.
+        c4 = conv(v['data'], 4, 3, False, residual=v['data'], groups=2)
+        c5 = conv(c4, 5, 3, True, stride=2)
         if native:
             g = mx.sym.gluon_resnest_sa_gap_nhwc(c3, radix=radix)
             y0 = mx.sym.gluon_resnest_sa_sum_nhwc(v['atten'], c3, radix=radix, pool=0)
@@ -317,7 +390,7 @@ def _fast_inference(report: _Report) -> None:
             g = sa_gap(mx.sym, c3, radix)
             y0 = sa_sum(mx.sym, v['atten'], c3, radix)
             y1 = sa_sum(mx.sym, v['atten'], c3, radix, pool=True)
-        return mx.sym.Group([c1, c2, c3, g, y0, y1])
+        return mx.sym.Group([c1, c2, c3, c4, c5, g, y0, y1])
 
     results = {}
     for native in (True, False):
@@ -327,6 +400,8 @@ def _fast_inference(report: _Report) -> None:
     names = [('gluon_resnest_conv', 'direct 1x1 with ReLU, plain input', 1e-5),
              ('gluon_resnest_conv', 'Winograd 3x3 with ReLU, N x H x W x C input', 1e-3),
              ('gluon_resnest_conv', 'direct 1x1 with residual sum and ReLU', 1e-3),
+             ('gluon_resnest_conv', 'grouped 3x3 with a plain residual', 1e-5),
+             ('gluon_resnest_conv', 'direct 3x3, stride 2, with ReLU', 1e-4),
              ('gluon_resnest_sa_gap_nhwc', 'N x H x W x C input', 1e-3),
              ('gluon_resnest_sa_sum_nhwc', 'N x H x W x C input', 1e-3),
              ('gluon_resnest_sa_sum_nhwc', 'N x H x W x C input, pool 1', 1e-3)]
@@ -338,9 +413,11 @@ def _fast_inference(report: _Report) -> None:
     report.compare('gluon_resnest_sa_gap_nhwc',
                    mx.nd.gluon_resnest_sa_gap_nhwc(x, radix=radix).asnumpy(),
                    sa_gap(mx.nd, x, radix).asnumpy(), 1e-5, 'plain input')
-    report.compare('gluon_resnest_sa_sum_nhwc',
-                   mx.nd.gluon_resnest_sa_sum_nhwc(a, x, radix=radix, pool=1).asnumpy(),
-                   sa_sum(mx.nd, a, x, radix, pool=True).asnumpy(), 1e-5, 'plain input, pool 1')
+    for pool in (False, True):
+        report.compare('gluon_resnest_sa_sum_nhwc',
+                       mx.nd.gluon_resnest_sa_sum_nhwc(a, x, radix=radix, pool=int(pool))
+                       .asnumpy(), sa_sum(mx.nd, a, x, radix, pool=pool).asnumpy(), 1e-5,
+                       f'plain input, pool {int(pool)}')
 
 
 _CHECKS: list[tuple[str, Callable[[_Report], None]]] = [
@@ -367,10 +444,17 @@ def run_checks() -> list[dict[str, Any]]:
 
 def main() -> int:
     """The child: load the libraries without the check, run the checks, print the records."""
-    from . import load
+    from . import NativeBuildError, enabled, load
 
+    if not enabled():
+        print('GLUON_RESNEST_NATIVE=0: the operator libraries are disabled, nothing to check')
+        return 0
     os.environ[CHILD_ENV] = 'child'
-    load(required=True)
+    try:
+        load(required=True)
+    except NativeBuildError as err:
+        print(f'gluon_resnest.native.selfcheck: error: {err}', file=sys.stderr)
+        return 1
     run_checks()
     print(_PREFIX + json.dumps({'done': True}), flush=True)
     return 0

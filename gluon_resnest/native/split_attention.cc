@@ -26,6 +26,7 @@
 #include <vector>
 
 #include "mxnet/lib_api.h"
+#include "split_attention_f32.h"
 #include "split_attention_u8.h"
 
 using mxnet::ext::MXReturnValue;
@@ -221,15 +222,6 @@ MXReturnValue f32_shape(const Attrs& attrs, std::vector<std::vector<unsigned>>* 
   return mxnet::ext::MX_SUCCESS;
 }
 
-GR_MULTIVERSION
-void axpy_f32(const float* x, float s, float* acc, int64_t n, bool first) {
-  if (first) {
-    for (int64_t i = 0; i < n; ++i) acc[i] = s * x[i];
-  } else {
-    for (int64_t i = 0; i < n; ++i) acc[i] += s * x[i];
-  }
-}
-
 // dx = s * g; returns sum(g * x) (double accumulation: the attention's gradient)
 GR_MULTIVERSION
 double scale_dot_f32(const float* g, const float* x, float s, float* dx, int64_t n) {
@@ -241,26 +233,8 @@ double scale_dot_f32(const float* g, const float* x, float s, float* dx, int64_t
   return dot;
 }
 
-// 3x3 average, stride 2, padding 1, divisor 9; col: W floats of scratch.
-void avg_pool_3s2_f32(const float* in, int64_t H, int64_t W, float* out, int64_t Ho,
-                      int64_t Wo, float* col) {
-  for (int64_t oh = 0; oh < Ho; ++oh) {
-    const int64_t h = 2 * oh;
-    const float* mid = in + h * W;
-    for (int64_t w = 0; w < W; ++w) col[w] = mid[w];
-    if (h > 0) for (int64_t w = 0; w < W; ++w) col[w] += mid[w - W];
-    if (h + 1 < H) for (int64_t w = 0; w < W; ++w) col[w] += mid[w + W];
-    for (int64_t ow = 0; ow < Wo; ++ow) {
-      const int64_t w = 2 * ow;
-      float sum = col[w];
-      if (w > 0) sum += col[w - 1];
-      if (w + 1 < W) sum += col[w + 1];
-      out[oh * Wo + ow] = sum * (1.f / 9.f);
-    }
-  }
-}
-
-// Gradient of avg_pool_3s2_f32: every input position gets dy / 9 of each window covering it.
+// Gradient of gluon_resnest::f32::avg_pool_3s2: every input position gets dy / 9 of each
+// window covering it.
 void avg_pool_3s2_f32_grad(const float* dy, int64_t Ho, int64_t Wo, float* g, int64_t H,
                            int64_t W) {
   std::fill(g, g + H * W, 0.f);
@@ -282,28 +256,12 @@ MXReturnValue f32_forward(const Attrs& attrs, std::vector<MXTensor>* inputs,
   std::vector<MXTensor>& in = *inputs;  // a, x
   MXTensor& Y = (*outputs)[0];
   const bool pool = pooled(attrs);
-  const int64_t N = Y.shape[0], C = Y.shape[1], Ho = Y.shape[2], Wo = Y.shape[3];
+  const int64_t N = Y.shape[0], C = Y.shape[1];
   int64_t H, W;
   if (!input_plane("gluon_resnest_sa_sum", in[1], Y, radix * C, pool, &H, &W))
     return mxnet::ext::MX_FAIL;
-  const int64_t HW = H * W;
-  const float* a = in[0].data<float>();
-  const float* x = in[1].data<float>();
-  float* y = Y.data<float>();
-#pragma omp parallel
-  {
-    std::vector<float> plane(pool ? HW + W : 0);
-#pragma omp for schedule(static)
-    for (int64_t nc = 0; nc < N * C; ++nc) {
-      const int64_t n = nc / C, c = nc % C;
-      float* sum = pool ? plane.data() : y + nc * HW;
-      for (int r = 0; r < radix; ++r) {
-        const int64_t k = n * radix * C + r * C + c;
-        axpy_f32(x + k * HW, a[k], sum, HW, r == 0);
-      }
-      if (pool) avg_pool_3s2_f32(sum, H, W, y + nc * Ho * Wo, Ho, Wo, plane.data() + HW);
-    }
-  }
+  gluon_resnest::sa_sum_f32_nchw(in[0].data<float>(), in[1].data<float>(), N, C, radix, H, W,
+                                 pool, Y.data<float>());
   return mxnet::ext::MX_SUCCESS;
 }
 
@@ -377,18 +335,6 @@ MXReturnValue gap_shape(const Attrs& attrs, std::vector<std::vector<unsigned>>* 
 }
 
 GR_MULTIVERSION
-double sum_f32(const float* x, int64_t n) {
-  float part[16] = {0.f};
-  int64_t i = 0;
-  for (; i + 16 <= n; i += 16)
-    for (int j = 0; j < 16; ++j) part[j] += x[i + j];
-  double total = 0.0;
-  for (int j = 0; j < 16; ++j) total += part[j];
-  for (; i < n; ++i) total += x[i];
-  return total;
-}
-
-GR_MULTIVERSION
 void fill_f32(float* y, float v, int64_t n) {
   for (int64_t i = 0; i < n; ++i) y[i] = v;
 }
@@ -404,16 +350,8 @@ MXReturnValue gap_forward(const Attrs& attrs, std::vector<MXTensor>* inputs,
     MX_ERROR_MSG << "gluon_resnest_sa_gap: input shape does not match the output's";
     return mxnet::ext::MX_FAIL;
   }
-  const int64_t HW = X.shape[2] * X.shape[3];
-  const float* x = X.data<float>();
-  float* g = G.data<float>();
-#pragma omp parallel for schedule(static)
-  for (int64_t nc = 0; nc < N * C; ++nc) {
-    const int64_t n = nc / C, c = nc % C;
-    double total = 0.0;
-    for (int r = 0; r < radix; ++r) total += sum_f32(x + (n * radix * C + r * C + c) * HW, HW);
-    g[nc] = static_cast<float>(total / HW);
-  }
+  gluon_resnest::sa_gap_f32_nchw(X.data<float>(), N, C, radix, X.shape[2] * X.shape[3],
+                                 G.data<float>());
   return mxnet::ext::MX_SUCCESS;
 }
 

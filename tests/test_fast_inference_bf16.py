@@ -92,6 +92,23 @@ def test_bfloat16_export_reloads_with_the_same_outputs(tmp_path):
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-5 * np.abs(want).max())
 
 
+@needs_bf16
+def test_export_tool_writes_the_bfloat16_graph(tmp_path, capsys):
+    """tools/export.py --fast --dtype bfloat16: the bf16 operators in the symbol, the meta file
+    says so, the note names them, and the export loads and runs (float32 output)."""
+    export = load_tool('export')
+    prefix = str(tmp_path / 'cli')
+    assert export.main(['--model', 'resnest14', '--classes', '10', '--input-size', '32',
+                        '--fast', '--dtype', 'bfloat16', '--prefix', prefix]) == 0
+    assert 'gluon_resnest_conv_bf16' in capsys.readouterr().err
+    block, meta = load_exported(prefix)
+    assert meta['compute_dtype'] == 'bfloat16'
+    assert 'gluon_resnest_conv_bf16' in meta['native_operators']
+    out = block(_input((2, 3, 32, 32)))
+    assert out.dtype == np.float32 and out.shape == (2, 10)
+    assert np.isfinite(out.asnumpy()).all()
+
+
 def test_export_tool_refuses_bfloat16_without_fast(capsys):
     """--dtype bfloat16 is for the --fast graph: one error line, status 2."""
     export = load_tool('export')

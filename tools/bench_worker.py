@@ -145,13 +145,28 @@ def _mxnet_runner(args: argparse.Namespace) -> _Runner:
         runner.setting = ('INT8 (oneDNN' + (', native Split-Attention sum' if fused else '') +
                           '), static memory plan')
     elif args.dtype == 'bfloat16':
-        from mxnet.contrib import amp
-
+        from gluon_resnest import native
         from gluon_resnest.deploy.inference import optimize_for_inference
-        net = optimize_for_inference(net, data=state['x'])
-        model = amp.convert_hybrid_block(net, target_dtype='bfloat16', ctx=mx.cpu())
-        model.hybridize(static_alloc=True, static_shape=True)
-        runner.setting = 'bf16 (AMP), oneDNN fusion'
+        if native.load() and native.bf16.unavailable_reason() is None:
+            # fast_inference's bfloat16 graph (oneDNN 3 bf16 convolutions, bf16 N x H x W x C
+            # Split-Attention), exported and reloaded as the float32 path is.
+            from gluon_resnest.deploy.fast_inference import fast_inference
+            net = fast_inference(net, state['x'], dtype='bfloat16', strict=True)
+            with tempfile.TemporaryDirectory() as tmp:
+                prefix = os.path.join(tmp, 'model')
+                net.export(prefix)
+                model = gluon.SymbolBlock.imports(f'{prefix}-symbol.json', ['data'],
+                                                  f'{prefix}-0000.params', ctx=mx.cpu())
+            model.hybridize(static_alloc=True, static_shape=True)
+            runner.setting = ('exported, bf16 oneDNN 3 convolutions, native bf16 '
+                              'Split-Attention (NHWC), static memory plan')
+            del net
+        else:
+            from mxnet.contrib import amp
+            net = optimize_for_inference(net, data=state['x'])
+            model = amp.convert_hybrid_block(net, target_dtype='bfloat16', ctx=mx.cpu())
+            model.hybridize(static_alloc=True, static_shape=True)
+            runner.setting = 'bf16 (AMP), oneDNN fusion'
     else:
         # The deployment path: get_model + fast_inference (oneDNN 3 convolutions and the
         # native Split-Attention in N x H x W x C; optimize_for_inference where those are

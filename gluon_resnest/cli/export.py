@@ -8,7 +8,8 @@ files load with ``mx.gluon.SymbolBlock.imports`` and ``mx.mod.Module``; ``tools/
 ``tools/evaluate.py`` read the meta file to feed the network correctly. With ``--fast`` the
 graph is the float32 CPU inference graph on gluon_resnest's oneDNN 3 operators
 (``gluon_resnest.deploy.fast_inference``): faster on CPU, and it needs gluon_resnest's native
-libraries wherever it is loaded (``gluon_resnest.deploy.load_exported`` loads them).
+libraries wherever it is loaded (``gluon_resnest.deploy.load_exported`` loads them);
+``--fast --dtype bfloat16`` exports its bfloat16 variant.
 """
 from __future__ import annotations
 
@@ -53,9 +54,15 @@ def _main(argv: list[str] | None = None) -> int:
                         help='with --fast: run every convolution direct, the 3x3 ones of '
                              'stride 1 too (by default they run as Winograd F(4x4, 3x3), which '
                              'is faster on CPUs with AVX-512)')
+    parser.add_argument('--dtype', choices=('float32', 'bfloat16'), default='float32',
+                        help='with --fast: bfloat16 runs the convolutions and feature maps in '
+                             'bfloat16 (float32 input and output; needs a CPU with AVX512_BF16 '
+                             'or AMX, here and where it is loaded); default float32')
     args = parser.parse_args(argv)
     if args.no_winograd and not args.fast:
         parser.error('--no-winograd applies to the --fast graph only; add --fast')
+    if args.dtype == 'bfloat16' and not args.fast:
+        parser.error('--dtype bfloat16 applies to the --fast graph only; add --fast')
     logging.basicConfig(level=logging.INFO, format='%(message)s')
     try:
         names = load_class_names(args.class_names) if args.class_names else None
@@ -72,7 +79,8 @@ def _main(argv: list[str] | None = None) -> int:
                                model_name=args.model.lower(),
                                model_kwargs=(read_model_spec(args.params) or {}).get(
                                    'model_kwargs') if args.params else None,
-                               fast=args.fast, winograd=not args.no_winograd)
+                               fast=args.fast, winograd=not args.no_winograd,
+                               dtype=args.dtype)
     except (FileNotFoundError, ValueError, NativeBuildError) as err:
         print(f'export: error: {err}', file=sys.stderr)
         return 2

@@ -60,7 +60,8 @@ def export_network(net: nn.HybridBlock, prefix: str, input_size: int = DEFAULT_C
                    mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
                    model_name: str | None = None,
                    model_kwargs: dict[str, Any] | None = None,
-                   fast: bool = False, winograd: bool = True) -> tuple[str, str]:
+                   fast: bool = False, winograd: bool = True,
+                   dtype: str = 'float32') -> tuple[str, str]:
     """Export an initialised network to ``PREFIX-symbol.json``/``PREFIX-%04d.params`` + meta.
 
     Side effects on ``net``: it is hybridized, and every :class:`~gluon_resnest.layers.DropBlock`
@@ -86,10 +87,24 @@ def export_network(net: nn.HybridBlock, prefix: str, input_size: int = DEFAULT_C
             Loading it needs those operators (:func:`load_exported` loads them).
         winograd: With ``fast``, run the 3 x 3 convolutions of stride 1 as Winograd
             F(4 x 4, 3 x 3) (faster; rounds slightly differently from a direct convolution).
+        dtype: With ``fast``, ``'bfloat16'`` exports the bfloat16 graph (feature maps and
+            convolutions in bfloat16; float32 input and output; recorded in the meta file as
+            ``compute_dtype``). It needs a CPU with AVX512_BF16 or AMX here and where it is
+            loaded.
 
     Returns:
         ``(symbol_file, params_file)``.
+
+    Raises:
+        ValueError: ``dtype`` is ``'bfloat16'`` without ``fast``, or neither ``'float32'`` nor
+            ``'bfloat16'``.
+        gluon_resnest.native.NativeBuildError: ``fast`` and the operators (for bfloat16: or
+            the CPU's bfloat16 instructions) are unavailable here.
     """
+    if dtype not in ('float32', 'bfloat16'):
+        raise ValueError(f"dtype: one of float32, bfloat16, got {dtype!r}")
+    if dtype == 'bfloat16' and not fast:
+        raise ValueError('dtype bfloat16 applies to the fast graph only (fast=True)')
     if not os.path.basename(prefix) or os.path.isdir(prefix):
         raise InputError('the export prefix is a folder; give a file name prefix such as '
                          'FOLDER/model', prefix)
@@ -114,7 +129,7 @@ def export_network(net: nn.HybridBlock, prefix: str, input_size: int = DEFAULT_C
             raise
         if fast:
             from .fast_inference import fast_inference
-            block = fast_inference(block, data, winograd=winograd, strict=True)
+            block = fast_inference(block, data, winograd=winograd, strict=True, dtype=dtype)
         outputs = out if isinstance(out, (list, tuple)) else [out]
         names = None
         if classes is not None and not isinstance(classes, int):
@@ -129,6 +144,8 @@ def export_network(net: nn.HybridBlock, prefix: str, input_size: int = DEFAULT_C
                       model_kwargs=dict(model_kwargs or {}), fast=bool(fast),
                       native_operators=native.operators_in(
                           block(mx.sym.var('data')).tojson()) if fast else [])
+        if dtype == 'bfloat16':
+            fields['compute_dtype'] = dtype
         symbol_file, params_file = write_export(block, prefix, epoch, fields, names)
     logger.info('exported %s and %s', symbol_file, params_file)
     return symbol_file, params_file

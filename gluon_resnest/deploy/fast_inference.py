@@ -18,6 +18,9 @@ Winograd F(4 x 4, 3 x 3), which needs a quarter of the multiplications (on CPUs 
 for channels per group divisible by 16; the others run direct). It rounds differently from a
 direct convolution; ``docs/deployment.md`` gives the measured differences.
 
+With ``dtype='bfloat16'`` the feature maps between the convolutions are bfloat16 (oneDNN 3's
+bf16 convolutions; see :mod:`.fast_inference_bf16`); input and output stay float32.
+
 The native operators must be loaded in the process that runs the graph (this module loads
 them; see :mod:`gluon_resnest.native`).
 """
@@ -35,6 +38,7 @@ from .. import native, threads
 from ..constants import DEFAULT_CROP
 from ..errors import MIN_IMAGE_SIZE
 from ..layers import unfused_norm_relu
+from .fast_inference_bf16 import to_bfloat16
 from .graph import Graph
 from .inference import fold_batchnorm, optimize_for_inference
 
@@ -42,6 +46,7 @@ __all__ = ['fast_inference', 'fast_inference_graph']
 
 logger = logging.getLogger(__name__)
 
+_DTYPES = ('float32', 'bfloat16')
 _CONV_KEYS = ('kernel', 'stride', 'pad', 'dilate', 'num_filter', 'num_group')
 
 
@@ -97,7 +102,7 @@ def _spatial_inputs(symbol: mx.sym.Symbol, data_shape: tuple[int, ...]) -> dict[
 def fast_inference_graph(symbol: mx.sym.Symbol, arg_params: dict[str, mx.nd.NDArray],
                          aux_params: dict[str, mx.nd.NDArray],
                          data_shape: tuple[int, int, int, int] = (1, 3, DEFAULT_CROP, DEFAULT_CROP),
-                         winograd: bool = True
+                         winograd: bool = True, dtype: str = 'float32'
                          ) -> tuple[mx.sym.Symbol, dict[str, mx.nd.NDArray],
                                     dict[str, mx.nd.NDArray], dict[str, int]]:
     """Rewrite an inference symbol (Split-Attention on the native operators, BatchNorms not yet
@@ -106,8 +111,13 @@ def fast_inference_graph(symbol: mx.sym.Symbol, arg_params: dict[str, mx.nd.NDAr
     Returns:
         ``(symbol, arg_params, aux_params, counts)``; ``counts`` says how many convolutions,
         fused ReLUs, fused residual sums and Split-Attention operators were rewritten, and how
-        many convolutions may run as Winograd.
+        many convolutions may run as Winograd; with ``dtype='bfloat16'`` (the graph of
+        :func:`~gluon_resnest.deploy.fast_inference_bf16.to_bfloat16`) also ``'bfloat16'``,
+        that rewrite's counts.
     """
+    _check_dtype(dtype)
+    if dtype == 'bfloat16':
+        winograd = False
     symbol, args, aux = fold_batchnorm(symbol, arg_params, aux_params)
     spatial = _spatial_inputs(symbol, data_shape)
     graph = Graph(symbol)
@@ -188,9 +198,16 @@ def fast_inference_graph(symbol: mx.sym.Symbol, arg_params: dict[str, mx.nd.NDAr
             continue
         graph.keep(i)
     new = graph.to_symbol()
+    if dtype == 'bfloat16':
+        new, counts['bfloat16'] = to_bfloat16(new)
     used = set(new.list_arguments()) | set(new.list_auxiliary_states())
     return (new, {k: v for k, v in args.items() if k in used},
             {k: v for k, v in aux.items() if k in used}, counts)
+
+
+def _check_dtype(dtype: str) -> None:
+    if dtype not in _DTYPES:
+        raise ValueError(f'dtype: one of {", ".join(_DTYPES)}, got {dtype!r}')
 
 
 def _tuple(text: str) -> tuple[int, ...]:
@@ -221,7 +238,7 @@ def _mxnet_inference(net: nn.HybridBlock, data: mx.nd.NDArray) -> mx.gluon.Symbo
 
 
 def fast_inference(net: nn.HybridBlock, data: mx.nd.NDArray, winograd: bool = True,
-                   strict: bool = False) -> mx.gluon.SymbolBlock:
+                   strict: bool = False, dtype: str = 'float32') -> mx.gluon.SymbolBlock:
     """``net`` (an initialised ResNeSt) as a ``SymbolBlock`` that runs float32 inference on the
     oneDNN 3 operators, statically planned for ``data``'s shape; ``net`` is not changed.
     ``winograd=False`` runs every convolution direct (see the module text).
@@ -231,8 +248,14 @@ def fast_inference(net: nn.HybridBlock, data: mx.nd.NDArray, winograd: bool = Tr
     MXNet's operators, planned by :func:`~gluon_resnest.deploy.optimize_for_inference`
     (the same outputs, slower); ``strict=True`` raises instead.
 
+    ``dtype='bfloat16'`` computes the convolutions and feature maps in bfloat16 (see the module
+    text; float32 input and output). It needs a CPU with AVX512_BF16 or AMX and the bfloat16
+    operators' self-check: where either is missing, one warning says why and the float32 graph
+    is used instead (``strict=True`` raises).
+
     Raises:
-        ValueError: ``data`` is not a float32 N x C x H x W batch on the CPU.
+        ValueError: ``data`` is not a float32 N x C x H x W batch on the CPU, or ``dtype`` is
+            neither ``'float32'`` nor ``'bfloat16'``.
         gluon_resnest.native.NativeBuildError: with ``strict``, the operators are unavailable
             here (the message says why; ``make install`` installs oneDNN 3 and builds them).
     """
@@ -253,8 +276,18 @@ def fast_inference(net: nn.HybridBlock, data: mx.nd.NDArray, winograd: bool = Tr
     if min(data.shape[2:]) < MIN_IMAGE_SIZE:
         raise ValueError(f'data: images of {data.shape[2]}x{data.shape[3]} pixels are too small '
                          f'for the network\'s five stride-2 stages (at least {MIN_IMAGE_SIZE})')
+    _check_dtype(dtype)
     threads.report()
     reason = native.fast_inference_unavailable_reason()
+    if dtype == 'bfloat16' and reason is None:
+        why = native.bf16.unavailable_reason()
+        if why is not None:
+            if strict:
+                raise native.NativeBuildError(f'bfloat16 inference on oneDNN 3 is unavailable: '
+                                              f'{why}')
+            logger.warning('fast_inference: bfloat16 inference on oneDNN 3 is unavailable, '
+                           'running float32 instead: %s', why)
+            dtype = 'float32'
     if reason is not None:
         if strict:
             raise native.NativeBuildError(f'float32 inference on oneDNN 3 is unavailable: '
@@ -268,7 +301,7 @@ def fast_inference(net: nn.HybridBlock, data: mx.nd.NDArray, winograd: bool = Tr
     args = {k: v for k, v in params.items() if k not in aux_names}
     aux = {k: v for k, v in params.items() if k in aux_names}
     symbol, args, aux, counts = fast_inference_graph(symbol, args, aux, tuple(data.shape),
-                                                     winograd=winograd)
+                                                     winograd=winograd, dtype=dtype)
     logger.debug('fast_inference: %s', counts)
     with warnings.catch_warnings():
         # SymbolBlock warns that the input's type is unknown; it is float32.

@@ -47,7 +47,7 @@ import sys
 import tempfile
 import threading
 
-from . import guards, selfcheck
+from . import bf16, guards, selfcheck
 
 __all__ = ['OPERATORS', 'NativeBuildError', 'build', 'build_onednn', 'enabled', 'library_paths',
            'load', 'loaded', 'loading_note', 'onednn_calls', 'onednn_loaded', 'onednn_supported',
@@ -57,13 +57,16 @@ logger = logging.getLogger(__name__)
 
 #: Operators the library registers.
 OPERATORS = ('gluon_resnest_sa_sum_u8', 'gluon_resnest_sa_sum', 'gluon_resnest_sa_gap',
-             'gluon_resnest_conv', 'gluon_resnest_sa_sum_nhwc', 'gluon_resnest_sa_gap_nhwc')
+             'gluon_resnest_conv', 'gluon_resnest_sa_sum_nhwc', 'gluon_resnest_sa_gap_nhwc',
+             'gluon_resnest_conv_bf16', 'gluon_resnest_sa_gap_nhwc_bf16',
+             'gluon_resnest_sa_sum_nhwc_bf16')
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 _SOURCE = os.path.join(_HERE, 'split_attention.cc')
 _ONEDNN_SOURCE = os.path.join(_HERE, 'split_attention_onednn.cc')
 _HEADERS = (os.path.join(_HERE, 'split_attention_u8.h'),
-            os.path.join(_HERE, 'split_attention_f32.h'), os.path.join(_HERE, 'mxnet_bridge.h'))
+            os.path.join(_HERE, 'split_attention_f32.h'), os.path.join(_HERE, 'mxnet_bridge.h'),
+            os.path.join(_HERE, 'split_attention_bf16.cc'))
 _CONV_SOURCE = os.path.join(_HERE, 'conv_dnnl3.cc')
 _CONV_LIBRARY = 'libgluon_resnest_dnnl3.so'
 _LIBRARY = 'libgluon_resnest_ops.so'
@@ -78,7 +81,7 @@ _FLAGS = ['-O3', '-std=c++17', '-shared', '-fPIC', '-fopenmp',
           '-Wl,-Bsymbolic']
 _lock = threading.Lock()
 _state: dict[str, object] = {'loaded': None, 'error': None, 'onednn': None, 'onednn_path': None,
-                             'conv_path': None, 'conv_error': None}
+                             'conv_path': None, 'conv_error': None, 'bf16_error': None}
 
 
 class NativeBuildError(RuntimeError):
@@ -262,6 +265,8 @@ def _hand_conv(handle: ctypes.CDLL, path: str) -> None:
                     _state['conv_error'])
         return
     _state['conv_path'] = path
+    if handle.gluon_resnest_bf16_set_conv_library(path.encode()) != 0:
+        _state['bf16_error'] = f'{path} lacks grc_convert'
 
 
 def fast_inference_available() -> bool:
@@ -312,6 +317,12 @@ def _self_checked(paths: dict[str, str | None]) -> dict[str, str | None]:
     if os.environ.get(selfcheck.CHILD_ENV) == 'child':
         return paths
     failures = selfcheck.verdict(paths)
+    bf16_failures = [f for f in failures if f['op'] in bf16.OPERATORS]
+    if bf16_failures:  # only the bfloat16 path is lost
+        _state['bf16_error'] = ('the self-check against MXNet\'s operators failed: '
+                                f'{selfcheck.describe(bf16_failures)}')
+        logger.info('gluon_resnest: bfloat16 inference is unavailable: %s', _state['bf16_error'])
+        failures = [f for f in failures if f['op'] not in bf16.OPERATORS]
     text = selfcheck.describe(failures)
     if any(f['op'] not in selfcheck.FAST_INFERENCE_OPERATORS for f in failures):
         raise NativeBuildError(f'the self-check against MXNet\'s operators failed: {text}')

@@ -5,7 +5,14 @@ from __future__ import annotations
 
 import sys
 
-from . import NativeBuildError, enabled, fast_inference_unavailable_reason, library_paths, load
+from . import (
+    NativeBuildError,
+    bf16,
+    enabled,
+    fast_inference_unavailable_reason,
+    library_paths,
+    load,
+)
 
 
 def main() -> int:
@@ -22,6 +29,10 @@ def main() -> int:
     if reason is not None:
         print(f'gluon_resnest.native: float32 inference keeps MXNet\'s convolutions: {reason}',
               file=sys.stderr)
+    else:
+        why = bf16.unavailable_reason()
+        if why is not None:
+            print(f'gluon_resnest.native: no bfloat16 inference here: {why}', file=sys.stderr)
     return 0
 
 

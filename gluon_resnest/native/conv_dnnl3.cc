@@ -167,7 +167,7 @@ struct grc_conv_spec {
   int32_t sum;       // 1: add the output buffer's prior contents before the ReLU
   int32_t has_bias;
   int32_t winograd;  // 1: Winograd F(4 x 4, 3 x 3) where it applies (see the top of this file)
-  int32_t reserved;
+  int32_t bf16;      // 1: source, weights and output in bfloat16 (the bias and sum scale float32)
 };
 
 struct grc_conv {
@@ -193,7 +193,7 @@ bool winograd_applies(const grc_conv_spec* s) {
   static const bool avx512 = __builtin_cpu_supports("avx512f");
   const int64_t cg = s->ic / s->groups, kg = s->oc / s->groups;
   const int64_t tiles = s->n * ((s->oh + 3) / 4) * ((s->ow + 3) / 4);
-  return s->winograd && avx512 && tiles >= kWinoMinTiles && s->src_nhwc && s->kh == 3 && s->kw == 3 && s->sh == 1 &&
+  return s->winograd && !s->bf16 && avx512 && tiles >= kWinoMinTiles && s->src_nhwc && s->kh == 3 && s->kw == 3 && s->sh == 1 &&
          s->sw == 1 && s->pt == 1 && s->pl == 1 && s->pb == 1 && s->pr == 1 && s->dh == 0 &&
          s->dw == 0 && cg % 16 == 0 && kg % 16 == 0 && s->oh == s->ih && s->ow == s->iw;
 }
@@ -308,9 +308,11 @@ grc_conv* grc_conv_create(const grc_conv_spec* s, const float* weight, const flo
     const dnnl::memory::dims wdims =
         grouped ? dnnl::memory::dims{s->groups, s->oc / s->groups, s->ic / s->groups, s->kh, s->kw}
                 : dnnl::memory::dims{s->oc, s->ic, s->kh, s->kw};
-    dnnl::memory::desc src_md(src, dt::f32, s->src_nhwc ? tag::nhwc : tag::nchw);
-    dnnl::memory::desc dst_md(dst, dt::f32, tag::nhwc);
-    dnnl::memory::desc w_any(wdims, dt::f32, tag::any);
+    // bf16: the weights are converted once, by the reorder into the kernel's layout below.
+    const dt act = s->bf16 ? dt::bf16 : dt::f32;
+    dnnl::memory::desc src_md(src, act, s->src_nhwc ? tag::nhwc : tag::nchw);
+    dnnl::memory::desc dst_md(dst, act, tag::nhwc);
+    dnnl::memory::desc w_any(wdims, act, tag::any);
     dnnl::memory::desc b_md({s->oc}, dt::f32, tag::a);
     dnnl::post_ops ops;
     if (s->sum) ops.append_sum(1.f);
@@ -386,6 +388,26 @@ int grc_reorder(const float* src, float* dst, int64_t n, int64_t c, int64_t h, i
     const dnnl::memory::dims dims{n, c, h, w};
     dnnl::memory a({dims, dt::f32, to_nhwc ? tag::nchw : tag::nhwc}, eng, const_cast<float*>(src));
     dnnl::memory b({dims, dt::f32, to_nhwc ? tag::nhwc : tag::nchw}, eng, dst);
+    dnnl::reorder(a, b).execute(stream, a, b);
+    stream.wait();
+    return 0;
+  } catch (const std::exception&) {
+    return 1;
+  }
+}
+
+// Copies an N x C x H x W tensor between layouts (N x C x H x W or N x H x W x C) and data types
+// (float32 or bfloat16, rounded to nearest even).
+int grc_convert(const void* src, void* dst, int64_t n, int64_t c, int64_t h, int64_t w,
+                int src_nhwc, int src_bf16, int dst_nhwc, int dst_bf16) {
+  try {
+    auto& eng = cpu_engine();
+    dnnl::stream stream(eng);
+    const dnnl::memory::dims dims{n, c, h, w};
+    dnnl::memory a({dims, src_bf16 ? dt::bf16 : dt::f32, src_nhwc ? tag::nhwc : tag::nchw}, eng,
+                   const_cast<void*>(src));
+    dnnl::memory b({dims, dst_bf16 ? dt::bf16 : dt::f32, dst_nhwc ? tag::nhwc : tag::nchw}, eng,
+                   dst);
     dnnl::reorder(a, b).execute(stream, a, b);
     stream.wait();
     return 0;

@@ -420,11 +420,116 @@ def _fast_inference(report: _Report) -> None:
                        f'plain input, pool {int(pool)}')
 
 
+def _fast_inference_bf16(report: _Report) -> None:
+    """The bfloat16 inference operators (:mod:`.bf16`) against MXNet's float32 operators on the
+    same bfloat16-rounded inputs and weights, rounding where they round: after each
+    convolution and each weighted sum. Each layout path: the first convolution converting a
+    float32 N x C x H x W input, the others reading N x H x W x C bfloat16 in place, and the
+    Split-Attention operators given plain bfloat16 arrays."""
+    import mxnet as mx
+    import numpy as np
+
+    from . import _state, bf16
+    from .reference import sa_gap, sa_sum
+
+    if not _state['conv_path'] or bf16.cpu_refusal() is not None:
+        return
+    rng = np.random.RandomState(7)
+    radix, channels = 2, 16
+    width = radix * channels
+
+    def rounded(a: np.ndarray) -> mx.nd.NDArray:
+        return mx.nd.Cast(mx.nd.Cast(mx.nd.array(a), dtype='bfloat16'), dtype='float32')
+
+    raw = {
+        'data': rng.normal(size=(2, 16, 12, 10)),
+        'w1': rng.normal(scale=0.25, size=(width, 16, 1, 1)), 'b1': rng.normal(size=(width,)),
+        'w2': rng.normal(scale=0.08, size=(width, width, 3, 3)), 'b2': rng.normal(size=(width,)),
+        'w3': rng.normal(scale=0.17, size=(width, width, 1, 1)), 'b3': rng.normal(size=(width,)),
+        'atten': rng.uniform(0, 1, (2, width, 1, 1))}
+    params = {k: (mx.nd.array(v) if k.startswith('b') or k == 'atten' else rounded(v))
+              for k, v in raw.items()}
+
+    def graph(native: bool) -> mx.sym.Symbol:
+        v = {k: mx.sym.var(k) for k in params}
+
+        def bf(x: mx.sym.Symbol) -> mx.sym.Symbol:
+            return mx.sym.Cast(mx.sym.Cast(x, dtype='bfloat16'), dtype='float32')
+
+        def conv(x, i, kernel, relu, residual=None):
+            pad = (kernel // 2,) * 2
+            if native:
+                inputs = [x, v[f'w{i}'], v[f'b{i}']] + ([residual] if residual is not None
+                                                           else [])
+                return mx.sym.gluon_resnest_conv_bf16(
+                    *inputs, kernel=(kernel, kernel), stride=(1, 1), pad=pad, dilate=(1, 1),
+                    num_filter=width, num_group=1, relu=int(relu),
+                    sum=int(residual is not None))
+            y = mx.sym.Convolution(x, v[f'w{i}'], v[f'b{i}'], kernel=(kernel, kernel),
+                                   pad=pad, num_filter=width)
+            if residual is not None:
+                y = y + residual
+            return bf(mx.sym.relu(y) if relu else y)
+
+        c1 = conv(v['data'], 1, 1, True)
+        c2 = conv(c1, 2, 3, True)
+        c3 = conv(c2, 3, 1, True, residual=c1)
+        if native:
+            g = mx.sym.gluon_resnest_sa_gap_nhwc_bf16(c3, radix=radix)
+            y0 = mx.sym.gluon_resnest_sa_sum_nhwc_bf16(v['atten'], c3, radix=radix, pool=0)
+            y1 = mx.sym.gluon_resnest_sa_sum_nhwc_bf16(v['atten'], c3, radix=radix, pool=1)
+            outs = [c1, c2, c3, y0, y1]
+            return mx.sym.Group([mx.sym.Cast(o, dtype='float32') for o in outs[:3]] + [g] +
+                                [mx.sym.Cast(o, dtype='float32') for o in outs[3:]])
+        g = sa_gap(mx.sym, c3, radix)
+        y0 = bf(sa_sum(mx.sym, v['atten'], c3, radix))
+        y1 = bf(sa_sum(mx.sym, v['atten'], c3, radix, pool=True))
+        return mx.sym.Group([c1, c2, c3, g, y0, y1])
+
+    results = {}
+    for native in (True, False):
+        exe = graph(native).bind(mx.cpu(), dict(params), grad_req='null')
+        results[native] = [o.asnumpy() for o in exe.forward(is_train=False)]
+    # One bfloat16 rounding step is 2**-8 of a value; sums in another order may round the
+    # other way, and a rounded input moves the next operator's result by as much.
+    tol = 2e-2
+    names = [('gluon_resnest_conv_bf16', '1x1 with ReLU, float32 N x C x H x W input'),
+             ('gluon_resnest_conv_bf16', '3x3 with ReLU, bfloat16 N x H x W x C input'),
+             ('gluon_resnest_conv_bf16', '1x1 with residual sum and ReLU'),
+             ('gluon_resnest_sa_gap_nhwc_bf16', 'bfloat16 N x H x W x C input'),
+             ('gluon_resnest_sa_sum_nhwc_bf16', 'bfloat16 N x H x W x C input'),
+             ('gluon_resnest_sa_sum_nhwc_bf16', 'bfloat16 N x H x W x C input, pool 1')]
+    for (op, what), a, b in zip(names, results[True], results[False]):
+        report.compare(op, a, b, tol, what)
+    # Plain bfloat16 inputs (converted by the operators).
+    x = rounded(rng.normal(size=(2, width, 9, 7)))
+    xb = mx.nd.Cast(x, dtype='bfloat16')
+    a = params['atten']
+    report.compare('gluon_resnest_sa_gap_nhwc_bf16',
+                   mx.nd.gluon_resnest_sa_gap_nhwc_bf16(xb, radix=radix).asnumpy(),
+                   sa_gap(mx.nd, x, radix).asnumpy(), tol, 'plain bfloat16 input')
+    report.compare('gluon_resnest_sa_sum_nhwc_bf16',
+                   mx.nd.Cast(mx.nd.gluon_resnest_sa_sum_nhwc_bf16(a, xb, radix=radix, pool=1),
+                              dtype='float32').asnumpy(),
+                   sa_sum(mx.nd, a, x, radix, pool=True).asnumpy(), tol,
+                   'plain bfloat16 input, pool 1')
+    w = params['w2']
+    report.compare('gluon_resnest_conv_bf16',
+                   mx.nd.Cast(mx.nd.gluon_resnest_conv_bf16(
+                       xb, w, params['b2'], kernel=(3, 3), stride=(2, 2), pad=(1, 1),
+                       dilate=(1, 1), num_filter=width, num_group=1, relu=0, sum=0),
+                       dtype='float32').asnumpy(),
+                   mx.nd.Convolution(x, w, params['b2'], kernel=(3, 3), stride=(2, 2),
+                                     pad=(1, 1), num_filter=width).asnumpy(), tol,
+                   '3x3 stride 2, plain bfloat16 input')
+
+
 _CHECKS: list[tuple[str, Callable[[_Report], None]]] = [
     ('gluon_resnest_sa_gap, gluon_resnest_sa_sum (N x C x H x W)', _sa_library_path),
     ('gluon_resnest_sa_gap, gluon_resnest_sa_sum (nChw16c)', _sa_blocked_path),
     ('gluon_resnest_sa_sum_u8', _sa_sum_u8),
     ('gluon_resnest_conv', _fast_inference),  # and the N x H x W x C operators
+    ('gluon_resnest_conv_bf16', _fast_inference_bf16),  # and the bfloat16 Split-Attention
 ]
 
 

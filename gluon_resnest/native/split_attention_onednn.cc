@@ -1074,3 +1074,6 @@ NNVM_REGISTER_OP(gluon_resnest_sa_sum_u8)
     .add_argument("radix", "int", "number of splits")
     .add_argument("max_calib_range", "float", "upper end of the output's calibrated range")
     .add_argument("pool", "int", "1: apply the 3x3, stride 2, padding 1 average pooling");
+
+// The bfloat16 inference operators, on this file's helpers.
+#include "split_attention_bf16.cc"  // NOLINT(build/include)

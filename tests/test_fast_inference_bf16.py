@@ -1,0 +1,209 @@
+"""bfloat16 inference on oneDNN 3 (fast_inference(..., dtype='bfloat16')) against float32."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+
+import mxnet as mx
+import numpy as np
+import pytest
+from tools_cli import load_tool, tame_residual_branches
+
+from conftest import assert_close_to_largest, randomize_norm_stats
+from gluon_resnest import get_model, native
+from gluon_resnest.deploy import export_network, load_exported
+from gluon_resnest.deploy.fast_inference import fast_inference
+from gluon_resnest.native import bf16
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BF16_REASON = bf16.unavailable_reason() if native.enabled() else 'GLUON_RESNEST_NATIVE=0'
+needs_bf16 = pytest.mark.skipif(BF16_REASON is not None,
+                                reason=f'bfloat16 operators unavailable: {BF16_REASON}')
+
+# bfloat16 keeps 8 significant bits: each rounded value is within 2**-9 (0.2 %) of its float32
+# value. ResNeSt-14 rounds its feature maps after each of its 19 convolutions and 4 weighted
+# sums (and its weights once); such errors add up like a random walk, a few times 0.2 %, with
+# the residual stream summing the branches' errors. 3 % of the largest logit leaves room for
+# that and still fails for a wrong kernel (a missing residual, a wrong split or attention
+# changes logits by tens of percent).
+TOL = 3e-2
+
+
+def _net(name='resnest14', seed=0):
+    mx.random.seed(seed)
+    net = get_model(name, classes=10)
+    net.initialize(mx.init.Xavier())
+    randomize_norm_stats(net, seed)
+    tame_residual_branches(net, seed)
+    return net
+
+
+def _input(shape, seed=0):
+    return mx.nd.array(np.random.RandomState(seed).uniform(-1, 1, shape).astype(np.float32))
+
+
+def _ops(block):
+    return [n['op'] for n in json.loads(block(mx.sym.var('data')).tojson())['nodes']]
+
+
+@needs_bf16
+def test_bfloat16_output_close_to_float32():
+    """Every convolution and Split-Attention operator runs in bfloat16 (the graph holds only the
+    bf16 variants, and they ran), the output is float32 and within the bfloat16 tolerance of
+    the float32 graph, not equal to it, with the same top-1 class for every image."""
+    net = _net()
+    x = _input((4, 3, 64, 64))
+    want = fast_inference(net, x)(x).asnumpy()
+    before = bf16.calls()
+    block = fast_inference(net, x, dtype='bfloat16')
+    out = block(x)
+    assert out.dtype == np.float32
+    got = out.asnumpy()
+    after = bf16.calls()
+    ops = _ops(block)
+    assert 'gluon_resnest_conv' not in ops and 'gluon_resnest_sa_sum_nhwc' not in ops
+    assert ops.count('gluon_resnest_conv_bf16') == 19
+    assert ops.count('gluon_resnest_sa_sum_nhwc_bf16') == 4
+    assert ops.count('gluon_resnest_sa_gap_nhwc_bf16') == 4
+    assert all(after[k] > before[k] for k in bf16.OPERATORS), (before, after)
+    assert_close_to_largest(got, want, TOL)
+    assert np.abs(got - want).max() > 1e-6 * np.abs(want).max()  # it did round
+    assert (got.argmax(1) == want.argmax(1)).all()
+
+
+@needs_bf16
+def test_bfloat16_export_reloads_with_the_same_outputs(tmp_path):
+    """export_network(fast=True, dtype='bfloat16') writes the bf16 graph (meta: compute_dtype)
+    and load_exported gives the same outputs as the block in memory."""
+    net = _net(seed=1)
+    x = _input((1, 3, 64, 64), seed=1)
+    want = fast_inference(net, x, dtype='bfloat16')(x).asnumpy()
+    prefix = str(tmp_path / 'bf16')
+    symbol_file, _ = export_network(net, prefix, input_size=64, fast=True, dtype='bfloat16')
+    with open(symbol_file, encoding='utf-8') as handle:
+        text = handle.read()
+    assert '"gluon_resnest_conv_bf16"' in text and '"gluon_resnest_conv"' not in text
+    block, meta = load_exported(prefix)
+    assert meta['compute_dtype'] == 'bfloat16' and meta['fast']
+    got = block(x).asnumpy()
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-5 * np.abs(want).max())
+
+
+@needs_bf16
+def test_export_tool_writes_the_bfloat16_graph(tmp_path, capsys):
+    """tools/export.py --fast --dtype bfloat16: the bf16 operators in the symbol, the meta file
+    says so, the note names them, and the export loads and runs (float32 output)."""
+    export = load_tool('export')
+    prefix = str(tmp_path / 'cli')
+    assert export.main(['--model', 'resnest14', '--classes', '10', '--input-size', '32',
+                        '--fast', '--dtype', 'bfloat16', '--prefix', prefix]) == 0
+    assert 'gluon_resnest_conv_bf16' in capsys.readouterr().err
+    block, meta = load_exported(prefix)
+    assert meta['compute_dtype'] == 'bfloat16'
+    assert 'gluon_resnest_conv_bf16' in meta['native_operators']
+    out = block(_input((2, 3, 32, 32)))
+    assert out.dtype == np.float32 and out.shape == (2, 10)
+    assert np.isfinite(out.asnumpy()).all()
+
+
+def test_export_tool_refuses_bfloat16_without_fast(capsys):
+    """--dtype bfloat16 is for the --fast graph: one error line, status 2."""
+    export = load_tool('export')
+    with pytest.raises(SystemExit) as exc:
+        export.main(['--model', 'resnest14', '--prefix', 'unused', '--dtype', 'bfloat16'])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith('export: error: ') and '--fast' in err[-1]
+
+
+@needs_bf16
+def test_cpu_without_bfloat16_falls_back_to_float32(monkeypatch, caplog):
+    """Where the CPU lacks bfloat16 instructions: one warning, the float32 graph, float32
+    results (strict raises)."""
+    monkeypatch.setattr(bf16, 'cpu_refusal', lambda: 'this CPU has no bfloat16 instructions')
+    net = _net(seed=2)
+    x = _input((1, 3, 64, 64), seed=2)
+    with caplog.at_level(logging.WARNING, logger='gluon_resnest.deploy.fast_inference'):
+        block = fast_inference(net, x, dtype='bfloat16')
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and 'no bfloat16 instructions' in warnings[0].getMessage()
+    assert 'gluon_resnest_conv' in _ops(block) and 'gluon_resnest_conv_bf16' not in _ops(block)
+    np.testing.assert_array_equal(block(x).asnumpy(), fast_inference(net, x)(x).asnumpy())
+    with pytest.raises(native.NativeBuildError, match='bfloat16'):
+        fast_inference(net, x, dtype='bfloat16', strict=True)
+
+
+def test_cpu_refusal_reads_the_flags(tmp_path):
+    info = tmp_path / 'cpuinfo'
+    info.write_text('processor\t: 0\nflags\t\t: fpu sse avx512f avx512bw\n')
+    assert 'no bfloat16' in bf16.cpu_refusal(str(info))
+    info.write_text('processor\t: 0\nflags\t\t: fpu avx512f avx512_bf16\n')
+    assert bf16.cpu_refusal(str(info)) is None
+    info.write_text('processor\t: 0\nflags\t\t: fpu amx_bf16 amx_tile\n')
+    assert bf16.cpu_refusal(str(info)) is None
+
+
+def test_unknown_dtype_is_refused():
+    net = _net(seed=3)
+    x = _input((1, 3, 32, 32))
+    with pytest.raises(ValueError, match='dtype'):
+        fast_inference(net, x, dtype='float16')
+
+
+def _run(code: str, **env: str) -> subprocess.CompletedProcess:
+    full = dict(os.environ, OMP_NUM_THREADS='1', **env)
+    proc = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, env=full,
+                          cwd=REPO, check=False, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+_COMPARE = (
+    'import sys; sys.path.insert(0, "tests")\n'
+    'import mxnet as mx, numpy as np\n'
+    'from conftest import randomize_norm_stats\n'
+    'from gluon_resnest import get_model\n'
+    'from gluon_resnest.deploy.fast_inference import fast_inference\n'
+    'mx.random.seed(0)\n'
+    'net = get_model("resnest14", classes=10)\n'
+    'net.initialize(mx.init.Xavier())\n'
+    'randomize_norm_stats(net, 0)\n'
+    'x = mx.nd.array(np.random.RandomState(0).uniform(-1, 1, (1, 3, 32, 32)))\n'
+    'block = fast_inference(net, x, dtype="bfloat16")\n'
+    'ops = block(mx.sym.var("data")).tojson()\n'
+    'print("BF16OPS", "gluon_resnest_conv_bf16" in ops)\n'
+    'got, want = block(x).asnumpy(), {want}\n'
+    'print("DIFF", float(np.abs(got - want).max() / np.abs(want).max()))\n')
+
+
+def test_native_off_gives_float32_with_one_warning():
+    """GLUON_RESNEST_NATIVE=0: fast_inference(dtype='bfloat16') warns once and returns the
+    network on MXNet's float32 operators (the same outputs as the network)."""
+    proc = _run(_COMPARE.format(want='net(x).asnumpy()'), GLUON_RESNEST_NATIVE='0')
+    assert 'BF16OPS False' in proc.stdout
+    diff = float(proc.stdout.split('DIFF ')[1].split()[0])
+    assert diff < 1e-5
+    warnings = [line for line in proc.stderr.splitlines() if 'unavailable' in line]
+    assert len(warnings) == 1, proc.stderr
+    assert "MXNet's operators" in warnings[0]
+
+
+@needs_bf16
+def test_self_check_rejects_a_perturbed_bfloat16_operator():
+    """One output element of gluon_resnest_sa_sum_nhwc_bf16 made wrong: the self-check names
+    it, bfloat16 inference is refused with one warning, and fast_inference runs the float32
+    graph (whose operators passed) with its outputs."""
+    code = _COMPARE.format(want='fast_inference(net, x)(x).asnumpy()') + (
+        'from gluon_resnest import native\n'
+        'print("F32FAST", native.fast_inference_available())\n'
+        'print("REASON", native.bf16.unavailable_reason())\n')
+    proc = _run(code, GLUON_RESNEST_NATIVE_SELFTEST_PERTURB='gluon_resnest_sa_sum_nhwc_bf16')
+    assert 'BF16OPS False' in proc.stdout and 'F32FAST True' in proc.stdout
+    assert 'gluon_resnest_sa_sum_nhwc_bf16 differs from MXNet' in proc.stdout
+    assert float(proc.stdout.split('DIFF ')[1].split()[0]) == 0.0
+    warnings = [line for line in proc.stderr.splitlines() if 'bfloat16' in line]
+    assert len(warnings) == 1, proc.stderr
+    assert 'gluon_resnest_sa_sum_nhwc_bf16 differs from MXNet' in warnings[0]

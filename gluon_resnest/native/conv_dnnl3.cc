@@ -132,8 +132,9 @@ GRC_AVX512 void wino_out_tile(const float* m, int64_t stride, float* dst, int64_
 constexpr int64_t kWinoTiles = 32;
 // Fewer output tiles than this run direct: each block reads all transformed weights (four
 // times the direct ones), which then outweighs the saved multiplications (a 7 x 7 map at
-// batch 1 has 4 tiles).
-constexpr int64_t kWinoMinTiles = 16;
+// batch 1 has 4 tiles; a 14 x 14 map at batch 1 has 16, blocks of 8 on two threads, measured
+// slower than direct).
+constexpr int64_t kWinoMinTiles = 32;
 
 // Weights (K, C/G, 3, 3) to u[36][G][C/G][K/G] = G g G^T, in double precision.
 void wino_weights(const float* weight, float* u, int64_t k, int64_t c, int64_t groups) {

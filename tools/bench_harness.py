@@ -237,8 +237,11 @@ def _time_rows(config: BenchConfig, rows: Sequence[tuple[str, str, dict[str, Any
                 worker.times += reply['times']
                 worker.peak_rss_mib = max(worker.peak_rss_mib, reply['peak_rss_mib'])
         if config.mode == 'infer' and config.latency_iters > 0:
-            for _ in range(2):  # two alternating rounds of batch-1 timing
-                for worker in workers:
+            # Batch-1 timing in as many alternating rounds as the throughput (at least two),
+            # rotated the same way: a batch of one is short, and a busy second skews a few.
+            for rnd in range(max(2, config.repetitions)):
+                shift = rnd % len(workers)
+                for worker in workers[shift:] + workers[:shift]:
                     worker.latency += worker.request('latency', config.latency_iters)['times']
     finally:
         for worker in workers:

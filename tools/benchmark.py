@@ -66,7 +66,8 @@ def _main(argv: list[str] | None = None) -> int:
                         help='alternating rounds; each times --iters batches per framework')
     parser.add_argument('--iters', type=int_in(1, 10**6), default=2, help='timed batches per round')
     parser.add_argument('--latency-iters', type=int_in(0, 10**6), default=5,
-                        help='batch-1 runs per latency round (0: skip)')
+                        help='batch-1 runs per latency round, one round per repetition '
+                             '(0: skip)')
     parser.add_argument('--threads', type=int_in(1, 1024), default=os.cpu_count() or 1,
                         help='OMP threads of every worker')
     parser.add_argument('--classes', type=int_in(1, 10**6), default=1000)

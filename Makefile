@@ -132,7 +132,7 @@ serve: serve-env
 	$(PY) tools/serve_mms.py $(SERVE_ARCHIVE) --port $(SERVE_PORT)
 
 bench: install torch-env ov-env
-	$(PY) tools/benchmark.py --model resnest50 --batch-size 16 --input-size 224 \
+	$(PY) tools/benchmark.py --model resnest50 --batch-size 16 --input-size 224 --dtype all \
 		--compare gluoncv,torch,onnxruntime,openvino
 
 clean:

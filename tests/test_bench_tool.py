@@ -112,6 +112,76 @@ def test_benchmark_all_peers_table():
         assert f'ours / {name}: ' in proc.stdout
 
 
+def test_benchmark_all_precisions():
+    """--dtype all: one table per precision, each with batch-N throughput and batch-1 latency;
+    our bfloat16 row says which path it ran."""
+    import inspect
+
+    from gluon_resnest.deploy.fast_inference import fast_inference
+
+    proc = _run('--model', 'resnest14', '--batch-size', '2', '--input-size', '32',
+                '--classes', '10', '--repetitions', '2', '--iters', '1', '--latency-iters', '1',
+                '--compare', 'gluoncv', '--threads', '1', '--dtype', 'all', '--json')
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(proc.stdout)
+    assert report['dtype'] == 'all' and list(report['modes']) == ['float32', 'bfloat16', 'int8']
+    rows = {mode: [(r['framework'], r['dtype']) for r in sub['results']]
+            for mode, sub in report['modes'].items()}
+    assert rows == {'float32': [('ours', 'float32'), ('gluoncv', 'float32')],
+                    'bfloat16': [('ours', 'bfloat16')], 'int8': [('ours', 'int8')]}
+    for sub in report['modes'].values():
+        assert sub['batch_size'] == 2
+        for row in sub['results']:
+            assert row['images_per_sec'] > 0 and row['latency_ms'] > 0
+            assert len(row['batch_seconds']) == 2
+    fp32 = report['modes']['float32']
+    assert set(fp32['ratios']) == set(fp32['latency_ratios']) == {'gluoncv'}
+    want = fp32['results'][1]['latency_ms'] / fp32['results'][0]['latency_ms']
+    assert abs(fp32['latency_ratios']['gluoncv'] - want) < 1e-9
+    bf16 = report['modes']['bfloat16']['results'][0]['setting']
+    native_bf16 = 'dtype' in inspect.signature(fast_inference).parameters
+    assert ('AMP' in bf16) is not (native_bf16 and "dtype='bfloat16'" in bf16), bf16
+    load_tool('benchmark')  # puts tools/ on sys.path
+    from bench_harness import format_table
+    text = format_table(report)
+    heads = [line for line in text.splitlines() if line.startswith('### ')]
+    assert heads == ['### FP32', '### bfloat16', '### INT8']
+    assert text.count('| implementation |') == 3 and text.count('| gluon_resnest |') == 3
+
+
+def test_benchmark_all_precisions_rejects_bad_input():
+    proc = _run('--model', 'resnest14', '--dtype', 'all', '--mode', 'train')
+    assert proc.returncode == 2 and 'is for --mode infer' in proc.stderr
+    proc = _run('--model', 'resnest14', '--dtype', 'bfloat16', '--int8-variant', '{}')
+    assert proc.returncode == 2 and '--int8-variant needs --dtype int8 or all' in proc.stderr
+
+
+@pytest.mark.slow
+def test_benchmark_all_precisions_every_peer():
+    """--dtype all against every peer: each precision's table holds the peers of it."""
+    pythons = [os.environ.get('GLUON_RESNEST_TORCH_PYTHON') or
+               os.path.join(REPO, '.torchvenv', 'bin', 'python'),
+               os.environ.get('GLUON_RESNEST_OPENVINO_PYTHON') or
+               os.path.join(REPO, '.ovvenv', 'bin', 'python')]
+    if not all(os.path.isfile(p) for p in pythons):
+        pytest.skip('no PyTorch or OpenVINO virtualenv')
+    proc = _run('--model', 'resnest14', '--batch-size', '2', '--input-size', '32',
+                '--classes', '10', '--repetitions', '1', '--iters', '1', '--latency-iters', '1',
+                '--compare', 'gluoncv,torch,onnxruntime,openvino', '--dtype', 'all', '--json')
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(proc.stdout)
+    rows = {mode: [(r['framework'], r['dtype']) for r in sub['results']]
+            for mode, sub in report['modes'].items()}
+    assert rows == {
+        'float32': [('ours', 'float32'), ('gluoncv', 'float32'), ('torch', 'float32'),
+                    ('onnxruntime', 'float32'), ('openvino', 'float32')],
+        'bfloat16': [('ours', 'bfloat16'), ('torch', 'bfloat16'), ('openvino', 'default')],
+        'int8': [('ours', 'int8'), ('openvino', 'int8')]}
+    for sub in report['modes'].values():
+        assert all(r['latency_ms'] > 0 for r in sub['results'])
+        assert set(sub['latency_ratios']) == set(sub['ratios'])
+
+
 def test_benchmark_detection_rejects_bad_input(capsys):
     benchmark = load_tool('benchmark')
     for args, message in [(('--model', 'resnest14'), 'resnest50 or resnest101'),

@@ -15,6 +15,8 @@ from gluon_resnest import get_model, list_models, native
 from gluon_resnest.deploy import load_exported, write_meta
 from gluon_resnest.deploy.fast_inference import fast_inference
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
 pytestmark = pytest.mark.skipif(not native.fast_inference_available(),
                                 reason=f'oneDNN 3 operators unavailable: '
                                        f'{native.fast_inference_unavailable_reason()}')
@@ -172,17 +174,38 @@ def test_operator_matches_mxnet_convolution(kernel, stride, pad, dilate, groups,
 
 
 # Winograd F(4 x 4, 3 x 3): map sizes that are not multiples of the 4 x 4 tile, a last block
-# of tiles that is not full (3 x 6 x 5 = 90 tiles in blocks of 23), 7 x 7 maps (16 tiles in
-# blocks of 8), groups, the fused sum.
-@pytest.mark.parametrize('shape,filters,groups,relu,with_sum', [
+# of tiles that is not full (3 x 6 x 5 = 90 tiles in blocks of 23), 7 x 7 maps (16 and 32
+# tiles), groups, the fused sum. Fewer than 32 tiles on several threads take the split schedule
+# (test_operator_winograd_split_schedule runs these on two).
+WINOGRAD_CASES = [
     ((2, 32, 13, 11), 64, 2, True, False),
     ((3, 48, 21, 17), 32, 1, False, True),
     ((4, 64, 7, 7), 128, 4, True, True),
-])
+    ((8, 64, 7, 7), 128, 4, True, True),
+    ((1, 32, 14, 14), 64, 2, False, True),
+]
+
+
+@pytest.mark.parametrize('shape,filters,groups,relu,with_sum', WINOGRAD_CASES)
 def test_operator_winograd_matches_mxnet_convolution(shape, filters, groups, relu, with_sum):
     before = native.onednn_calls()['conv_winograd']
     _check_operator(shape, filters, 3, 1, 1, 1, groups, relu, with_sum, winograd=True)
     assert native.onednn_calls()['conv_winograd'] == before + (1 if AVX512 else 0)
+
+
+def test_operator_winograd_split_schedule():
+    """The Winograd cases on two OpenMP threads, where those with fewer than 32 tiles split
+    the positions' matmul between the threads: the same results."""
+    code = ('import sys; sys.path.insert(0, "tests"); import test_fast_inference as t\n'
+            'for case in t.WINOGRAD_CASES:\n'
+            '    t._check_operator(case[0], case[1], 3, 1, 1, 1, case[2], case[3], case[4],\n'
+            '                      winograd=True)\n'
+            'print(t.native.onednn_calls()["conv_winograd"])\n')
+    env = dict(os.environ, OMP_NUM_THREADS='2')
+    proc = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
+                          cwd=ROOT, env=env, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert int(proc.stdout.split()[-1]) == (len(WINOGRAD_CASES) if AVX512 else 0)
 
 
 def test_operator_winograd_falls_back_to_direct():

@@ -8,6 +8,10 @@ PyTorch and OpenVINO run in their own virtualenvs (their packages clash with MXN
 pin); onnxruntime runs in ours. The ONNX peers time a file exported by
 :func:`gluon_resnest.deploy.export_onnx` from the same network, once per run; OpenVINO gives
 three rows: FP32 (precision hint f32), its default precision, and INT8 from NNCF.
+
+``dtype='all'`` times each precision in turn (float32, bfloat16, INT8), one ONNX export for
+all, and reports one table per precision: our row of that precision against each peer's row
+of it (:data:`MODE_PEERS`).
 """
 from __future__ import annotations
 
@@ -21,8 +25,8 @@ import tempfile
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
-__all__ = ['BenchConfig', 'ONNX_PEERS', 'Worker', 'format_table', 'openvino_python',
-           'run_benchmark', 'torch_python']
+__all__ = ['BenchConfig', 'MODES', 'MODE_PEERS', 'ONNX_PEERS', 'Worker', 'format_table',
+           'openvino_python', 'run_benchmark', 'torch_python']
 
 logger = logging.getLogger(__name__)
 
@@ -30,6 +34,17 @@ WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'bench_worker.
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 #: Peers that run our ONNX export, with the precision of each of their rows.
 ONNX_PEERS = {'onnxruntime': ('float32',), 'openvino': ('float32', 'default', 'int8')}
+#: The precisions of a ``dtype='all'`` run, in the order they are timed and reported.
+MODES = ('float32', 'bfloat16', 'int8')
+#: Each precision's peer rows in a ``dtype='all'`` run: framework -> its workers' dtypes.
+#: OpenVINO's ``default`` precision is bf16 on CPUs with AVX-512 BF16 or AMX (its row's setting
+#: says what it ran); GluonCV and onnxruntime have no bf16 or INT8 CPU path to compare.
+MODE_PEERS = {
+    'float32': {'gluoncv': ('float32',), 'torch': ('float32',), 'onnxruntime': ('float32',),
+                'openvino': ('float32',)},
+    'bfloat16': {'torch': ('bfloat16',), 'openvino': ('default',)},
+    'int8': {'openvino': ('int8',)},
+}
 
 
 def torch_python() -> str:
@@ -52,6 +67,7 @@ class BenchConfig:
     batch_size: int = 16
     input_size: int = 224
     mode: str = 'infer'
+    #: Our precision: float32, bfloat16, int8, or all (one table per precision, see above).
     dtype: str = 'float32'
     compare: Sequence[str] = ()
     repetitions: int = 5
@@ -143,7 +159,12 @@ class Worker:
 
 
 def run_benchmark(config: BenchConfig, progress: bool = True) -> dict[str, Any]:
-    """Time ``ours`` and the frameworks of ``config.compare``, alternating; return a report."""
+    """Time ``ours`` and the frameworks of ``config.compare``, alternating; return a report.
+
+    With ``config.dtype == 'all'`` the report holds one report per precision under ``modes``.
+    """
+    if config.dtype == 'all':
+        return _run_all(config, progress)
     rows: list[tuple[str, str, dict[str, Any] | None]] = []
     if config.dtype == 'int8':
         rows += [('ours', 'int8', dict(v)) for v in (config.int8_variants or [{}])]
@@ -156,10 +177,49 @@ def run_benchmark(config: BenchConfig, progress: bool = True) -> dict[str, Any]:
     onnx_rows = [name for name, _, _ in rows if name in ONNX_PEERS]
     if onnx_rows and config.mode != 'infer':
         raise ValueError(f'{", ".join(sorted(set(onnx_rows)))} time inference only')
-    workers: list[Worker] = []
     tmp = tempfile.TemporaryDirectory(prefix='bench-onnx-')
     try:
         onnx = _export_onnx(config, tmp.name) if onnx_rows else None
+        results = _time_rows(config, rows, onnx, progress)
+    finally:
+        tmp.cleanup()
+    return _report(config, config.dtype, results)
+
+
+def _run_all(config: BenchConfig, progress: bool) -> dict[str, Any]:
+    """One table per precision (:data:`MODES`), each timed alternately on its own."""
+    if config.mode != 'infer':
+        raise ValueError('dtype all times inference only')
+    tmp = tempfile.TemporaryDirectory(prefix='bench-onnx-')
+    modes = {}
+    try:
+        onnx_rows = [name for name in config.compare if name in ONNX_PEERS]
+        onnx = _export_onnx(config, tmp.name) if onnx_rows else None
+        for mode in MODES:
+            if mode == 'int8':
+                rows = [('ours', 'int8', dict(v)) for v in (config.int8_variants or [{}])]
+            else:
+                rows = [('ours', mode, None)]
+            for name in config.compare:
+                rows += [(name, dtype, None) for dtype in MODE_PEERS[mode].get(name, ())]
+            if progress:
+                logger.info('benchmark: %s rows', mode)
+            results = _time_rows(config, rows, onnx, progress, desc=f'{mode} rounds')
+            modes[mode] = _report(config, mode, results)
+    finally:
+        tmp.cleanup()
+    return {'model': config.model, 'task': config.task, 'batch_size': config.batch_size,
+            'input_size': config.input_size, 'mode': config.mode, 'dtype': 'all',
+            'threads': config.threads, 'repetitions': config.repetitions,
+            'iters': config.iters, 'modes': modes}
+
+
+def _time_rows(config: BenchConfig, rows: Sequence[tuple[str, str, dict[str, Any] | None]],
+               onnx: tuple[str, int] | None, progress: bool,
+               desc: str = 'rounds') -> list[dict[str, Any]]:
+    """Start one worker per row, time them in alternating rounds, and return their results."""
+    workers: list[Worker] = []
+    try:
         # Start one at a time: building a model is CPU-heavy and would skew the others.
         for name, dtype, options in rows:
             worker = Worker(name, config, dtype, options,
@@ -168,7 +228,7 @@ def run_benchmark(config: BenchConfig, progress: bool = True) -> dict[str, Any]:
             worker.wait_ready()
         from tqdm import tqdm
 
-        for rnd in tqdm(range(config.repetitions), desc='rounds', disable=not progress):
+        for rnd in tqdm(range(config.repetitions), desc=desc, disable=not progress):
             # Rotate who goes first: the first batch after another worker's turn runs slower
             # (caches, thread wake-up), and a fixed order would always charge it to the same row.
             shift = rnd % len(workers)
@@ -177,13 +237,15 @@ def run_benchmark(config: BenchConfig, progress: bool = True) -> dict[str, Any]:
                 worker.times += reply['times']
                 worker.peak_rss_mib = max(worker.peak_rss_mib, reply['peak_rss_mib'])
         if config.mode == 'infer' and config.latency_iters > 0:
-            for _ in range(2):  # two alternating rounds of batch-1 timing
-                for worker in workers:
+            # Batch-1 timing in as many alternating rounds as the throughput (at least two),
+            # rotated the same way: a batch of one is short, and a busy second skews a few.
+            for rnd in range(max(2, config.repetitions)):
+                shift = rnd % len(workers)
+                for worker in workers[shift:] + workers[:shift]:
                     worker.latency += worker.request('latency', config.latency_iters)['times']
     finally:
         for worker in workers:
             worker.close()
-        tmp.cleanup()
     results = []
     for worker in workers:
         median = statistics.median(worker.times)
@@ -199,14 +261,23 @@ def run_benchmark(config: BenchConfig, progress: bool = True) -> dict[str, Any]:
         })
         if worker.quantize_options is not None:
             results[-1]['quantize_options'] = worker.quantize_options
-    ours = results[0]['images_per_sec']
-    ratios = {_label(r): ours / r['images_per_sec'] for r in results[1:]}
+    return results
+
+
+def _report(config: BenchConfig, dtype: str, results: list[dict[str, Any]]) -> dict[str, Any]:
+    """The report of one table: its rows and each against the first (ours)."""
+    ours = results[0]
+    ratios = {_label(r): ours['images_per_sec'] / r['images_per_sec'] for r in results[1:]}
     report = {'model': config.model, 'task': config.task, 'batch_size': config.batch_size,
-              'input_size': config.input_size, 'mode': config.mode, 'dtype': config.dtype,
+              'input_size': config.input_size, 'mode': config.mode, 'dtype': dtype,
               'threads': config.threads, 'repetitions': config.repetitions,
               'iters': config.iters, 'results': results, 'ratios': ratios}
+    if ours['latency_ms']:
+        # Above 1: ours answers one image sooner than that row.
+        report['latency_ratios'] = {_label(r): r['latency_ms'] / ours['latency_ms']
+                                    for r in results[1:] if r['latency_ms']}
     fp32 = [r for r in results if r['framework'] == 'ours' and r['dtype'] == 'float32']
-    if config.dtype == 'int8' and fp32:
+    if dtype == 'int8' and fp32:
         # Each INT8 row against our FP32 row of the same run (the speed-up asked for).
         report['int8_speedup'] = {_label(r): r['images_per_sec'] / fp32[0]['images_per_sec']
                                   for r in results if r['dtype'] == 'int8'}
@@ -231,6 +302,9 @@ def _export_onnx(config: BenchConfig, folder: str) -> tuple[str, int]:
     return output, int(reply['params'])
 
 
+MODE_TITLES = {'float32': 'FP32', 'bfloat16': 'bfloat16', 'int8': 'INT8'}
+
+
 def _label(row: dict[str, Any]) -> str:
     if row['framework'] != 'ours':
         if row['dtype'] == 'float32':
@@ -243,7 +317,11 @@ def _label(row: dict[str, Any]) -> str:
 
 
 def format_table(report: dict[str, Any]) -> str:
-    """Markdown table of a :func:`run_benchmark` report."""
+    """Markdown table of a :func:`run_benchmark` report (one per precision for dtype all,
+    each under a heading line)."""
+    if 'modes' in report:
+        return '\n\n'.join(f'### {MODE_TITLES[mode]}\n\n{format_table(sub)}'
+                             for mode, sub in report['modes'].items())
     head = ('| implementation | dtype | params | input | mode | batch | images/s (median) | '
             'latency b=1 (ms) | peak RSS (MiB) | ours / this | setting |')
     lines = [head, '|' + '---|' * 11]

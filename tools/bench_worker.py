@@ -11,6 +11,10 @@ is installed. The protocol is one JSON object per line:
 * ``{"cmd": "latency", "iters": k}`` switches to batch 1 and answers ``{"times": [...]}``;
 * ``{"cmd": "quit"}`` ends the worker.
 
+Our ``bfloat16`` row runs the export of ``fast_inference(net, x, dtype='bfloat16')`` where the
+installed :func:`gluon_resnest.fast_inference` takes a ``dtype`` and its graph runs on the
+native operators, and MXNet's AMP otherwise; its ``setting`` says which.
+
 Every worker draws the same input (numpy seed 0, uniform in [-1, 1]) and runs with the thread
 count it was given (``OMP_NUM_THREADS``, set by the driver before start, and each runtime's own
 thread setting).
@@ -145,28 +149,20 @@ def _mxnet_runner(args: argparse.Namespace) -> _Runner:
         runner.setting = ('INT8 (oneDNN' + (', native Split-Attention sum' if fused else '') +
                           '), static memory plan')
     elif args.dtype == 'bfloat16':
-        from gluon_resnest import native
-        from gluon_resnest.deploy.inference import optimize_for_inference
-        if native.load() and native.bf16.unavailable_reason() is None:
-            # fast_inference's bfloat16 graph (oneDNN 3 bf16 convolutions, bf16 N x H x W x C
-            # Split-Attention), exported and reloaded as the float32 path is.
-            from gluon_resnest.deploy.fast_inference import fast_inference
-            net = fast_inference(net, state['x'], dtype='bfloat16', strict=True)
-            with tempfile.TemporaryDirectory() as tmp:
-                prefix = os.path.join(tmp, 'model')
-                net.export(prefix)
-                model = gluon.SymbolBlock.imports(f'{prefix}-symbol.json', ['data'],
-                                                  f'{prefix}-0000.params', ctx=mx.cpu())
-            model.hybridize(static_alloc=True, static_shape=True)
-            runner.setting = ('exported, bf16 oneDNN 3 convolutions, native bf16 '
-                              'Split-Attention (NHWC), static memory plan')
-            del net
+        fast = _bf16_fast_inference(net, state['x'])
+        if fast is not None:
+            # As the float32 row: the exported file of fast_inference(dtype='bfloat16').
+            model = _exported(fast)
+            runner.setting = ('exported, fast_inference(dtype=\'bfloat16\') (bf16 on '
+                              'oneDNN 3, native Split-Attention), static memory plan')
         else:
             from mxnet.contrib import amp
+
+            from gluon_resnest.deploy.inference import optimize_for_inference
             net = optimize_for_inference(net, data=state['x'])
             model = amp.convert_hybrid_block(net, target_dtype='bfloat16', ctx=mx.cpu())
             model.hybridize(static_alloc=True, static_shape=True)
-            runner.setting = 'bf16 (AMP), oneDNN fusion'
+            runner.setting = 'bf16 (MXNet AMP on optimize_for_inference), oneDNN fusion'
     else:
         # The deployment path: get_model + fast_inference (oneDNN 3 convolutions and the
         # native Split-Attention in N x H x W x C; optimize_for_inference where those are
@@ -182,12 +178,7 @@ def _mxnet_runner(args: argparse.Namespace) -> _Runner:
             winograd = native.onednn_calls()['conv_winograd'] > before
         else:
             optimize_for_inference(net, data=state['x'])
-        with tempfile.TemporaryDirectory() as tmp:
-            prefix = os.path.join(tmp, 'model')
-            net.export(prefix)
-            model = gluon.SymbolBlock.imports(f'{prefix}-symbol.json', ['data'],
-                                              f'{prefix}-0000.params', ctx=mx.cpu())
-        model.hybridize(static_alloc=True, static_shape=True)
+        model = _exported(net)
         runner.setting = ('exported, ' + ('oneDNN 3 convolutions' +
                                           (' (3x3 as Winograd F(4x4,3x3))' if winograd else '') +
                                           ', native Split-Attention (NHWC)' if fast
@@ -199,6 +190,33 @@ def _mxnet_runner(args: argparse.Namespace) -> _Runner:
     runner.step = infer
     runner.set_batch = make_input
     return runner
+
+
+def _exported(net: Any) -> Any:
+    """``net`` exported and reloaded as a statically planned ``SymbolBlock`` (the file a user
+    ships)."""
+    import mxnet as mx
+    from mxnet import gluon
+
+    with tempfile.TemporaryDirectory() as tmp:
+        prefix = os.path.join(tmp, 'model')
+        net.export(prefix)
+        model = gluon.SymbolBlock.imports(f'{prefix}-symbol.json', ['data'],
+                                          f'{prefix}-0000.params', ctx=mx.cpu())
+    model.hybridize(static_alloc=True, static_shape=True)
+    return model
+
+
+def _bf16_fast_inference(net: Any, data: Any) -> Any:
+    """``fast_inference(net, data, dtype='bfloat16')`` where the native bfloat16 operators
+    passed their self-check on this CPU; else None (the caller falls back to MXNet's AMP)."""
+    from gluon_resnest import native
+    from gluon_resnest.deploy.fast_inference import fast_inference
+
+    if not native.fast_inference_available() or native.bf16.unavailable_reason() is not None:
+        return None
+    block = fast_inference(net, data, dtype='bfloat16', strict=True)
+    return block
 
 
 #: The FPN settings of GluonCV's ``faster_rcnn_fpn_*_resnest*_coco`` builders (its

@@ -9,6 +9,13 @@ onnxruntime and OpenVINO run an ONNX export of our network (made for the run); O
 three rows: FP32, its default precision (bf16 on CPUs with AMX) and INT8 from NNCF. The last
 column of the table states each row's setting.
 
+``--dtype all`` prints one table per precision, each our row against the peers' rows of that
+precision (FP32: all of them; bfloat16: PyTorch's autocast and OpenVINO's default precision;
+INT8: OpenVINO's NNCF INT8), with images/s at ``--batch-size`` and the batch-1 latency::
+
+    python tools/benchmark.py --model resnest50 --dtype all \\
+        --compare gluoncv,torch,onnxruntime,openvino
+
 ``--task detect`` times GluonCV's Faster R-CNN with FPN on the model as backbone, ours (served
 by ``register_gluoncv(override=True)``) against GluonCV's own with ``--compare gluoncv``, one
 image of ``--input-size`` pixels per batch; ``--task detect-features`` times only the backbone
@@ -48,8 +55,10 @@ def _main(argv: list[str] | None = None) -> int:
     parser.add_argument('--dropblock', choices=('gluoncv', 'effective'), default='gluoncv',
                         help='with --task detect*: register_gluoncv(dropblock=...) of our row '
                              '(effective: the DropBlocks of GluonCV\'s 0.1 act in training)')
-    parser.add_argument('--dtype', choices=('float32', 'int8', 'bfloat16'), default='float32',
-                        help='our dtype (inference); int8/bfloat16 rows add our float32 row')
+    parser.add_argument('--dtype', choices=('float32', 'int8', 'bfloat16', 'all'),
+                        default='float32',
+                        help='our dtype (inference); int8/bfloat16 rows add our float32 row; '
+                             'all: one table per precision against the peers\' rows of it')
     parser.add_argument('--compare', default='',
                         help='comma-separated: gluoncv, torch, onnxruntime, openvino (timed '
                              'in the same run)')
@@ -57,7 +66,8 @@ def _main(argv: list[str] | None = None) -> int:
                         help='alternating rounds; each times --iters batches per framework')
     parser.add_argument('--iters', type=int_in(1, 10**6), default=2, help='timed batches per round')
     parser.add_argument('--latency-iters', type=int_in(0, 10**6), default=5,
-                        help='batch-1 runs per latency round (0: skip)')
+                        help='batch-1 runs per latency round, one round per repetition '
+                             '(0: skip)')
     parser.add_argument('--threads', type=int_in(1, 1024), default=os.cpu_count() or 1,
                         help='OMP threads of every worker')
     parser.add_argument('--classes', type=int_in(1, 10**6), default=1000)
@@ -94,7 +104,7 @@ def _main(argv: list[str] | None = None) -> int:
     if onnx_peers and args.mode == 'train':
         parser.error(f'{", ".join(onnx_peers)} time inference only (--mode infer)')
     if args.dtype != 'float32' and args.mode == 'train':
-        parser.error('--dtype int8/bfloat16 is for --mode infer')
+        parser.error('--dtype int8/bfloat16/all is for --mode infer')
     variants = []
     for text in args.int8_variant:
         try:
@@ -104,8 +114,8 @@ def _main(argv: list[str] | None = None) -> int:
         if not isinstance(variant, dict):
             parser.error(f'--int8-variant {text!r} must be a JSON object')
         variants.append(variant)
-    if variants and args.dtype != 'int8':
-        parser.error('--int8-variant needs --dtype int8')
+    if variants and args.dtype not in ('int8', 'all'):
+        parser.error('--int8-variant needs --dtype int8 or all')
     config = BenchConfig(model=args.model, batch_size=args.batch_size,
                          input_size=args.input_size, mode=args.mode, dtype=args.dtype,
                          compare=compare, repetitions=args.repetitions, iters=args.iters,
@@ -121,11 +131,22 @@ def _main(argv: list[str] | None = None) -> int:
         print(json.dumps(report, indent=2))
     else:
         print(format_table(report))
-        for name, ratio in report['ratios'].items():
-            print(f'ours / {name}: {ratio:.2f}x')
-        for name, ratio in report.get('int8_speedup', {}).items():
-            print(f'{name} / ours-float32: {ratio:.2f}x')
+        for mode, sub in report.get('modes', {'': report}).items():
+            if mode and sub['ratios']:
+                print(f'{mode}:')
+            _print_ratios(sub)
     return 0
+
+
+def _print_ratios(report: dict) -> None:
+    latency = report.get('latency_ratios', {})
+    for name, ratio in report['ratios'].items():
+        line = f'ours / {name}: {ratio:.2f}x'
+        if name in latency:
+            line += f' (batch-1 latency: {latency[name]:.2f}x)'
+        print(line)
+    for name, ratio in report.get('int8_speedup', {}).items():
+        print(f'{name} / ours-float32: {ratio:.2f}x')
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -17,7 +17,8 @@
 // transformed weights (G g G^T, made once) in one batched oneDNN matmul, and transforms the
 // products back (A^T m A) with the bias, the residual sum and the ReLU. The transforms use
 // AVX-512 on 16 channels at a time, so the path needs AVX-512 and channels per group that are
-// multiples of 16, and enough tiles (kWinoMinTiles); the other convolutions run direct.
+// multiples of 16, and enough tiles (kWinoMinTiles); the other convolutions run direct. With
+// few tiles (kWinoSplitTiles) the threads share one block and split its matmul instead.
 #include <immintrin.h>
 #include <omp.h>
 #include <oneapi/dnnl/dnnl.hpp>
@@ -130,10 +131,14 @@ GRC_AVX512 void wino_out_tile(const float* m, int64_t stride, float* dst, int64_
 // At most this many tiles per block: the block's transformed inputs and products stay in a
 // core's cache.
 constexpr int64_t kWinoTiles = 32;
-// Fewer output tiles than this run direct: each block reads all transformed weights (four
-// times the direct ones), which then outweighs the saved multiplications (a 7 x 7 map at
-// batch 1 has 4 tiles).
+// Fewer output tiles than this run direct: the transformed weights (four times the direct ones)
+// are read for too few tiles to repay the saved multiplications (a 7 x 7 map at batch 1 has 4).
 constexpr int64_t kWinoMinTiles = 16;
+// Fewer output tiles than this (a 14 x 14 map at batch 1 has 16) make one block, and the
+// threads split its matmul by the 36 x G positions instead of taking blocks of tiles: each
+// thread then reads its share of the transformed weights, not all of them (blocks of 8 tiles,
+// each reading all weights, ran slower than direct).
+constexpr int64_t kWinoSplitTiles = 32;
 
 // Weights (K, C/G, 3, 3) to u[36][G][C/G][K/G] = G g G^T, in double precision.
 void wino_weights(const float* weight, float* u, int64_t k, int64_t c, int64_t groups) {
@@ -179,6 +184,10 @@ struct grc_conv {
   // and its reordered transformed weights; tiles per block.
   bool winograd = false;
   int64_t block_tiles = 0;
+  // Fewer than kWinoSplitTiles tiles: the matmul of one slice of the positions, and each
+  // slice's weights (parts of them); 0 parts: blocks of tiles with the whole matmul.
+  int64_t parts = 0;
+  std::vector<dnnl::memory> part_weights;
   grc_conv_spec spec;
   dnnl::matmul matmul;
   dnnl::memory::desc scratch_md;
@@ -198,6 +207,41 @@ bool winograd_applies(const grc_conv_spec* s) {
          s->dw == 0 && cg % 16 == 0 && kg % 16 == 0 && s->oh == s->ih && s->ow == s->iw;
 }
 
+// One block of all tiles; the 36 x G positions in `parts` slices (at most one per thread).
+grc_conv* winograd_create_split(const grc_conv_spec* s, const float* weight, const float* bias,
+                                int64_t threads) {
+  auto& eng = cpu_engine();
+  dnnl::stream stream(eng);
+  const int64_t cg = s->ic / s->groups, kg = s->oc / s->groups, batch = 36 * s->groups;
+  const int64_t tiles = s->n * ((s->oh + 3) / 4) * ((s->ow + 3) / 4);
+  int64_t parts = std::min(threads, batch);
+  while (batch % parts != 0) --parts;
+  const int64_t chunk = batch / parts;
+  std::vector<float> u(36 * s->oc * cg);
+  wino_weights(weight, u.data(), s->oc, s->ic, s->groups);
+  dnnl::primitive_attr attr;
+  attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
+  dnnl::matmul::primitive_desc pd(eng, {{chunk, tiles, cg}, dt::f32, tag::abc},
+                                  {{chunk, cg, kg}, dt::f32, tag::any},
+                                  {{chunk, tiles, kg}, dt::f32, tag::abc}, attr);
+  auto* c = new grc_conv;
+  c->winograd = true;
+  c->block_tiles = tiles;
+  c->parts = parts;
+  c->spec = *s;
+  c->matmul = dnnl::matmul(pd);
+  c->scratch_md = pd.scratchpad_desc();
+  c->impl = std::string("winograd_f4x4_3x3_split+") + pd.impl_info_str();
+  for (int64_t p = 0; p < parts; ++p) {
+    dnnl::memory user_u({{chunk, cg, kg}, dt::f32, tag::abc}, eng, u.data() + p * chunk * cg * kg);
+    c->part_weights.emplace_back(pd.weights_desc(), eng);
+    dnnl::reorder(user_u, c->part_weights.back()).execute(stream, user_u, c->part_weights.back());
+  }
+  stream.wait();
+  if (s->has_bias) c->bias_values.assign(bias, bias + s->oc);
+  return c;
+}
+
 grc_conv* winograd_create(const grc_conv_spec* s, const float* weight, const float* bias) {
   auto& eng = cpu_engine();
   dnnl::stream stream(eng);
@@ -206,6 +250,8 @@ grc_conv* winograd_create(const grc_conv_spec* s, const float* weight, const flo
   // of one size.
   const int64_t tiles = s->n * ((s->oh + 3) / 4) * ((s->ow + 3) / 4);
   const int64_t threads = std::max(1, omp_get_max_threads());
+  if (tiles < kWinoSplitTiles && threads > 1)
+    return winograd_create_split(s, weight, bias, threads);
   int64_t blocks = (tiles + kWinoTiles - 1) / kWinoTiles;
   blocks = std::min(tiles, (blocks + threads - 1) / threads * threads);
   const int64_t tb = (tiles + blocks - 1) / blocks;
@@ -231,7 +277,65 @@ grc_conv* winograd_create(const grc_conv_spec* s, const float* weight, const flo
   return c;
 }
 
+// The split schedule: all threads transform the inputs, then each multiplies its slices of
+// positions, then all transform the products back.
+GRC_AVX512 void winograd_run_split(grc_conv* c, const float* src, float* dst) {
+  const grc_conv_spec& s = c->spec;
+  const int64_t cg = s.ic / s.groups, kg = s.oc / s.groups, g = s.groups;
+  const int64_t th = (s.oh + 3) / 4, tw = (s.ow + 3) / 4, tb = c->block_tiles;
+  const int64_t parts = c->parts, chunk = 36 * g / parts;
+  const int64_t vsize = 36 * g * tb * cg, msize = 36 * g * tb * kg;
+  const size_t scratch = c->scratch_md.get_size();
+  const float* bias = c->bias_values.empty() ? nullptr : c->bias_values.data();
+  const bool sum = s.sum != 0, relu = s.relu != 0;
+  auto& eng = cpu_engine();
+  // The transformed inputs and products, shared by the threads: the calling thread's.
+  thread_local std::vector<float> shared;
+  if (shared.size() < static_cast<size_t>(vsize + msize + 16)) shared.resize(vsize + msize + 16);
+  float* v = reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(shared.data()) + 63) &
+                                      ~uintptr_t{63});
+  float* m = v + vsize;
+  const int64_t vstride = g * tb * cg, mstride = g * tb * kg;
+  const int64_t in_blocks = s.ic / 16, out_blocks = s.oc / 16;
+#pragma omp parallel
+  {
+    thread_local std::vector<float> own;
+    if (own.size() < scratch / sizeof(float) + 16) own.resize(scratch / sizeof(float) + 16);
+    float* sp = reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(own.data()) + 63) &
+                                         ~uintptr_t{63});
+#pragma omp for schedule(static)
+    for (int64_t i = 0; i < tb * in_blocks; ++i) {
+      const int64_t t = i / in_blocks, c0 = i % in_blocks * 16;
+      const int64_t n = t / (th * tw), ty = t % (th * tw) / tw, tx = t % tw;
+      wino_in_tile(src, s.ih, s.iw, s.ic, n, ty * 4 - 1, tx * 4 - 1, c0,
+                   v + (c0 / cg * tb + t) * cg + c0 % cg, vstride);
+    }
+#pragma omp for schedule(static)
+    for (int64_t p = 0; p < parts; ++p) {
+      dnnl::stream stream(eng);
+      dnnl::memory vm({{chunk, tb, cg}, dt::f32, tag::abc}, eng, v + p * chunk * tb * cg);
+      dnnl::memory mm({{chunk, tb, kg}, dt::f32, tag::abc}, eng, m + p * chunk * tb * kg);
+      dnnl::memory sm(c->scratch_md, eng, sp);
+      // Inside a parallel region oneDNN runs the matmul on the calling thread alone.
+      c->matmul.execute(stream, {{DNNL_ARG_SRC, vm},
+                                 {DNNL_ARG_WEIGHTS, c->part_weights[p]},
+                                 {DNNL_ARG_DST, mm},
+                                 {DNNL_ARG_SCRATCHPAD, sm}});
+      stream.wait();
+    }
+#pragma omp for schedule(static)
+    for (int64_t i = 0; i < tb * out_blocks; ++i) {
+      const int64_t t = i / out_blocks, c0 = i % out_blocks * 16;
+      const int64_t n = t / (th * tw), ty = t % (th * tw) / tw, tx = t % tw;
+      wino_out_tile(m + (c0 / kg * tb + t) * kg + c0 % kg, mstride, dst, s.oh, s.ow, s.oc, n,
+                    ty * 4, tx * 4, c0, bias, sum, relu);
+    }
+  }
+  winograd_runs.fetch_add(1, std::memory_order_relaxed);
+}
+
 GRC_AVX512 void winograd_run(grc_conv* c, const float* src, float* dst) {
+  if (c->parts > 0) return winograd_run_split(c, src, dst);
   const grc_conv_spec& s = c->spec;
   const int64_t cg = s.ic / s.groups, kg = s.oc / s.groups, g = s.groups;
   const int64_t th = (s.oh + 3) / 4, tw = (s.ow + 3) / 4, tiles = s.n * th * tw;

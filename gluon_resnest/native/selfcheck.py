@@ -88,7 +88,9 @@ def describe(failures: list[dict[str, Any]]) -> str:
 
 def _run_child() -> tuple[list[dict[str, Any]], bool]:
     """Run the checks in a child; (failures, whether the verdict may be cached)."""
-    env = dict(os.environ, **{CHILD_ENV: 'child'})
+    # Two OpenMP threads whatever the parent has: the convolutions take their multi-threaded
+    # paths (Winograd on few tiles splits its matrix multiply between threads).
+    env = dict(os.environ, **{CHILD_ENV: 'child', 'OMP_NUM_THREADS': '2'})
     cmd = [sys.executable, '-c', 'import sys; from gluon_resnest.native.selfcheck import main; '
            'sys.exit(main())']
     try:
@@ -352,6 +354,8 @@ def _fast_inference(report: _Report) -> None:
         'w3': rng.normal(scale=0.17, size=(width, width, 1, 1)), 'b3': rng.normal(size=(width,)),
         'w4': rng.normal(scale=0.08, size=(16, 8, 3, 3)), 'b4': rng.normal(size=(16,)),
         'w5': rng.normal(scale=0.08, size=(width, 16, 3, 3)), 'b5': rng.normal(size=(width,)),
+        'w6': rng.normal(scale=0.08, size=(width, 16, 3, 3)), 'b6': rng.normal(size=(width,)),
+        'one': rng.normal(size=(1, 16, 16, 16)),
         'atten': rng.uniform(0, 1, (2, width, 1, 1))}
     params = {k: mx.nd.array(v) for k, v in params.items()}
 
@@ -382,6 +386,8 @@ def _fast_inference(report: _Report) -> None:
         # A grouped convolution whose residual is a plain array (reordered), then a strided one.
         c4 = conv(v['data'], 4, 3, False, residual=v['data'], groups=2)
         c5 = conv(c4, 5, 3, True, stride=2)
+        # One image of 16 x 16: 16 Winograd tiles, fewer than a block per thread.
+        c6 = conv(v['one'], 6, 3, True)
         if native:
             g = mx.sym.gluon_resnest_sa_gap_nhwc(c3, radix=radix)
             y0 = mx.sym.gluon_resnest_sa_sum_nhwc(v['atten'], c3, radix=radix, pool=0)
@@ -390,7 +396,7 @@ def _fast_inference(report: _Report) -> None:
             g = sa_gap(mx.sym, c3, radix)
             y0 = sa_sum(mx.sym, v['atten'], c3, radix)
             y1 = sa_sum(mx.sym, v['atten'], c3, radix, pool=True)
-        return mx.sym.Group([c1, c2, c3, c4, c5, g, y0, y1])
+        return mx.sym.Group([c1, c2, c3, c4, c5, c6, g, y0, y1])
 
     results = {}
     for native in (True, False):
@@ -402,6 +408,8 @@ def _fast_inference(report: _Report) -> None:
              ('gluon_resnest_conv', 'direct 1x1 with residual sum and ReLU', 1e-3),
              ('gluon_resnest_conv', 'grouped 3x3 with a plain residual', 1e-5),
              ('gluon_resnest_conv', 'direct 3x3, stride 2, with ReLU', 1e-4),
+             ('gluon_resnest_conv', 'Winograd 3x3 on 16 tiles, threads splitting its matmul',
+              1e-3),
              ('gluon_resnest_sa_gap_nhwc', 'N x H x W x C input', 1e-3),
              ('gluon_resnest_sa_sum_nhwc', 'N x H x W x C input', 1e-3),
              ('gluon_resnest_sa_sum_nhwc', 'N x H x W x C input, pool 1', 1e-3)]

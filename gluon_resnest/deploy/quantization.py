@@ -2,9 +2,11 @@
 
 BatchNorm is first folded into the convolutions and every grouped convolution is rewritten as
 ungrouped ones (:func:`split_grouped_convolutions`; MXNet 1.9.1's INT8 grouped convolution is
-inaccurate). The rest is MXNet's :func:`mxnet.contrib.quantization.quantize_net`: the graph is
-fused with the oneDNN quantization backend (Convolution + ReLU + residual add become one INT8
-convolution), activations are calibrated on real images (``naive``: min/max; ``entropy``:
+inaccurate), and the attention's 1x1 convolutions of globally pooled maps as fully connected
+layers (:func:`dense_pointwise_convolutions`). The rest is MXNet's
+:func:`mxnet.contrib.quantization.quantize_net`: the graph is fused with the oneDNN
+quantization backend (Convolution + ReLU + residual add become one INT8 convolution),
+activations are calibrated on real images (``naive``: min/max; ``entropy``:
 KL-divergence thresholds), and the result is a ``SymbolBlock`` that ``export`` writes as an
 ordinary ``PREFIX-symbol.json``/``PREFIX-0000.params`` pair, loadable with
 ``mx.gluon.SymbolBlock.imports``.
@@ -30,9 +32,10 @@ from .graph import Graph
 from .inference import fold_batchnorm
 from .preprocess import eval_transform, load_class_names
 
-__all__ = ['CALIB_MODES', 'calibration_batches', 'fuse_split_attention_int8',
-           'grouped_convolutions', 'pool_splits_per_branch', 'quantize_export',
-           'quantize_network', 'split_grouped_convolutions', 'sum_splits_per_branch']
+__all__ = ['CALIB_MODES', 'calibration_batches', 'dense_pointwise_convolutions',
+           'fuse_split_attention_int8', 'grouped_convolutions', 'pool_splits_per_branch',
+           'quantize_export', 'quantize_network', 'split_grouped_convolutions',
+           'sum_splits_per_branch']
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +50,8 @@ def quantize_network(net: nn.HybridBlock, calib_data: Sequence[mx.nd.NDArray],
                      split_grouped: bool = True,
                      split_producers: bool = True,
                      sum_per_branch: bool = True,
-                     native: bool | None = None) -> mx.gluon.SymbolBlock:
+                     native: bool | None = None,
+                     dense_pointwise: bool = True) -> mx.gluon.SymbolBlock:
     """Quantize an initialised FP32 network to INT8 (oneDNN) with calibration.
 
     Args:
@@ -71,6 +75,9 @@ def quantize_network(net: nn.HybridBlock, calib_data: Sequence[mx.nd.NDArray],
             ``quantized_dtype='int8'``). None: when the operator library builds and loads (a
             warning says why not otherwise); True: it must; False: never (MXNet's operators
             only).
+        dense_pointwise: Run the 1x1 convolutions of globally pooled maps (the
+            Split-Attention attention's) as ``FullyConnected``
+            (:func:`dense_pointwise_convolutions`; exact in FP32, faster in INT8).
 
     Returns:
         The quantized network as a ``SymbolBlock``.
@@ -86,7 +93,8 @@ def quantize_network(net: nn.HybridBlock, calib_data: Sequence[mx.nd.NDArray],
     batches = [b for b in batches if b.shape == shape]
     with unfused_norm_relu(net):
         net = fold_network(net, batches[0], split_grouped=split_grouped,
-                           split_producers=split_producers, sum_per_branch=sum_per_branch)
+                           split_producers=split_producers, sum_per_branch=sum_per_branch,
+                           dense_pointwise=dense_pointwise)
     symbol = net(mx.sym.var('data'))
     exclude = list(exclude_layers or [])
     if not quantize_grouped and not split_grouped:
@@ -362,6 +370,114 @@ def pool_splits_per_branch(symbol: mx.sym.Symbol) -> mx.sym.Symbol:
     return graph.to_symbol()
 
 
+def dense_pointwise_convolutions(symbol: mx.sym.Symbol, arg_params: dict[str, mx.nd.NDArray]
+                                 ) -> tuple[mx.sym.Symbol, dict[str, mx.nd.NDArray]]:
+    """Rewrite each 1x1 Convolution of a globally pooled map as a ``FullyConnected``.
+
+    The Split-Attention attention's two 1x1 convolutions read the globally pooled map
+    (N x C x 1 x 1): a matrix-vector product per image, which oneDNN runs faster as an inner
+    product than as a convolution (in INT8 too). A convolution is rewritten when its input is
+    1 x 1 at any input size: a global ``Pooling``, or elementwise sums, channel slices and
+    activations of such maps, or another rewritten convolution. The weight ``(K, C, 1, 1)``
+    becomes ``(K, C)`` under the same name; a ReLU ``Activation`` that follows acts on the
+    flat ``(N, K)`` output, and a ``Reshape`` to ``(N, K, 1, 1)`` is put before any other
+    reader (a ``Reshape`` that gives the same from either shape reads it directly). Exact in
+    float32 (the same products and sums).
+
+    Args:
+        symbol: The network's symbol.
+        arg_params: Its arguments; the rewritten convolutions' weights are reshaped.
+
+    Returns:
+        ``(symbol, arg_params)``, new objects; the inputs are not modified.
+    """
+    graph = Graph(symbol)
+    nodes, op = graph.nodes, graph.op
+    pooled: set[int] = set()  # nodes whose output is N x C x 1 x 1 whatever the input size
+    dense: set[int] = set()
+    for i, node in enumerate(nodes):
+        attrs = graph.attrs(i)
+        sources = [e[0] for e in node['inputs']]
+        if op(i) == 'Pooling' and attrs.get('global_pool') in ('True', '1', 'true'):
+            pooled.add(i)
+        elif op(i) == 'gluon_resnest_sa_gap':
+            pooled.add(i)
+        elif op(i) in ('elemwise_add', '_plus', '_Plus', 'add_n', 'ElementWiseSum',
+                       'Activation') and sources and all(s in pooled for s in sources):
+            pooled.add(i)
+        elif op(i) in ('slice_axis', 'SliceChannel') and attrs.get('axis') == '1' and \
+                attrs.get('squeeze_axis', 'False') in ('False', '0', 'false') and \
+                sources[0] in pooled:
+            pooled.add(i)
+        elif (op(i) == 'Convolution' and attrs.get('kernel') == '(1, 1)'
+              and int(attrs.get('num_group', 1)) == 1
+              and attrs.get('stride', '(1, 1)') == '(1, 1)'
+              and attrs.get('pad', '(0, 0)') == '(0, 0)'
+              and attrs.get('layout', 'NCHW') == 'NCHW' and sources[0] in pooled
+              and all(graph.consumers.get(s) == [i] for s in sources[1:])):
+            dense.add(i)
+            pooled.add(i)
+    if not dense:
+        return symbol, dict(arg_params)
+    args = dict(arg_params)
+    weights = {nodes[i]['inputs'][1][0] for i in dense}
+    for i in weights:
+        # A copy: an array laid out by oneDNN cannot be reshaped as a view.
+        value = args[nodes[i]['name']].asnumpy()
+        args[nodes[i]['name']] = mx.nd.array(value.reshape(value.shape[0], -1), dtype=value.dtype)
+    flat: set[int] = set()         # old nodes whose new output is (N, K)
+    unflat: dict[int, list] = {}   # old node -> Reshape of its flat output back to 4-d
+
+    def four_d(entry: list) -> list:
+        if entry[0] not in flat:
+            return graph.remap(entry)
+        if entry[0] not in unflat:
+            unflat[entry[0]] = [graph.add({
+                'op': 'Reshape', 'name': f"{nodes[entry[0]]['name']}_unflatten",
+                'attrs': {'shape': '(0, -1, 1, 1)'}, 'inputs': [graph.remap(entry)]}), 0, 0]
+        return list(unflat[entry[0]])
+
+    for i, node in enumerate(nodes):
+        if i in dense:
+            attrs = graph.attrs(i)
+            no_bias = attrs.get('no_bias', 'False')
+            graph.index[i] = graph.add({
+                'op': 'FullyConnected', 'name': node['name'],
+                'attrs': {'num_hidden': attrs['num_filter'], 'no_bias': no_bias,
+                          'flatten': 'True'},
+                'inputs': [graph.remap(e) for e in node['inputs']]})
+            flat.add(i)
+        elif op(i) == 'Activation' and node['inputs'][0][0] in flat:  # elementwise
+            graph.keep(i)
+            flat.add(i)
+        elif i in weights:  # a variable may carry its shape: the new one
+            attrs = dict(graph.attrs(i))
+            if '__shape__' in attrs:
+                attrs['__shape__'] = str(tuple(args[node['name']].shape))
+            graph.index[i] = graph.add(dict(node, attrs=attrs))
+        elif op(i) == 'null':
+            graph.keep(i)
+        elif op(i) == 'Reshape' and _flat_safe_shape(graph.attrs(i).get('shape', '')):
+            graph.keep(i)  # the same result from (N, K) as from (N, K, 1, 1)
+        else:
+            graph.index[i] = graph.add(dict(node, inputs=[four_d(e) for e in node['inputs']]))
+    for entry in graph.heads:
+        if entry[0] in flat:  # an output keeps its 4-d shape
+            graph.drop(entry[0], [four_d(entry)])
+    return graph.to_symbol(), args
+
+
+def _flat_safe_shape(shape: str) -> bool:
+    """True when ``Reshape(shape=shape)`` gives the same from ``(N, K)`` as from
+    ``(N, K, 1, 1)``: the batch copied (0) or given, then sizes and at most one -1."""
+    try:
+        dims = [int(v) for v in shape.strip('()[] ').split(',') if v.strip()]
+    except ValueError:
+        return False
+    return (len(dims) >= 2 and dims[0] >= 0 and all(d > 0 or d == -1 for d in dims[1:])
+            and dims[1:].count(-1) <= 1)
+
+
 def _conv_width(graph: Graph, i: int) -> int | None:
     """Output channels of node ``i`` when it is a Convolution (or a ReLU of one), else None."""
     if graph.op(i) == 'Activation' and graph.attrs(i).get('act_type') == 'relu':
@@ -444,13 +560,15 @@ def fuse_split_attention_int8(symbol: mx.sym.Symbol) -> tuple[mx.sym.Symbol, int
 
 
 def fold_network(net: nn.HybridBlock, sample: mx.nd.NDArray, split_grouped: bool = False,
-                 split_producers: bool = True, sum_per_branch: bool = True
-                 ) -> mx.gluon.SymbolBlock:
+                 split_producers: bool = True, sum_per_branch: bool = True,
+                 dense_pointwise: bool = False) -> mx.gluon.SymbolBlock:
     """``net`` as a ``SymbolBlock`` with its BatchNorms folded into the convolutions.
 
     See :func:`gluon_resnest.deploy.fold_batchnorm`. With ``split_grouped`` the grouped
     convolutions are then rewritten as ungrouped ones (:func:`split_grouped_convolutions`),
     and with ``sum_per_branch`` the Split-Attention sum too (:func:`sum_splits_per_branch`).
+    With ``dense_pointwise`` the 1x1 convolutions of globally pooled maps become
+    ``FullyConnected`` (:func:`dense_pointwise_convolutions`).
     """
     net.hybridize()
     net(sample)
@@ -464,6 +582,8 @@ def fold_network(net: nn.HybridBlock, sample: mx.nd.NDArray, split_grouped: bool
                                                        split_producers=split_producers)
         if sum_per_branch:
             symbol = pool_splits_per_branch(sum_splits_per_branch(symbol))
+    if dense_pointwise:
+        symbol, args = dense_pointwise_convolutions(symbol, args)
     inputs = [name for name in symbol.list_arguments() if name not in args]
     block = mx.gluon.SymbolBlock(symbol, [mx.sym.var(name) for name in inputs])
     params = block.collect_params()

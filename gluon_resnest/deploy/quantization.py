@@ -379,8 +379,8 @@ def dense_pointwise_convolutions(symbol: mx.sym.Symbol, arg_params: dict[str, mx
     product than as a convolution (in INT8 too). A convolution is rewritten when its input is
     1 x 1 at any input size: a global ``Pooling``, or elementwise sums, channel slices and
     activations of such maps, or another rewritten convolution. The weight ``(K, C, 1, 1)``
-    becomes ``(K, C)`` under the same name; a ReLU ``Activation`` that follows acts on the
-    flat ``(N, K)`` output, and a ``Reshape`` to ``(N, K, 1, 1)`` is put before any other
+    becomes ``(K, C)`` under the same name; an ``Activation`` that follows acts on the flat
+    ``(N, K)`` output, and a ``Reshape`` to ``(N, K, 1, 1)`` is put before any other
     reader (a ``Reshape`` that gives the same from either shape reads it directly). Exact in
     float32 (the same products and sums).
 

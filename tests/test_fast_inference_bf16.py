@@ -58,13 +58,14 @@ def test_bfloat16_output_close_to_float32():
     x = _input((4, 3, 64, 64))
     want = fast_inference(net, x)(x).asnumpy()
     before = bf16.calls()
-    winograd_before = native._winograd_runs()
     block = fast_inference(net, x, dtype='bfloat16')
     out = block(x)
-    winograd_runs = native._winograd_runs() - winograd_before
     assert out.dtype == np.float32
     got = out.asnumpy()
     after = bf16.calls()
+    winograd_before = native._winograd_runs()
+    block(x).wait_to_read()
+    winograd_runs = native._winograd_runs() - winograd_before
     ops = _ops(block)
     assert 'gluon_resnest_conv' not in ops and 'gluon_resnest_sa_sum_nhwc' not in ops
     assert ops.count('gluon_resnest_conv_bf16') == 19

@@ -63,15 +63,114 @@ def test_bfloat16_output_close_to_float32():
     assert out.dtype == np.float32
     got = out.asnumpy()
     after = bf16.calls()
+    winograd_before = native._winograd_runs()
+    block(x).wait_to_read()
+    winograd_runs = native._winograd_runs() - winograd_before
     ops = _ops(block)
     assert 'gluon_resnest_conv' not in ops and 'gluon_resnest_sa_sum_nhwc' not in ops
     assert ops.count('gluon_resnest_conv_bf16') == 19
     assert ops.count('gluon_resnest_sa_sum_nhwc_bf16') == 4
-    assert ops.count('gluon_resnest_sa_gap_nhwc_bf16') == 4
+    assert ops.count('gluon_resnest_sa_gap_nhwc_bf16') == 5  # and the global pooling
+    assert 'Cast' not in ops  # every operator reads the type it computes in
     assert all(after[k] > before[k] for k in bf16.OPERATORS), (before, after)
+    # Winograd: the two stem 3x3s of stride 1 (32 x 32 maps) and the Split-Attention 3x3s on
+    # 16 x 16 (layers 1 and 2: 64 tiles) and 8 x 8 (layer 3: 16 tiles); layer 4's (4 x 4, 4
+    # tiles) runs direct.
+    assert winograd_runs == 5, winograd_runs
     assert_close_to_largest(got, want, TOL)
     assert np.abs(got - want).max() > 1e-6 * np.abs(want).max()  # it did round
     assert (got.argmax(1) == want.argmax(1)).all()
+
+
+def _winograd_case(seed=0, shape=(2, 64, 15, 13), groups=2):
+    rng = np.random.RandomState(seed)
+
+    def rounded(a):
+        return mx.nd.Cast(mx.nd.Cast(mx.nd.array(a), dtype='bfloat16'), dtype='float32')
+
+    channels = shape[1]
+    x = rounded(rng.normal(size=shape))
+    w = rounded(rng.normal(scale=0.1, size=(channels, channels // groups, 3, 3)))
+    b = mx.nd.array(rng.normal(size=(channels,)))
+    r = rounded(rng.normal(size=shape))
+    want = mx.nd.relu(mx.nd.Convolution(x, w, b, kernel=(3, 3), pad=(1, 1), num_filter=channels,
+                                        num_group=groups) + r).asnumpy()
+
+    def run(mode):
+        y = mx.nd.gluon_resnest_conv_bf16(
+            mx.nd.Cast(x, dtype='bfloat16'), w, b, mx.nd.Cast(r, dtype='bfloat16'),
+            kernel=(3, 3), stride=(1, 1), pad=(1, 1), dilate=(1, 1), num_filter=channels,
+            num_group=groups, relu=1, sum=1, winograd=mode)
+        return mx.nd.Cast(y, dtype='float32').asnumpy()
+    return want, run
+
+
+@needs_bf16
+def test_bfloat16_winograd_operator_against_mxnet():
+    """gluon_resnest_conv_bf16 with winograd=1 (bfloat16 transform-domain products) and 2
+    (float32 products) on 32 tiles against MXNet's float32 convolution of the same rounded
+    values: float32 products as close as the direct bf16 convolution (a few bf16 rounding
+    steps of the output), bfloat16 products within 10 % of the largest output (rounding the
+    transformed values; a wrong transform, tile or group is off by the whole output), and both
+    ran as Winograd."""
+    want, run = _winograd_case()
+    scale = np.abs(want).max()
+    before = native._winograd_runs()
+    direct, fp32, bf = run(0), run(2), run(1)
+    assert native._winograd_runs() - before == 2
+    assert np.abs(direct - want).max() <= 1e-2 * scale
+    assert np.abs(fp32 - want).max() <= 1e-2 * scale
+    assert np.abs(bf - want).max() <= 1e-1 * scale
+    # The bfloat16 products do round: the result is not the float32 products'.
+    assert np.abs(bf - fp32).max() > 1e-3 * scale
+
+
+@needs_bf16
+def test_bfloat16_winograd_split_schedule_on_two_threads():
+    """Winograd with 16 tiles (one 14 x 14 map) on two OpenMP threads: the threads split the
+    matmul by transform positions; both products' types against MXNet."""
+    code = (
+        'import sys; sys.path.insert(0, "tests")\n'
+        'import numpy as np\n'
+        'from test_fast_inference_bf16 import _winograd_case\n'
+        'want, run = _winograd_case(seed=3, shape=(1, 32, 14, 14))\n'
+        'scale = np.abs(want).max()\n'
+        'print("ERR", *(float(np.abs(run(m) - want).max() / scale) for m in (0, 2, 1)))\n')
+    proc = _run(code, OMP_NUM_THREADS='2')
+    direct, fp32, bf = (float(v) for v in proc.stdout.split('ERR ')[1].split())
+    assert direct <= 1e-2 and fp32 <= 1e-2 and bf <= 1e-1, proc.stdout
+
+
+@needs_bf16
+def test_bfloat16_winograd_off_runs_direct():
+    """to_bfloat16(winograd=False) marks no convolution for Winograd; the default marks the
+    3x3 convolutions of stride 1 (bfloat16 products), products='float32' with mode 2."""
+    from gluon_resnest.deploy.fast_inference import fast_inference_graph
+    from gluon_resnest.deploy.fast_inference_bf16 import to_bfloat16
+
+    net = _net(seed=4)
+    net.hybridize()
+    net(_input((1, 3, 32, 32)))
+    sym = net(mx.sym.var('data'))
+    params = net.collect_params()
+    values = {p.var().name: p.data() for p in params.values()}
+    aux_names = set(sym.list_auxiliary_states())
+    args = {k: v for k, v in values.items() if k not in aux_names}
+    aux = {k: v for k, v in values.items() if k in aux_names}
+    f32, *_ = fast_inference_graph(sym, args, aux, data_shape=(1, 3, 32, 32), winograd=False)
+
+    def modes(symbol):
+        return sorted(n.get('attrs', {}).get('winograd', '0')
+                      for n in json.loads(symbol.tojson())['nodes']
+                      if n['op'] == 'gluon_resnest_conv_bf16')
+    on, counts = to_bfloat16(f32)
+    assert counts['winograd'] == modes(on).count('1') > 0
+    off, counts = to_bfloat16(f32, winograd=False)
+    assert counts['winograd'] == 0 and set(modes(off)) == {'0'}
+    wide, _ = to_bfloat16(f32, products='float32')
+    assert modes(wide).count('2') == modes(on).count('1')
+    with pytest.raises(ValueError, match='products'):
+        to_bfloat16(f32, products='float16')
 
 
 @needs_bf16
@@ -154,7 +253,8 @@ def test_unknown_dtype_is_refused():
 
 
 def _run(code: str, **env: str) -> subprocess.CompletedProcess:
-    full = dict(os.environ, OMP_NUM_THREADS='1', **env)
+    full = dict(os.environ, OMP_NUM_THREADS='1')
+    full.update(env)
     proc = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, env=full,
                           cwd=REPO, check=False, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]

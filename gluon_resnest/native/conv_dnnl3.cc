@@ -19,6 +19,11 @@
 // AVX-512 on 16 channels at a time, so the path needs AVX-512 and channels per group that are
 // multiples of 16, and enough tiles (kWinoMinTiles); the other convolutions run direct. With
 // few tiles (kWinoSplitTiles) the threads share one block and split its matmul instead.
+//
+// bfloat16 maps (grc_conv_spec.bf16) use the same schedule: the transforms read and write
+// bfloat16 and compute in float32; the transformed inputs and weights are rounded to bfloat16
+// for the matmul (oneDNN's bf16 kernels, float32 accumulation and products), or, with
+// winograd = 2, stay float32 (slower, as accurate as the direct bf16 convolution).
 #include <immintrin.h>
 #include <omp.h>
 #include <oneapi/dnnl/dnnl.hpp>
@@ -75,10 +80,31 @@ GRC_AVX512 inline void wino_at(const __m512 m[6], __m512 o[4]) {
   o[3] = _mm512_add_ps(_mm512_fmadd_ps(c8, d34, d12), m[5]);
 }
 
+// 16 values of float32 or bfloat16 (uint16_t) as float32, and back (to bfloat16: rounded to
+// nearest even, NaN kept NaN, as oneDNN's reorders).
+GRC_AVX512 inline __m512 load16(const float* p) { return _mm512_loadu_ps(p); }
+GRC_AVX512 inline __m512 load16(const uint16_t* p) {
+  const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+}
+GRC_AVX512 inline void store16(float* p, __m512 v) { _mm512_storeu_ps(p, v); }
+GRC_AVX512 inline void store16(uint16_t* p, __m512 v) {
+  const __m512i u = _mm512_castps_si512(v);
+  const __m512i high = _mm512_srli_epi32(u, 16);
+  const __m512i lsb = _mm512_and_si512(high, _mm512_set1_epi32(1));
+  __m512i r = _mm512_srli_epi32(
+      _mm512_add_epi32(u, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7fff))), 16);
+  const __mmask16 nan = _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
+  r = _mm512_mask_or_epi32(r, nan, high, _mm512_set1_epi32(0x40));
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), _mm512_cvtepi32_epi16(r));
+}
+
 // The 6 x 6 window at (y0, x0) of image n (N x H x W x C), channels c0..c0+15, zero outside the
-// image, to v[p * stride] for the 36 positions p.
-GRC_AVX512 void wino_in_tile(const float* src, int64_t h, int64_t w, int64_t c, int64_t n,
-                             int64_t y0, int64_t x0, int64_t c0, float* v, int64_t stride) {
+// image, to v[p * stride] for the 36 positions p. T: the map's type, V: the transformed inputs'
+// (float or uint16_t for bfloat16); the transform is computed in float32.
+template <typename T, typename V>
+GRC_AVX512 void wino_in_tile(const T* src, int64_t h, int64_t w, int64_t c, int64_t n,
+                             int64_t y0, int64_t x0, int64_t c0, V* v, int64_t stride) {
   alignas(64) float tmp[36 * 16];
   for (int j = 0; j < 6; ++j) {
     __m512 d[6], o[6];
@@ -87,7 +113,7 @@ GRC_AVX512 void wino_in_tile(const float* src, int64_t h, int64_t w, int64_t c, 
       const int64_t y = y0 + i;
       d[i] = (y < 0 || y >= h || x < 0 || x >= w)
                  ? _mm512_setzero_ps()
-                 : _mm512_loadu_ps(src + ((n * h + y) * w + x) * c + c0);
+                 : load16(src + ((n * h + y) * w + x) * c + c0);
     }
     wino_bt(d, o);
     for (int i = 0; i < 6; ++i) _mm512_store_ps(tmp + (i * 6 + j) * 16, o[i]);
@@ -96,13 +122,15 @@ GRC_AVX512 void wino_in_tile(const float* src, int64_t h, int64_t w, int64_t c, 
     __m512 d[6], o[6];
     for (int j = 0; j < 6; ++j) d[j] = _mm512_load_ps(tmp + (i * 6 + j) * 16);
     wino_bt(d, o);
-    for (int j = 0; j < 6; ++j) _mm512_storeu_ps(v + (i * 6 + j) * stride, o[j]);
+    for (int j = 0; j < 6; ++j) store16(v + (i * 6 + j) * stride, o[j]);
   }
 }
 
 // The 36 products m[p * stride] of one tile back to its 4 x 4 outputs at (y0, x0) (clipped to
-// the image), plus the bias, plus the output's prior contents (sum), then ReLU.
-GRC_AVX512 void wino_out_tile(const float* m, int64_t stride, float* dst, int64_t h, int64_t w,
+// the image), plus the bias, plus the output's prior contents (sum), then ReLU; T: the output's
+// type (float or uint16_t for bfloat16).
+template <typename T>
+GRC_AVX512 void wino_out_tile(const float* m, int64_t stride, T* dst, int64_t h, int64_t w,
                               int64_t k, int64_t n, int64_t y0, int64_t x0, int64_t c0,
                               const float* bias, bool sum, bool relu) {
   alignas(64) float tmp[24 * 16];
@@ -119,11 +147,11 @@ GRC_AVX512 void wino_out_tile(const float* m, int64_t stride, float* dst, int64_
     for (int j = 0; j < 6; ++j) v[j] = _mm512_load_ps(tmp + (i * 6 + j) * 16);
     wino_at(v, o);
     for (int j = 0; j < 4 && x0 + j < w; ++j) {
-      float* q = dst + ((n * h + y0 + i) * w + x0 + j) * k + c0;
+      T* q = dst + ((n * h + y0 + i) * w + x0 + j) * k + c0;
       __m512 r = _mm512_add_ps(o[j], b);
-      if (sum) r = _mm512_add_ps(r, _mm512_loadu_ps(q));
+      if (sum) r = _mm512_add_ps(r, load16(q));
       if (relu) r = _mm512_max_ps(r, zero);
-      _mm512_storeu_ps(q, r);
+      store16(q, r);
     }
   }
 }
@@ -171,7 +199,8 @@ struct grc_conv_spec {
   int32_t relu;      // 1: ReLU after the bias (and after the sum)
   int32_t sum;       // 1: add the output buffer's prior contents before the ReLU
   int32_t has_bias;
-  int32_t winograd;  // 1: Winograd F(4 x 4, 3 x 3) where it applies (see the top of this file)
+  int32_t winograd;  // 1: Winograd F(4 x 4, 3 x 3) where it applies (see the top of this file);
+                     // with bf16, 1: bfloat16 products, 2: float32 products
   int32_t bf16;      // 1: source, weights and output in bfloat16 (the bias and sum scale float32)
 };
 
@@ -188,6 +217,8 @@ struct grc_conv {
   // slice's weights (parts of them); 0 parts: blocks of tiles with the whole matmul.
   int64_t parts = 0;
   std::vector<dnnl::memory> part_weights;
+  // bfloat16 maps (spec.bf16): whether the transformed inputs and weights are bfloat16 too.
+  bool mm_bf16 = false;
   grc_conv_spec spec;
   dnnl::matmul matmul;
   dnnl::memory::desc scratch_md;
@@ -202,7 +233,7 @@ bool winograd_applies(const grc_conv_spec* s) {
   static const bool avx512 = __builtin_cpu_supports("avx512f");
   const int64_t cg = s->ic / s->groups, kg = s->oc / s->groups;
   const int64_t tiles = s->n * ((s->oh + 3) / 4) * ((s->ow + 3) / 4);
-  return s->winograd && !s->bf16 && avx512 && tiles >= kWinoMinTiles && s->src_nhwc && s->kh == 3 && s->kw == 3 && s->sh == 1 &&
+  return s->winograd && avx512 && tiles >= kWinoMinTiles && s->src_nhwc && s->kh == 3 && s->kw == 3 && s->sh == 1 &&
          s->sw == 1 && s->pt == 1 && s->pl == 1 && s->pb == 1 && s->pr == 1 && s->dh == 0 &&
          s->dw == 0 && cg % 16 == 0 && kg % 16 == 0 && s->oh == s->ih && s->ow == s->iw;
 }
@@ -221,11 +252,14 @@ grc_conv* winograd_create_split(const grc_conv_spec* s, const float* weight, con
   wino_weights(weight, u.data(), s->oc, s->ic, s->groups);
   dnnl::primitive_attr attr;
   attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
-  dnnl::matmul::primitive_desc pd(eng, {{chunk, tiles, cg}, dt::f32, tag::abc},
-                                  {{chunk, cg, kg}, dt::f32, tag::any},
+  const bool mm_bf16 = s->bf16 && s->winograd != 2;
+  const dt vt = mm_bf16 ? dt::bf16 : dt::f32;
+  dnnl::matmul::primitive_desc pd(eng, {{chunk, tiles, cg}, vt, tag::abc},
+                                  {{chunk, cg, kg}, vt, tag::any},
                                   {{chunk, tiles, kg}, dt::f32, tag::abc}, attr);
   auto* c = new grc_conv;
   c->winograd = true;
+  c->mm_bf16 = mm_bf16;
   c->block_tiles = tiles;
   c->parts = parts;
   c->spec = *s;
@@ -259,11 +293,14 @@ grc_conv* winograd_create(const grc_conv_spec* s, const float* weight, const flo
   wino_weights(weight, u.data(), s->oc, s->ic, s->groups);
   dnnl::primitive_attr attr;
   attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);  // one per thread, see grc_conv_run
-  dnnl::matmul::primitive_desc pd(eng, {{batch, tb, cg}, dt::f32, tag::abc},
-                                  {{batch, cg, kg}, dt::f32, tag::any},
+  const bool mm_bf16 = s->bf16 && s->winograd != 2;
+  const dt vt = mm_bf16 ? dt::bf16 : dt::f32;
+  dnnl::matmul::primitive_desc pd(eng, {{batch, tb, cg}, vt, tag::abc},
+                                  {{batch, cg, kg}, vt, tag::any},
                                   {{batch, tb, kg}, dt::f32, tag::abc}, attr);
   auto* c = new grc_conv;
   c->winograd = true;
+  c->mm_bf16 = mm_bf16;
   c->block_tiles = tb;
   c->spec = *s;
   c->matmul = dnnl::matmul(pd);
@@ -279,12 +316,15 @@ grc_conv* winograd_create(const grc_conv_spec* s, const float* weight, const flo
 
 // The split schedule: all threads transform the inputs, then each multiplies its slices of
 // positions, then all transform the products back.
-GRC_AVX512 void winograd_run_split(grc_conv* c, const float* src, float* dst) {
+template <typename T, typename V>
+GRC_AVX512 void winograd_run_split(grc_conv* c, const T* src, T* dst) {
   const grc_conv_spec& s = c->spec;
   const int64_t cg = s.ic / s.groups, kg = s.oc / s.groups, g = s.groups;
   const int64_t th = (s.oh + 3) / 4, tw = (s.ow + 3) / 4, tb = c->block_tiles;
   const int64_t parts = c->parts, chunk = 36 * g / parts;
-  const int64_t vsize = 36 * g * tb * cg, msize = 36 * g * tb * kg;
+  // vsize: the transformed inputs' room in floats (half as many for bfloat16), 64-byte aligned.
+  const int64_t vsize = (36 * g * tb * cg * static_cast<int64_t>(sizeof(V)) / 4 + 15) / 16 * 16;
+  const int64_t msize = 36 * g * tb * kg;
   const size_t scratch = c->scratch_md.get_size();
   const float* bias = c->bias_values.empty() ? nullptr : c->bias_values.data();
   const bool sum = s.sum != 0, relu = s.relu != 0;
@@ -292,9 +332,11 @@ GRC_AVX512 void winograd_run_split(grc_conv* c, const float* src, float* dst) {
   // The transformed inputs and products, shared by the threads: the calling thread's.
   thread_local std::vector<float> shared;
   if (shared.size() < static_cast<size_t>(vsize + msize + 16)) shared.resize(vsize + msize + 16);
-  float* v = reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(shared.data()) + 63) &
-                                      ~uintptr_t{63});
-  float* m = v + vsize;
+  float* base = reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(shared.data()) + 63) &
+                                         ~uintptr_t{63});
+  V* v = reinterpret_cast<V*>(base);
+  float* m = base + vsize;
+  const dt vt = sizeof(V) == 2 ? dt::bf16 : dt::f32;
   const int64_t vstride = g * tb * cg, mstride = g * tb * kg;
   const int64_t in_blocks = s.ic / 16, out_blocks = s.oc / 16;
 #pragma omp parallel
@@ -313,7 +355,7 @@ GRC_AVX512 void winograd_run_split(grc_conv* c, const float* src, float* dst) {
 #pragma omp for schedule(static)
     for (int64_t p = 0; p < parts; ++p) {
       dnnl::stream stream(eng);
-      dnnl::memory vm({{chunk, tb, cg}, dt::f32, tag::abc}, eng, v + p * chunk * tb * cg);
+      dnnl::memory vm({{chunk, tb, cg}, vt, tag::abc}, eng, v + p * chunk * tb * cg);
       dnnl::memory mm({{chunk, tb, kg}, dt::f32, tag::abc}, eng, m + p * chunk * tb * kg);
       dnnl::memory sm(c->scratch_md, eng, sp);
       // Inside a parallel region oneDNN runs the matmul on the calling thread alone.
@@ -334,13 +376,15 @@ GRC_AVX512 void winograd_run_split(grc_conv* c, const float* src, float* dst) {
   winograd_runs.fetch_add(1, std::memory_order_relaxed);
 }
 
-GRC_AVX512 void winograd_run(grc_conv* c, const float* src, float* dst) {
-  if (c->parts > 0) return winograd_run_split(c, src, dst);
+template <typename T, typename V>
+GRC_AVX512 void winograd_run_blocks(grc_conv* c, const T* src, T* dst) {
   const grc_conv_spec& s = c->spec;
   const int64_t cg = s.ic / s.groups, kg = s.oc / s.groups, g = s.groups;
   const int64_t th = (s.oh + 3) / 4, tw = (s.ow + 3) / 4, tiles = s.n * th * tw;
   const int64_t tb = c->block_tiles, blocks = (tiles + tb - 1) / tb;
-  const int64_t vsize = 36 * g * tb * cg, msize = 36 * g * tb * kg;
+  // vsize: the transformed inputs' room in floats (half as many for bfloat16), 64-byte aligned.
+  const int64_t vsize = (36 * g * tb * cg * static_cast<int64_t>(sizeof(V)) / 4 + 15) / 16 * 16;
+  const int64_t msize = 36 * g * tb * kg;
   const size_t scratch = c->scratch_md.get_size();
   const float* bias = c->bias_values.empty() ? nullptr : c->bias_values.data();
   const bool sum = s.sum != 0, relu = s.relu != 0;
@@ -353,10 +397,11 @@ GRC_AVX512 void winograd_run(grc_conv* c, const float* src, float* dst) {
     if (buffer.size() < need) buffer.resize(need);
     float* base = reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(buffer.data()) + 63) &
                                            ~uintptr_t{63});
-    float* v = base;
-    float* m = v + vsize;
+    V* v = reinterpret_cast<V*>(base);
+    float* m = base + vsize;
     dnnl::stream stream(eng);
-    dnnl::memory vm({{36 * g, tb, cg}, dt::f32, tag::abc}, eng, v);
+    const dt vt = sizeof(V) == 2 ? dt::bf16 : dt::f32;
+    dnnl::memory vm({{36 * g, tb, cg}, vt, tag::abc}, eng, v);
     dnnl::memory mm({{36 * g, tb, kg}, dt::f32, tag::abc}, eng, m);
     dnnl::memory sm(c->scratch_md, eng, m + msize);
     const std::unordered_map<int, dnnl::memory> args{{DNNL_ARG_SRC, vm},
@@ -371,9 +416,9 @@ GRC_AVX512 void winograd_run(grc_conv* c, const float* src, float* dst) {
         const int64_t t = blk * tb + b;
         const int64_t n = t / (th * tw), ty = t % (th * tw) / tw, tx = t % tw;
         for (int64_t c0 = 0; c0 < s.ic; c0 += 16) {
-          float* q = v + (c0 / cg * tb + b) * cg + c0 % cg;
+          V* q = v + (c0 / cg * tb + b) * cg + c0 % cg;
           if (t >= tiles) {  // past the last tile: zeros
-            for (int p = 0; p < 36; ++p) _mm512_storeu_ps(q + p * vstride, _mm512_setzero_ps());
+            for (int p = 0; p < 36; ++p) store16(q + p * vstride, _mm512_setzero_ps());
           } else {
             wino_in_tile(src, s.ih, s.iw, s.ic, n, ty * 4 - 1, tx * 4 - 1, c0, q, vstride);
           }
@@ -393,6 +438,25 @@ GRC_AVX512 void winograd_run(grc_conv* c, const float* src, float* dst) {
     stream.wait();
   }
   winograd_runs.fetch_add(1, std::memory_order_relaxed);
+}
+
+// src and dst: float32, or bfloat16 (spec.bf16).
+void winograd_run(grc_conv* c, const void* src, void* dst) {
+  using bf = uint16_t;
+  if (!c->spec.bf16) {
+    if (c->parts > 0) return winograd_run_split<float, float>(c, static_cast<const float*>(src),
+                                                               static_cast<float*>(dst));
+    return winograd_run_blocks<float, float>(c, static_cast<const float*>(src),
+                                             static_cast<float*>(dst));
+  }
+  const bf* s = static_cast<const bf*>(src);
+  bf* d = static_cast<bf*>(dst);
+  if (c->mm_bf16) {
+    if (c->parts > 0) return winograd_run_split<bf, bf>(c, s, d);
+    return winograd_run_blocks<bf, bf>(c, s, d);
+  }
+  if (c->parts > 0) return winograd_run_split<bf, float>(c, s, d);
+  return winograd_run_blocks<bf, float>(c, s, d);
 }
 
 }  // namespace

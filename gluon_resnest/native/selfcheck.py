@@ -469,10 +469,12 @@ def _fast_inference_bf16(report: _Report) -> None:
             if native:
                 inputs = [x, v[f'w{i}'], v[f'b{i}']] + ([residual] if residual is not None
                                                            else [])
+                # The 3x3 as Winograd on 18 tiles (the split schedule on two threads) with
+                # float32 products: as exact as the direct convolution.
                 return mx.sym.gluon_resnest_conv_bf16(
                     *inputs, kernel=(kernel, kernel), stride=(1, 1), pad=pad, dilate=(1, 1),
                     num_filter=width, num_group=1, relu=int(relu),
-                    sum=int(residual is not None))
+                    sum=int(residual is not None), winograd=2 if kernel == 3 else 0)
             y = mx.sym.Convolution(x, v[f'w{i}'], v[f'b{i}'], kernel=(kernel, kernel),
                                    pad=pad, num_filter=width)
             if residual is not None:
@@ -502,7 +504,8 @@ def _fast_inference_bf16(report: _Report) -> None:
     # other way, and a rounded input moves the next operator's result by as much.
     tol = 2e-2
     names = [('gluon_resnest_conv_bf16', '1x1 with ReLU, float32 N x C x H x W input'),
-             ('gluon_resnest_conv_bf16', '3x3 with ReLU, bfloat16 N x H x W x C input'),
+             ('gluon_resnest_conv_bf16', '3x3 Winograd (18 tiles, float32 products) with ReLU, '
+              'bfloat16 N x H x W x C input'),
              ('gluon_resnest_conv_bf16', '1x1 with residual sum and ReLU'),
              ('gluon_resnest_sa_gap_nhwc_bf16', 'bfloat16 N x H x W x C input'),
              ('gluon_resnest_sa_sum_nhwc_bf16', 'bfloat16 N x H x W x C input'),
@@ -530,6 +533,28 @@ def _fast_inference_bf16(report: _Report) -> None:
                    mx.nd.Convolution(x, w, params['b2'], kernel=(3, 3), stride=(2, 2),
                                      pad=(1, 1), num_filter=width).asnumpy(), tol,
                    '3x3 stride 2, plain bfloat16 input')
+    # Winograd on 50 tiles (blocks of tiles) and on 18 (the split schedule), grouped, with
+    # the residual sum; float32 and bfloat16 transform-domain products. Rounding the
+    # transformed inputs and weights (up to 100 times an input, summed back with weights up
+    # to 8) to bfloat16 costs a few hundredths of the largest output; a wrong transform or
+    # schedule costs the whole output.
+    for h, w_ in ((18, 17), (12, 10)):
+        x = rounded(rng.normal(size=(2, width, h, w_)))
+        xb = mx.nd.Cast(x, dtype='bfloat16')
+        w = rounded(rng.normal(scale=0.12, size=(width, width // 2, 3, 3)))
+        r = rounded(rng.normal(size=(2, width, h, w_)))
+        want = mx.nd.relu(mx.nd.Convolution(x, w, params['b2'], kernel=(3, 3), pad=(1, 1),
+                                            num_filter=width, num_group=2) + r).asnumpy()
+        tiles = 2 * ((h + 3) // 4) * ((w_ + 3) // 4)
+        for mode, products, limit in ((2, 'float32', tol), (1, 'bfloat16', 0.1)):
+            got = mx.nd.gluon_resnest_conv_bf16(
+                xb, w, params['b2'], mx.nd.Cast(r, dtype='bfloat16'), kernel=(3, 3),
+                stride=(1, 1), pad=(1, 1), dilate=(1, 1), num_filter=width, num_group=2,
+                relu=1, sum=1, winograd=mode)
+            report.compare('gluon_resnest_conv_bf16',
+                           mx.nd.Cast(got, dtype='float32').asnumpy(), want, limit,
+                           f'3x3 Winograd ({tiles} tiles, 2 groups, residual sum), '
+                           f'{products} products')
 
 
 _CHECKS: list[tuple[str, Callable[[_Report], None]]] = [

@@ -7,7 +7,8 @@
 //
 // * gluon_resnest_conv_bf16: gluon_resnest_conv with a bfloat16 source (a float32 one is
 //   converted first), bfloat16 output and residual, weights converted to bfloat16 once when the
-//   primitive is made, float32 bias; oneDNN accumulates in float32.
+//   primitive is made, float32 bias; oneDNN accumulates in float32. 3x3 convolutions with the
+//   winograd attribute may run as Winograd F(4x4, 3x3) (conv_dnnl3.cc).
 // * gluon_resnest_sa_gap_nhwc_bf16: the pooled attention input from bfloat16 splits, summed in
 //   float32, written in float32 (the attention's small convolutions stay float32).
 // * gluon_resnest_sa_sum_nhwc_bf16: the weighted sum (and the avd pooling) of bfloat16 splits
@@ -133,7 +134,9 @@ void conv_bf16_forward(const nnvm::NodeAttrs& attrs, const mxnet::OpContext& ctx
   spec.pb = (spec.oh - 1) * spec.sh + a.dilate[0] * (spec.kh - 1) + 1 - spec.ih - spec.pt;
   spec.pr = (spec.ow - 1) * spec.sw + a.dilate[1] * (spec.kw - 1) + 1 - spec.iw - spec.pl;
   spec.dh = a.dilate[0] - 1, spec.dw = a.dilate[1] - 1, spec.groups = a.groups;
-  spec.relu = a.relu, spec.sum = a.sum, spec.has_bias = 1, spec.winograd = 0;
+  spec.relu = a.relu, spec.sum = a.sum, spec.has_bias = 1;
+  // 1: Winograd with bfloat16 products, 2: with float32 products (conv_dnnl3.cc)
+  spec.winograd = a.winograd ? static_cast<int32_t>(int_attr(attrs, "winograd", 0)) : 0;
   spec.src_nhwc = 1;
   spec.reserved = 1;  // bfloat16 (grc_conv_spec.bf16 in conv_dnnl3.cc)
   NDArray x_keep;
@@ -377,7 +380,11 @@ NNVM_REGISTER_OP(gluon_resnest_conv_bf16)
     .add_argument("num_filter", "int", "output channels")
     .add_argument("num_group", "int", "groups")
     .add_argument("relu", "int", "1: ReLU at the end")
-    .add_argument("sum", "int", "1: add the residual (fourth input) before the ReLU");
+    .add_argument("sum", "int", "1: add the residual (fourth input) before the ReLU")
+    .add_argument("winograd", "int",
+                  "1: a 3x3 convolution of stride 1 may run as Winograd F(4x4, 3x3) "
+                  "(float32 transforms, bfloat16 products with float32 accumulation); "
+                  "2: the same with float32 products");
 
 NNVM_REGISTER_OP(gluon_resnest_sa_gap_nhwc_bf16)
     .describe("Split-Attention pooled input (inference) of bfloat16 splits, in float32: the "

@@ -240,6 +240,22 @@ def test_quantize_tool_native_needs_uint8_splits(fp32_export, tmp_path):
     assert 'quantize: error: --native needs uint8 activations' in proc.stderr
 
 
+def test_quantize_tool_uint8_on_signed_input(calib_rec, fp32_export, tmp_path):
+    """The fixture's export normalises its input (signed values): uint8 everywhere is refused
+    in one line, and nothing is written."""
+    out = tmp_path / 'q'
+    proc = subprocess.run([sys.executable, TOOL, '--prefix', fp32_export, '--calib-rec',
+                           calib_rec[0], '--output', str(out), '--batch-size', '8',
+                           '--num-calib-examples', '8', '--num-workers', '0',
+                           '--quantized-dtype', 'uint8'],
+                          capture_output=True, text=True, cwd=REPO, timeout=600, check=False)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert 'quantize: error: --quantized-dtype uint8: a quantized layer reads negative' in \
+        proc.stderr
+    assert 'Traceback' not in proc.stderr
+    assert not list(tmp_path.iterdir())
+
+
 def test_quantize_tool_bad_input(fp32_export, tmp_path):
     proc = subprocess.run([sys.executable, TOOL, '--prefix', fp32_export, '--calib-rec',
                            str(tmp_path / 'missing.rec'), '--output', str(tmp_path / 'q')],

@@ -19,6 +19,8 @@ from __future__ import annotations
 import logging
 import sys
 
+import mxnet as mx
+
 from gluon_resnest.deploy.quantization import CALIB_MODES, quantize_export
 from gluon_resnest.errors import ToolParser, int_in, run_tool
 from gluon_resnest.native import NativeBuildError, loading_note
@@ -62,6 +64,12 @@ def _main(argv: list[str] | None = None) -> int:
             split_grouped=args.split_grouped, native=args.native)
     except NativeBuildError as err:
         raise ValueError(f'--native: {err}') from None
+    except mx.base.MXNetError as err:
+        if 'Expect int8 when data_min < 0' not in str(err):
+            raise
+        raise ValueError('--quantized-dtype uint8: a quantized layer reads negative values '
+                         '(e.g. the normalised input image); use --quantized-dtype auto '
+                         '(uint8 where the values are non-negative) or int8') from None
     print(f'wrote {symbol_file} and {params_file}')
     with open(symbol_file, encoding='utf-8') as handle:
         note = loading_note(handle.read())

@@ -4,9 +4,6 @@ and the CPU runtimes that run our ONNX export (onnxruntime, OpenVINO).
 Each framework runs in its own worker process (``tools/bench_worker.py``), started once
 and driven round-robin over stdin/stdout JSON lines, so the frameworks alternate on the same
 cores without re-initialising. The reported figure is the median over all timed batches.
-The batch-1 latency is timed the same way in a second set of workers, each started at batch 1
-(as a process serving single images is): a process that ran batch ``batch_size`` first can
-answer single images more slowly (ours by 1.3-1.5x on 2 cores of an AMD EPYC).
 PyTorch and OpenVINO run in their own virtualenvs (their packages clash with MXNet's numpy
 pin); onnxruntime runs in ours. The ONNX peers time a file exported by
 :func:`gluon_resnest.deploy.export_onnx` from the same network, once per run; OpenVINO gives
@@ -18,7 +15,6 @@ of it (:data:`MODE_PEERS`).
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import os
@@ -125,8 +121,6 @@ class Worker:
         self.peak_rss_mib = 0.0
         self.params = 0
         self.setting: str | None = None
-        #: The batch size the worker that timed the batch-1 latency was started at.
-        self.latency_started_at: int | None = None
 
     def _read(self) -> dict[str, Any]:
         line = self.proc.stdout.readline()
@@ -220,28 +214,20 @@ def _run_all(config: BenchConfig, progress: bool) -> dict[str, Any]:
             'iters': config.iters, 'modes': modes}
 
 
-def _start_workers(config: BenchConfig,
-                   rows: Sequence[tuple[str, str, dict[str, Any] | None]],
-                   onnx: tuple[str, int] | None, workers: list[Worker]) -> None:
-    """Start one worker per row into ``workers`` (the caller closes them)."""
-    # Start one at a time: building a model is CPU-heavy and would skew the others.
-    for name, dtype, options in rows:
-        worker = Worker(name, config, dtype, options, onnx if name in ONNX_PEERS else None)
-        workers.append(worker)
-        worker.wait_ready()
-
-
 def _time_rows(config: BenchConfig, rows: Sequence[tuple[str, str, dict[str, Any] | None]],
                onnx: tuple[str, int] | None, progress: bool,
                desc: str = 'rounds') -> list[dict[str, Any]]:
     """Start one worker per row, time them in alternating rounds, and return their results."""
-    from tqdm import tqdm
-
     workers: list[Worker] = []
-    latency = config.mode == 'infer' and config.latency_iters > 0
-    fresh = latency and config.batch_size != 1
     try:
-        _start_workers(config, rows, onnx, workers)
+        # Start one at a time: building a model is CPU-heavy and would skew the others.
+        for name, dtype, options in rows:
+            worker = Worker(name, config, dtype, options,
+                            onnx if name in ONNX_PEERS else None)
+            workers.append(worker)
+            worker.wait_ready()
+        from tqdm import tqdm
+
         for rnd in tqdm(range(config.repetitions), desc=desc, disable=not progress):
             # Rotate who goes first: the first batch after another worker's turn runs slower
             # (caches, thread wake-up), and a fixed order would always charge it to the same row.
@@ -250,22 +236,16 @@ def _time_rows(config: BenchConfig, rows: Sequence[tuple[str, str, dict[str, Any
                 reply = worker.request('run', config.iters)
                 worker.times += reply['times']
                 worker.peak_rss_mib = max(worker.peak_rss_mib, reply['peak_rss_mib'])
-        if latency and not fresh:
-            _time_latency(config, workers)
+        if config.mode == 'infer' and config.latency_iters > 0:
+            # Batch-1 timing in as many alternating rounds as the throughput (at least two),
+            # rotated the same way: a batch of one is short, and a busy second skews a few.
+            for rnd in range(max(2, config.repetitions)):
+                shift = rnd % len(workers)
+                for worker in workers[shift:] + workers[:shift]:
+                    worker.latency += worker.request('latency', config.latency_iters)['times']
     finally:
         for worker in workers:
             worker.close()
-    if fresh:
-        # Every row's batch-1 latency in a worker started at batch 1 (see the module text).
-        single: list[Worker] = []
-        try:
-            _start_workers(dataclasses.replace(config, batch_size=1), rows, onnx, single)
-            _time_latency(config, single)
-        finally:
-            for worker in single:
-                worker.close()
-        for worker, one in zip(workers, single):
-            worker.latency, worker.latency_started_at = one.latency, one.latency_started_at
     results = []
     for worker in workers:
         median = statistics.median(worker.times)
@@ -276,24 +256,12 @@ def _time_rows(config: BenchConfig, rows: Sequence[tuple[str, str, dict[str, Any
             'images_per_sec': config.batch_size / median,
             'batch_seconds': worker.times,
             'latency_ms': 1000 * statistics.median(worker.latency) if worker.latency else None,
-            'latency_worker_batch': worker.latency_started_at,
             'peak_rss_mib': worker.peak_rss_mib,
             'setting': worker.setting,
         })
         if worker.quantize_options is not None:
             results[-1]['quantize_options'] = worker.quantize_options
     return results
-
-
-def _time_latency(config: BenchConfig, workers: Sequence[Worker]) -> None:
-    """Batch-1 timing in as many alternating rounds as the throughput (at least two), rotated
-    the same way: a batch of one is short, and a busy second skews a few."""
-    for rnd in range(max(2, config.repetitions)):
-        shift = rnd % len(workers)
-        for worker in workers[shift:] + workers[:shift]:
-            reply = worker.request('latency', config.latency_iters)
-            worker.latency += reply['times']
-            worker.latency_started_at = reply.get('started_batch')
 
 
 def _report(config: BenchConfig, dtype: str, results: list[dict[str, Any]]) -> dict[str, Any]:

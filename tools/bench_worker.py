@@ -8,8 +8,7 @@ is installed. The protocol is one JSON object per line:
   ``{"ready": true, "params": ..., "framework": ...}`` (or ``{"error": ...}`` and exits 1);
 * ``{"cmd": "run", "iters": k}`` times ``k`` batches and answers
   ``{"times": [...seconds...], "peak_rss_mib": ...}`` (the worker's max RSS so far);
-* ``{"cmd": "latency", "iters": k}`` switches to batch 1 and answers ``{"times": [...],
-  "started_batch": ...}`` (the ``--batch-size`` the worker was started at);
+* ``{"cmd": "latency", "iters": k}`` switches to batch 1 and answers ``{"times": [...]}``;
 * ``{"cmd": "quit"}`` ends the worker.
 
 Our ``bfloat16`` row runs the export of ``fast_inference(net, x, dtype='bfloat16')`` where the
@@ -554,8 +553,7 @@ def main(argv: list[str] | None = None) -> int:
                     batch = 1
                     runner.set_batch(1)
                     _time(runner.step, max(args.warmup, 1))
-                _reply({'times': _time(runner.step, int(request.get('iters', 1))),
-                        'started_batch': args.batch_size})
+                _reply({'times': _time(runner.step, int(request.get('iters', 1)))})
             else:
                 _reply({'error': f'unknown command {cmd!r}'})
         except Exception as err:  # noqa: BLE001 - reported to the driver, which fails loudly

@@ -84,18 +84,20 @@ def test_matches_mxnet_inference(name, radix):
     calls = {k: v - before[k] for k, v in native.onednn_calls().items()}
     assert_close_to_largest(got, want, 1e-4)
     ops = _ops(fast)
-    # Every convolution over a feature map is oneDNN 3's; only the attention's convolutions on
-    # 1 x 1 maps stay MXNet's. No BatchNorm is left (folded into the convolutions).
+    # Every convolution over a feature map is oneDNN 3's; the attention's convolutions on 1 x 1
+    # maps are gluon_resnest_sa_attention's (radix > 1) or MXNet's (the sigmoid gate of radix
+    # 1). No BatchNorm is left (folded into the convolutions).
     attention_convs = 2 * plain_ops.count('broadcast_mul') if radix == 1 else \
         2 * plain_ops.count('batch_dot')
     assert ops.count('gluon_resnest_conv') == plain_ops.count('Convolution') - attention_convs
-    assert ops.count('Convolution') == attention_convs
+    assert ops.count('Convolution') == (attention_convs if radix == 1 else 0)
     assert 'BatchNorm' not in ops
     blocks = sum(1 for b in _walk(net) if hasattr(b, 'pool_in_conv2'))
     assert ops.count('elemwise_add') == 0 and blocks > 0  # residual sums fused
     if radix > 1:
         assert ops.count('gluon_resnest_sa_sum_nhwc') == ops.count('gluon_resnest_sa_gap_nhwc') \
-            == blocks
+            == ops.count('gluon_resnest_sa_attention') == blocks
+        assert 'softmax' not in ops and 'Reshape' not in ops
         # Read and written in N x H x W x C: no split went through a reorder.
         assert calls['sa_sum_f32_nhwc'] == 2 * blocks and calls['sa_sum_f32_nchw'] == 0
     # Only the stem's first convolution reads the plain input layout; (two runs: the planning
@@ -140,10 +142,73 @@ def test_other_batch_sizes_and_export_reload(tmp_path):
     write_meta(prefix, input_size=64)  # the meta file makes it an export
     text = open(f'{prefix}-symbol.json', encoding='utf-8').read()
     assert set(native.operators_in(text)) == {'gluon_resnest_conv', 'gluon_resnest_sa_sum_nhwc',
-                                              'gluon_resnest_sa_gap_nhwc'}
+                                              'gluon_resnest_sa_gap_nhwc',
+                                              'gluon_resnest_sa_attention'}
     loaded, _ = load_exported(prefix)
     loaded.hybridize(static_alloc=True, static_shape=True)
     np.testing.assert_array_equal(loaded(x).asnumpy(), got)
+
+
+@pytest.mark.parametrize('name', ['resnest14', 'resnest50_fast_4s2x40d'])
+def test_fused_attention_equals_mxnet_attention(name):
+    """The graph with each attention in one gluon_resnest_sa_attention (radix 2; radix 4 with
+    two cardinal groups) gives the outputs of the same graph with the attention on MXNet's
+    operators."""
+    from gluon_resnest.deploy.fast_inference import (
+        _symbol_with_native_split_attention,
+        fast_inference_graph,
+    )
+
+    net = _net(name, seed=8)
+    x = _input((3, 3, 48, 48), seed=8)
+    symbol = _symbol_with_native_split_attention(net)
+    params = {k: p.data() for k, p in net.collect_params().items()}
+    aux = {k: v for k, v in params.items() if k in set(symbol.list_auxiliary_states())}
+    args = {k: v for k, v in params.items() if k not in aux}
+    outputs = {}
+    for fuse in (True, False):
+        new, a, b, counts = fast_inference_graph(symbol, args, aux, x.shape, winograd=False,
+                                                 fuse_attention=fuse)
+        ops = [n['op'] for n in json.loads(new.tojson())['nodes']]
+        assert counts['attention'] == ops.count('gluon_resnest_sa_attention') == \
+            (counts['split_attention'] // 2 if fuse else 0) > 0 or not fuse
+        exe = new.bind(mx.cpu(), dict(a, data=x), aux_states=b, grad_req='null')
+        outputs[fuse] = exe.forward(is_train=False)[0].asnumpy()
+    assert_close_to_largest(outputs[True], outputs[False], 1e-5)
+
+
+# (batch, pooled channels, fc1 outputs, radix, cardinality): lengths that are not multiples of
+# the kernel's 16 lanes, several groups, a batch of 16.
+@pytest.mark.parametrize('n,channels,hidden,radix,groups', [
+    (1, 64, 32, 2, 1), (16, 40, 24, 4, 2), (3, 51, 33, 2, 3), (2, 256, 128, 3, 1)])
+def test_attention_operator_matches_mxnet(n, channels, hidden, radix, groups):
+    rng = np.random.RandomState(n + channels)
+    g = mx.nd.array(rng.uniform(0, 2, (n, channels, 1, 1)))
+    w1 = mx.nd.array(rng.normal(0, 0.3, (hidden, channels // groups, 1, 1)))
+    b1 = mx.nd.array(rng.normal(0, 0.3, (hidden,)))
+    w2 = mx.nd.array(rng.normal(0, 0.3, (radix * channels, hidden // groups, 1, 1)))
+    b2 = mx.nd.array(rng.normal(0, 0.3, (radix * channels,)))
+    h = mx.nd.relu(mx.nd.Convolution(g, w1, b1, kernel=(1, 1), num_filter=hidden,
+                                     num_group=groups))
+    z = mx.nd.Convolution(h, w2, b2, kernel=(1, 1), num_filter=radix * channels,
+                          num_group=groups)
+    # Cardinal-major (k, r, j) -> softmax over r -> radix-major (r, k, j).
+    z = mx.nd.softmax(z.reshape((0, groups, radix, -1)), axis=2)
+    want = mx.nd.swapaxes(z, 1, 2).reshape((0, -1, 1, 1)).asnumpy()
+    got = mx.nd.gluon_resnest_sa_attention(g, w1, b1, w2, b2, radix=radix, cardinality=groups,
+                                           hidden=hidden).asnumpy()
+    assert got.shape == (n, radix * channels, 1, 1)
+    # Summed in another order than MXNet's convolutions; the softmax's exp scales that.
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(got.reshape(n, radix, -1).sum(axis=1), 1, rtol=1e-5)
+
+
+def test_attention_operator_rejects_radix_one():
+    with pytest.raises(mx.base.MXNetError, match='radix must be at least 2'):
+        mx.nd.gluon_resnest_sa_attention(
+            mx.nd.ones((1, 8, 1, 1)), mx.nd.ones((4, 8, 1, 1)), mx.nd.ones((4,)),
+            mx.nd.ones((8, 4, 1, 1)), mx.nd.ones((8,)), radix=1, cardinality=1,
+            hidden=4).wait_to_read()
 
 
 def _walk(block):
@@ -283,7 +348,8 @@ def test_unavailable_operators_are_reported(tmp_path):
     assert 'ERROR float32 inference on oneDNN 3 is unavailable' in proc.stdout
 
 
-FAST_OPERATORS = ['gluon_resnest_conv', 'gluon_resnest_sa_sum_nhwc', 'gluon_resnest_sa_gap_nhwc']
+FAST_OPERATORS = ['gluon_resnest_conv', 'gluon_resnest_sa_sum_nhwc', 'gluon_resnest_sa_gap_nhwc',
+                  'gluon_resnest_sa_attention']
 
 
 def test_export_tool_fast_graph_predicts_like_the_plain_export(tmp_path):

@@ -8,10 +8,11 @@ a ResNeSt's inference graph so that
   residual sum of a bottleneck, fused into it;
 * the Split-Attention's pooled input and weighted sum become ``gluon_resnest_sa_gap_nhwc`` and
   ``gluon_resnest_sa_sum_nhwc``;
+* the attention between them (on the pooled 1 x 1 map: ``fc1`` with its folded BatchNorm, the
+  ReLU, ``fc2`` and the softmax over the splits) becomes one ``gluon_resnest_sa_attention``;
 
 and all of these read and write N x H x W x C in place, so the feature maps are not reordered
-between operators. The attention's small convolutions (on 1 x 1 maps), the pooling layers and
-the classifier stay MXNet's.
+between operators. The pooling layers and the classifier stay MXNet's.
 
 With ``winograd=True`` (the default) the 3 x 3 convolutions of stride 1 and padding 1 run as
 Winograd F(4 x 4, 3 x 3), which needs a quarter of the multiplications (on CPUs with AVX-512,
@@ -102,16 +103,21 @@ def _spatial_inputs(symbol: mx.sym.Symbol, data_shape: tuple[int, ...]) -> dict[
 def fast_inference_graph(symbol: mx.sym.Symbol, arg_params: dict[str, mx.nd.NDArray],
                          aux_params: dict[str, mx.nd.NDArray],
                          data_shape: tuple[int, int, int, int] = (1, 3, DEFAULT_CROP, DEFAULT_CROP),
-                         winograd: bool = True, dtype: str = 'float32'
+                         winograd: bool = True, dtype: str = 'float32',
+                         fuse_attention: bool = True
                          ) -> tuple[mx.sym.Symbol, dict[str, mx.nd.NDArray],
                                     dict[str, mx.nd.NDArray], dict[str, int]]:
     """Rewrite an inference symbol (Split-Attention on the native operators, BatchNorms not yet
     folded) onto the oneDNN 3 operators (see the module text).
 
+    ``fuse_attention=False`` keeps each attention on MXNet's operators (``fc1``, ReLU, ``fc2``,
+    softmax) instead of ``gluon_resnest_sa_attention``.
+
     Returns:
         ``(symbol, arg_params, aux_params, counts)``; ``counts`` says how many convolutions,
-        fused ReLUs, fused residual sums and Split-Attention operators were rewritten, and how
-        many convolutions may run as Winograd; with ``dtype='bfloat16'`` (the graph of
+        fused ReLUs, fused residual sums, Split-Attention operators and fused attentions were
+        rewritten, and how many convolutions may run as Winograd; with ``dtype='bfloat16'``
+        (the graph of
         :func:`~gluon_resnest.deploy.fast_inference_bf16.to_bfloat16`) also ``'bfloat16'``,
         that rewrite's counts.
     """
@@ -122,7 +128,8 @@ def fast_inference_graph(symbol: mx.sym.Symbol, arg_params: dict[str, mx.nd.NDAr
     spatial = _spatial_inputs(symbol, data_shape)
     graph = Graph(symbol)
     nodes = graph.nodes
-    counts = {'conv': 0, 'relu': 0, 'sum': 0, 'split_attention': 0, 'winograd': 0}
+    counts = {'conv': 0, 'relu': 0, 'sum': 0, 'split_attention': 0, 'winograd': 0,
+              'attention': 0}
 
     def sole(i: int) -> int | None:
         users = graph.consumers.get(i, [])
@@ -178,11 +185,36 @@ def fast_inference_graph(symbol: mx.sym.Symbol, arg_params: dict[str, mx.nd.NDAr
         graph.index[i] = graph.add({'op': 'gluon_resnest_conv', 'name': node['name'],
                                     'attrs': new_attrs, 'inputs': inputs})
 
+    chains = _attention_chains(graph) if fuse_attention else {}
+    inner = {k for chain in chains.values() for k in chain['inner']}
+
+    def emit_attention(chain: dict[str, Any]) -> int:
+        inputs = [graph.remap([chain['gap'], 0, 0])]
+        for fc, rows in ((chain['fc1'], chain['hidden']), (chain['fc2'], chain['out'])):
+            fc_inputs = [graph.remap(e) for e in nodes[fc]['inputs'][1:]]
+            if len(fc_inputs) < 2:  # no bias: a zero one
+                name = f"{nodes[fc]['name']}_bias"
+                args[name] = mx.nd.zeros((rows,))
+                fc_inputs.append(graph.variable(name))
+            inputs += fc_inputs
+        counts['attention'] += 1
+        name = nodes[chain['gap']]['name'].replace('_sa_gap', '_sa_attention')
+        return graph.add({'op': 'gluon_resnest_sa_attention', 'name': name,
+                          'attrs': {'radix': str(chain['radix']),
+                                    'cardinality': str(chain['cardinality']),
+                                    'hidden': str(chain['hidden'])},
+                          'inputs': inputs})
+
     # A convolution with a fused sum is placed where the sum was: its residual may come later.
     at_add = {add: conv for conv, (add, _) in sum_of.items()}
     for i, node in enumerate(nodes):
         if i in at_add:
             emit(at_add[i])
+        if i in inner:
+            continue
+        if i in chains:
+            graph.index[i] = emit_attention(chains[i])
+            continue
         if i in absorbed:
             graph.drop(i, [[graph.index[absorbed[i]], 0, 0]])
             continue
@@ -203,6 +235,79 @@ def fast_inference_graph(symbol: mx.sym.Symbol, arg_params: dict[str, mx.nd.NDAr
     used = set(new.list_arguments()) | set(new.list_auxiliary_states())
     return (new, {k: v for k, v in args.items() if k in used},
             {k: v for k, v in aux.items() if k in used}, counts)
+
+
+def _attention_chains(graph: Graph) -> dict[int, dict[str, Any]]:
+    """The Split-Attention attentions of a folded graph that ``gluon_resnest_sa_attention``
+    computes: the last node of each (its output, radix-major) -> the chain.
+
+    A chain is ``gluon_resnest_sa_gap`` -> 1 x 1 ``Convolution`` (fc1, its BatchNorm folded)
+    -> ReLU -> 1 x 1 ``Convolution`` (fc2, the same groups) -> the softmax over the splits as
+    :class:`~gluon_resnest.layers.SplitAttentionConv` writes it (``Reshape``, ``softmax``, for
+    several groups ``swapaxes``, ``Reshape``), each node read only by the next.
+    """
+    nodes = graph.nodes
+
+    def sole(i: int, op: str) -> int | None:
+        users = graph.consumers.get(i, [])
+        if len(users) != 1 or users[0] < 0 or nodes[users[0]]['op'] != op:
+            return None
+        return users[0] if nodes[users[0]]['inputs'][0][0] == i else None
+
+    def pointwise(i: int | None, groups: int) -> bool:
+        if i is None:
+            return False
+        attrs = graph.attrs(i)
+        return _tuple(attrs.get('kernel', '()')) in ((1, 1), (1,)) and \
+            _tuple(attrs.get('stride', '()')) in ((), (1, 1), (1,)) and \
+            _tuple(attrs.get('pad', '()')) in ((), (0, 0), (0,)) and \
+            _tuple(attrs.get('dilate', '()')) in ((), (1, 1), (1,)) and \
+            attrs.get('layout', 'NCHW') == 'NCHW' and \
+            int(attrs.get('num_group', '1')) == groups and len(nodes[i]['inputs']) in (2, 3)
+
+    def reshape(i: int | None, shape: tuple[int, ...]) -> bool:
+        return i is not None and _tuple(graph.attrs(i).get('shape', '()')) == shape and \
+            graph.attrs(i).get('reverse', 'False') in ('False', 'false', '0')
+
+    def softmax(i: int | None, axis: int) -> bool:
+        attrs = graph.attrs(i) if i is not None else {}
+        return i is not None and attrs.get('axis') == str(axis) and \
+            attrs.get('temperature', 'None') in ('None', '1', '1.0') and \
+            attrs.get('use_length', 'False') in ('False', 'false', '0') and \
+            attrs.get('dtype', 'None') == 'None' and len(nodes[i]['inputs']) == 1
+
+    chains = {}
+    for gap, node in enumerate(nodes):
+        if node['op'] != 'gluon_resnest_sa_gap':
+            continue
+        radix = int(graph.attrs(gap).get('radix', '0'))
+        fc1 = sole(gap, 'Convolution')
+        groups = int(graph.attrs(fc1).get('num_group', '1')) if fc1 is not None else 1
+        relu = sole(fc1, 'Activation') if pointwise(fc1, groups) else None
+        if radix < 2 or relu is None or graph.attrs(relu).get('act_type') != 'relu':
+            continue
+        fc2 = sole(relu, 'Convolution')
+        first = sole(fc2, 'Reshape') if pointwise(fc2, groups) else None
+        hidden = int(graph.attrs(fc1)['num_filter'])
+        out = int(graph.attrs(fc2)['num_filter']) if fc2 is not None else 0
+        if groups == 1 and reshape(first, (0, radix, -1)):
+            soft = sole(first, 'softmax')
+            inner = [fc1, relu, fc2, first, soft]
+            last = sole(soft, 'Reshape') if softmax(soft, 1) else None
+        elif groups > 1 and reshape(first, (0, groups, radix, -1)):
+            soft = sole(first, 'softmax')
+            swap = sole(soft, 'SwapAxis') if softmax(soft, 2) else None
+            inner = [fc1, relu, fc2, first, soft, swap]
+            ok = swap is not None and {graph.attrs(swap).get('dim1'),
+                                       graph.attrs(swap).get('dim2')} == {'1', '2'}
+            last = sole(swap, 'Reshape') if ok else None
+        else:
+            continue
+        if not reshape(last, (0, -1, 1, 1)) or out % radix or hidden % groups:
+            continue
+        chains[last] = {'gap': gap, 'fc1': fc1, 'fc2': fc2, 'inner': inner, 'radix': radix,
+                        'cardinality': groups, 'hidden': hidden, 'out': out}
+    return chains
 
 
 def _check_dtype(dtype: str) -> None:

@@ -59,7 +59,7 @@ logger = logging.getLogger(__name__)
 OPERATORS = ('gluon_resnest_sa_sum_u8', 'gluon_resnest_sa_sum', 'gluon_resnest_sa_gap',
              'gluon_resnest_conv', 'gluon_resnest_sa_sum_nhwc', 'gluon_resnest_sa_gap_nhwc',
              'gluon_resnest_conv_bf16', 'gluon_resnest_sa_gap_nhwc_bf16',
-             'gluon_resnest_sa_sum_nhwc_bf16')
+             'gluon_resnest_sa_sum_nhwc_bf16', 'gluon_resnest_sa_attention')
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 _SOURCE = os.path.join(_HERE, 'split_attention.cc')

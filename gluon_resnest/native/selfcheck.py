@@ -31,7 +31,7 @@ PERTURB_ENV = 'GLUON_RESNEST_NATIVE_SELFTEST_PERTURB'
 #: Operators only :func:`gluon_resnest.deploy.fast_inference` uses: a failure among them keeps
 #: the rest of the library.
 FAST_INFERENCE_OPERATORS = ('gluon_resnest_conv', 'gluon_resnest_sa_gap_nhwc',
-                            'gluon_resnest_sa_sum_nhwc')
+                            'gluon_resnest_sa_sum_nhwc', 'gluon_resnest_sa_attention')
 _PREFIX = 'SELFCHECK '
 _TIMEOUT = 600
 
@@ -426,6 +426,22 @@ def _fast_inference(report: _Report) -> None:
                        mx.nd.gluon_resnest_sa_sum_nhwc(a, x, radix=radix, pool=int(pool))
                        .asnumpy(), sa_sum(mx.nd, a, x, radix, pool=pool).asnumpy(), 1e-5,
                        f'plain input, pool {int(pool)}')
+    # The attention from the pooled input, one and two cardinal groups.
+    for groups, (n, c, hidden) in ((1, (2, 48, 32)), (2, (1, 64, 32))):
+        g = mx.nd.array(rng.uniform(0, 1, (n, c, 1, 1)))
+        w1 = mx.nd.array(rng.normal(0, 0.2, (hidden, c // groups, 1, 1)))
+        b1 = mx.nd.array(rng.normal(0, 0.2, (hidden,)))
+        w2 = mx.nd.array(rng.normal(0, 0.2, (radix * c, hidden // groups, 1, 1)))
+        b2 = mx.nd.array(rng.normal(0, 0.2, (radix * c,)))
+        h = mx.nd.relu(mx.nd.Convolution(g, w1, b1, kernel=(1, 1), num_filter=hidden,
+                                         num_group=groups))
+        z = mx.nd.Convolution(h, w2, b2, kernel=(1, 1), num_filter=radix * c, num_group=groups)
+        z = mx.nd.softmax(z.reshape((0, groups, radix, -1)), axis=2)
+        want = mx.nd.swapaxes(z, 1, 2).reshape((0, -1, 1, 1))
+        report.compare('gluon_resnest_sa_attention',
+                       mx.nd.gluon_resnest_sa_attention(g, w1, b1, w2, b2, radix=radix,
+                                                        cardinality=groups, hidden=hidden)
+                       .asnumpy(), want.asnumpy(), 1e-5, f'cardinality {groups}')
 
 
 def _fast_inference_bf16(report: _Report) -> None:

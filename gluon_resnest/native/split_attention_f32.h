@@ -10,6 +10,7 @@
 #define GLUON_RESNEST_SPLIT_ATTENTION_F32_H_
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <vector>
 
@@ -141,7 +142,76 @@ static void avg_pool_pixels(const float* in, int64_t H, int64_t W, int64_t chann
   }
 }
 
+// y[n * y_stride + r] = b[r] + dot(w + r * len, x + n * x_stride) for rows [r0, r1) and N
+// vectors (each weight row read once for all of them), then max(y, 0) with relu.
+GR_MULTIVERSION
+static void dense_rows(const float* w, const float* b, int64_t len, const float* x,
+                       int64_t x_stride, int64_t N, int64_t r0, int64_t r1, float* y,
+                       int64_t y_stride, bool relu) {
+  for (int64_t r = r0; r < r1; ++r) {
+    const float* wr = w + r * len;
+    for (int64_t n = 0; n < N; ++n) {
+      const float* xn = x + n * x_stride;
+      float part[16] = {0.f};
+      int64_t i = 0;
+      for (; i + 16 <= len; i += 16)
+        for (int j = 0; j < 16; ++j) part[j] += wr[i + j] * xn[i + j];
+      float total = 0.f;
+      for (int j = 0; j < 16; ++j) total += part[j];
+      for (; i < len; ++i) total += wr[i] * xn[i];
+      total += b[r];
+      y[n * y_stride + r] = relu ? std::max(total, 0.f) : total;
+    }
+  }
+}
+
 }  // namespace f32
+
+// The Split-Attention's attention from its pooled input g (N x C), inference, radix R >= 2 and
+// K cardinal groups of w = C / K channels (the grouped 1 x 1 convolutions fc1 and fc2):
+//
+//     h = relu(W1 g + b1)    W1: D x C/K, D / K rows per group;
+//     z = W2 h + b2          W2: R*C x D/K, R*w rows per group, cardinal-major;
+//     a[n, r*C + k*w + j] = softmax over r of z[n, k*R*w + r*w + j]   (radix-major).
+//
+// h: N x D and z: N x R*C floats of scratch.
+inline void sa_attention_f32(const float* g, int64_t N, int64_t C, int64_t D, int radix,
+                             int64_t K, const float* w1, const float* b1, const float* w2,
+                             const float* b2, float* h, float* z, float* a) {
+  const int64_t RC = radix * C, w = C / K, dk = D / K, rk = RC / K;
+  const int64_t work = N * (D * (C / K) + RC * dk);
+#pragma omp parallel if (work >= 32768)
+  {
+#pragma omp for schedule(static)
+    for (int64_t d = 0; d < D; ++d) {
+      const int64_t k = d / dk;
+      f32::dense_rows(w1, b1, C / K, g + k * (C / K), C, N, d, d + 1, h, D, true);
+    }
+#pragma omp for schedule(static)
+    for (int64_t o = 0; o < RC; ++o) {
+      const int64_t k = o / rk;
+      f32::dense_rows(w2, b2, dk, h + k * dk, D, N, o, o + 1, z, RC, false);
+    }
+#pragma omp for schedule(static)
+    for (int64_t nk = 0; nk < N * K; ++nk) {
+      const int64_t n = nk / K, k = nk % K;
+      const float* zk = z + n * RC + k * radix * w;
+      float* an = a + n * RC + k * w;
+      for (int64_t j = 0; j < w; ++j) {
+        float m = zk[j];
+        for (int r = 1; r < radix; ++r) m = std::max(m, zk[r * w + j]);
+        float s = 0.f;
+        for (int r = 0; r < radix; ++r) {
+          const float e = std::exp(zk[r * w + j] - m);
+          an[r * C + j] = e;
+          s += e;
+        }
+        const float inv = 1.f / s;
+        for (int r = 0; r < radix; ++r) an[r * C + j] *= inv;
+      }
+    }
+  }
+}
 
 // y (N x C x Ho x Wo) from a (N x R*C) and x (N x R*C x H x W), one plane (n, c) at a time.
 // Not weighted_pixels: here one weight serves a whole plane and the loops run over its pixels

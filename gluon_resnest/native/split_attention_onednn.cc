@@ -635,6 +635,69 @@ void sum_forward(const nnvm::NodeAttrs& attrs, const mxnet::OpContext& ctx,
                                  data_of<float>(y));
 }
 
+// ---- gluon_resnest_sa_attention: the attention of the weighted sum from the pooled input ----
+// fc1 (its BatchNorm folded) + ReLU, fc2, and the softmax over the radix splits in one pass over
+// the (N, C, 1, 1) pooled vector (gluon_resnest::sa_attention_f32); radix >= 2.
+
+constexpr char kAttention[] = "gluon_resnest_sa_attention";
+
+struct AttentionAttrs {
+  int radix;
+  int64_t cardinality, hidden;
+};
+
+AttentionAttrs attention_attrs(const nnvm::NodeAttrs& attrs) {
+  AttentionAttrs a;
+  a.radix = f32_radix(attrs, kAttention);
+  CHECK(a.radix >= 2) << kAttention << ": radix must be at least 2 (a sigmoid gate for 1)";
+  a.cardinality = int_attr(attrs, "cardinality", 1);
+  a.hidden = int_attr(attrs, "hidden", 0);
+  CHECK(a.cardinality >= 1 && a.hidden >= 1 && a.hidden % a.cardinality == 0)
+      << kAttention << ": attributes 'hidden' (positive) and 'cardinality' (dividing it) are "
+      << "required";
+  return a;
+}
+
+bool attention_infer_shape(const nnvm::NodeAttrs& attrs, mxnet::ShapeVector* in,
+                           mxnet::ShapeVector* out) {
+  const AttentionAttrs a = attention_attrs(attrs);
+  const TShape g = (*in)[0];
+  if (!mxnet::shape_is_known(g)) return false;
+  CHECK(g.ndim() == 4 && g[2] == 1 && g[3] == 1 && g[1] % a.cardinality == 0)
+      << kAttention << ": expected a pooled input of shape (N, C, 1, 1), C divisible by the "
+      << "cardinality, got " << g;
+  const int64_t C = g[1], K = a.cardinality, D = a.hidden;
+  TShape w1(4, 1), w2(4, 1);
+  w1[0] = D, w1[1] = C / K;
+  w2[0] = a.radix * C, w2[1] = D / K;
+  assign_shape(in, 1, w1, kAttention);
+  assign_shape(in, 2, TShape(1, D), kAttention);
+  assign_shape(in, 3, w2, kAttention);
+  assign_shape(in, 4, TShape(1, a.radix * C), kAttention);
+  TShape y(4, 1);
+  y[0] = g[0], y[1] = a.radix * C;
+  assign_shape(out, 0, y, kAttention);
+  return true;
+}
+
+void attention_forward(const nnvm::NodeAttrs& attrs, const mxnet::OpContext& ctx,
+                       const std::vector<NDArray>& in, const std::vector<mxnet::OpReqType>& req,
+                       const std::vector<NDArray>& out) {
+  if (req[0] == mxnet::kNullOp) return;
+  const AttentionAttrs a = attention_attrs(attrs);
+  const TShape& gs = in[0].shape();
+  const int64_t N = gs[0], C = gs[1], D = a.hidden;
+  NDArray plain[5];
+  for (int i = 0; i < 5; ++i) plain[i] = as_plain(in[i]);
+  float* h = scratch(0, N * (D + a.radix * C));
+  NDArray& y = const_cast<NDArray&>(out[0]);
+  if (y.IsMKLDNNData()) CHECK(y.CreateMKLDNNData(plain_desc(y.shape(), dnnl_f32, false)));
+  gluon_resnest::sa_attention_f32(data_of<float>(plain[0]), N, C, D, a.radix, a.cardinality,
+                                  data_of<float>(plain[1]), data_of<float>(plain[2]),
+                                  data_of<float>(plain[3]), data_of<float>(plain[4]), h,
+                                  h + N * D, data_of<float>(y));
+}
+
 // ---- float32 training: split_attention.cc's gluon_resnest_sa_gap / gluon_resnest_sa_sum and
 // their backward operators on oneDNN's N x C/16 x H x W x 16 layout ----
 //
@@ -929,6 +992,7 @@ void with_train_fault(const nnvm::NodeAttrs& attrs, const mxnet::OpContext& ctx,
 
 constexpr char kGapNhwc[] = "gluon_resnest_sa_gap_nhwc";
 constexpr char kSumNhwc[] = "gluon_resnest_sa_sum_nhwc";
+constexpr char kAttentionOp[] = "gluon_resnest_sa_attention";
 constexpr char kTrainGap[] = "gluon_resnest_sa_gap";
 constexpr char kTrainSum[] = "gluon_resnest_sa_sum";
 constexpr char kTrainGapBackward[] = "_backward_gluon_resnest_sa_gap";
@@ -1058,6 +1122,26 @@ NNVM_REGISTER_OP(gluon_resnest_sa_sum_nhwc)
     .add_argument("data", "NDArray-or-Symbol[]", "attention, x")
     .add_argument("radix", "int", "number of splits")
     .add_argument("pool", "int", "1: apply the 3x3, stride 2, padding 1 average pooling");
+
+NNVM_REGISTER_OP(gluon_resnest_sa_attention)
+    .describe("Float32 Split-Attention attention (inference) from the pooled input: fc1 (its "
+              "BatchNorm folded) and ReLU, fc2, and the softmax over the radix splits, written "
+              "radix-major. Inputs: pooled (N, C, 1, 1), fc1 weight, fc1 bias, fc2 weight, fc2 "
+              "bias.")
+    .set_num_inputs(5)
+    .set_num_outputs(1)
+    .set_attr<mxnet::FInferShape>("FInferShape", legacy(&attention_infer_shape))
+    .set_attr<nnvm::FInferType>("FInferType", legacy(&f32_infer_type))
+    .set_attr<mxnet::FInferStorageType>("FInferStorageType", legacy(&infer_storage))
+    .set_attr<bool>("TIsMKLDNN", true)
+    .set_attr<mxnet::FComputeEx>("FComputeEx<cpu>",
+                                 with_selftest_fault<attention_forward, kAttentionOp>)
+    .set_attr<nnvm::FGradient>("FGradient", zero_gradients())
+    .add_argument("data", "NDArray-or-Symbol[]", "pooled, fc1 weight, fc1 bias, fc2 weight, "
+                  "fc2 bias")
+    .add_argument("radix", "int", "number of splits (at least 2)")
+    .add_argument("cardinality", "int", "groups of fc1 and fc2")
+    .add_argument("hidden", "int", "output channels of fc1");
 
 NNVM_REGISTER_OP(gluon_resnest_sa_sum_u8)
     .describe("INT8 Split-Attention weighted sum (optionally with the avd 3x3/2 average "

@@ -78,6 +78,10 @@ def test_bfloat16_output_close_to_float32():
     # tiles) runs direct.
     assert winograd_runs == 5, winograd_runs
     assert_close_to_largest(got, want, TOL)
+    direct = fast_inference(net, x, dtype='bfloat16', winograd=False)
+    winograd_before = native._winograd_runs()
+    assert_close_to_largest(direct(x).asnumpy(), want, TOL)
+    assert native._winograd_runs() == winograd_before  # winograd=False: every conv direct
     assert np.abs(got - want).max() > 1e-6 * np.abs(want).max()  # it did round
     assert (got.argmax(1) == want.argmax(1)).all()
 

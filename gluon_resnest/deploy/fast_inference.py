@@ -122,8 +122,6 @@ def fast_inference_graph(symbol: mx.sym.Symbol, arg_params: dict[str, mx.nd.NDAr
         that rewrite's counts.
     """
     _check_dtype(dtype)
-    if dtype == 'bfloat16':
-        winograd = False
     symbol, args, aux = fold_batchnorm(symbol, arg_params, aux_params)
     spatial = _spatial_inputs(symbol, data_shape)
     graph = Graph(symbol)
@@ -231,7 +229,7 @@ def fast_inference_graph(symbol: mx.sym.Symbol, arg_params: dict[str, mx.nd.NDAr
         graph.keep(i)
     new = graph.to_symbol()
     if dtype == 'bfloat16':
-        new, counts['bfloat16'] = to_bfloat16(new)
+        new, counts['bfloat16'] = to_bfloat16(new, winograd=winograd)
     used = set(new.list_arguments()) | set(new.list_auxiliary_states())
     return (new, {k: v for k, v in args.items() if k in used},
             {k: v for k, v in aux.items() if k in used}, counts)

@@ -24,7 +24,7 @@ import os
 import sys
 
 __all__ = ['configure', 'configured_threads', 'local_ranks', 'mxnet_thread_count',
-           'physical_cores', 'report']
+           'physical_cores', 'release_openmp_team', 'report']
 
 logger = logging.getLogger(__name__)
 
@@ -146,6 +146,41 @@ def configure() -> int | None:
     if logging.getLogger().hasHandlers():
         report()
     return threads
+
+
+def release_openmp_team() -> bool:
+    """Release the OpenMP worker threads that the calling thread started, if any; True when the
+    runtime released them (or the thread had none), False where it cannot (MXNet's OpenMP
+    runtime has no ``omp_pause_resource_all``: OpenMP before 5.0).
+
+    MXNet runs its operators on its engine's worker thread, whose OpenMP team does the work.
+    The calling thread gets a team of its own the first time it runs a parallel region: MXNet
+    copies arrays of 200,000 elements or more in parallel on the caller (``mx.nd.array`` of a
+    batch of 16 images, ``asnumpy``). From then on the process holds more OpenMP threads than
+    it may use CPUs, and GNU OpenMP shortens the time a waiting thread spins before it sleeps
+    from about 300,000 checks to 100: the engine's team then falls asleep between the ~190
+    parallel regions of a batch-1 image, and waking it costs more than the work of the small
+    ones. Releasing the caller's idle team (``omp_pause_resource_all(omp_pause_soft)``, which
+    affects the calling thread's team only) restores the spinning; the team is created again
+    the next time this thread runs a parallel region. ``fast_inference``,
+    ``optimize_for_inference``, ``quantize_network`` and the export loaders call this before
+    they return.
+    """
+    import mxnet as mx
+
+    try:
+        # Looked up from libmxnet.so: the OpenMP runtime MXNet's operators use (a process may
+        # hold other copies, e.g. one bundled with scikit-learn).
+        lib = mx.base._LIB  # pylint: disable=protected-access
+        pause = lib.omp_pause_resource_all
+        in_parallel = lib.omp_in_parallel
+    except AttributeError:
+        return False
+    pause.restype = ctypes.c_int
+    pause.argtypes = [ctypes.c_int]
+    if in_parallel():
+        return False
+    return pause(1) == 0  # omp_pause_soft
 
 
 def report() -> None:

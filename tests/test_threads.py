@@ -96,3 +96,65 @@ def test_physical_cores_count_hardware_threads_once():
     cpus = os.sched_getaffinity(0)
     assert 1 <= threads.physical_cores(cpus) <= len(cpus)
     assert threads.physical_cores({min(cpus)}) == 1
+
+
+# A copy of 200,000 elements or more from numpy runs an OpenMP team on the calling thread; the
+# inference entry points release it. Threads are counted in /proc (a released worker exits).
+_TEAM_CODE = '''
+import os, time, warnings
+warnings.filterwarnings('ignore')
+import mxnet as mx, numpy as np
+from gluon_resnest import get_model, threads
+from gluon_resnest.deploy import optimize_for_inference
+
+def count(expect=None):
+    for _ in range(200):  # a released worker takes a moment to exit
+        n = len(os.listdir('/proc/self/task'))
+        if n == expect:
+            break
+        time.sleep(0.05)
+    return n
+
+net = get_model('resnest14', classes=10)
+net.initialize(mx.init.Xavier())
+small = mx.nd.array(np.ones((1, 3, 64, 64), np.float32))
+optimize_for_inference(net, data=small)  # the engine's threads and team exist from here
+base = count()
+big = mx.nd.array(np.ones((4, 3, 224, 224), np.float32))  # 602,112 elements: a team here
+with_team = count(base + 1)
+net(small).wait_to_read()
+kept = count(with_team)  # running the network keeps the caller's team
+optimize_for_inference(net, data=small)
+after_entry = count(base)
+big2 = mx.nd.array(np.ones((4, 3, 224, 224), np.float32))
+again = count(base + 1)
+released = threads.release_openmp_team()
+after_release = count(base)
+from gluon_resnest.deploy.fast_inference import fast_inference
+fast_inference(net, small)  # the engine's threads settle in a first call
+base2 = count()
+big3 = mx.nd.array(np.ones((4, 3, 224, 224), np.float32))
+before_fast = count(base2 + 1)
+fast_inference(net, small)
+after_fast = count(base2)
+print("COUNTS", base, base2, with_team, kept, after_entry, again, released, after_release,
+      before_fast, after_fast)
+'''
+
+
+@pytest.mark.slow
+def test_inference_entry_points_release_the_callers_openmp_team():
+    env = dict(os.environ, OMP_NUM_THREADS='2')
+    proc = subprocess.run([sys.executable, '-c', _TEAM_CODE], capture_output=True, text=True,
+                          env=env, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    counts = proc.stdout.split('COUNTS ')[1].split()
+    released = counts.pop(6)
+    base, base2, with_team, kept, after_entry, again, after_release, before_fast, after_fast = \
+        map(int, counts)
+    # The big copy started one worker for this thread, and it stays until released.
+    assert (with_team, kept) == (base + 1, base + 1)
+    assert after_entry == base  # optimize_for_inference released it
+    assert again == base + 1 and released == 'True' and after_release == base
+    assert (before_fast, after_fast) == (base2 + 1, base2)  # and fast_inference
+

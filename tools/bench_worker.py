@@ -103,9 +103,17 @@ def _mxnet_runner(args: argparse.Namespace) -> _Runner:
                             if p.grad_req != 'null'))
     state: dict[str, Any] = {}
 
+    inputs: dict[int, tuple[Any, Any]] = {}
+
     def make_input(batch_size: int) -> None:
-        state['x'] = mx.nd.array(_batch(batch_size, args.input_size))
-        state['y'] = mx.nd.array(_labels(batch_size, args.classes))
+        # Each batch size's arrays are made once: a copy of 200,000 elements or more from
+        # numpy runs an OpenMP team on this thread, which slows MXNet's engine from then on
+        # (gluon_resnest.threads.release_openmp_team); a user's process does not re-create
+        # its batches each time it alternates between batch sizes, as this one does.
+        if batch_size not in inputs:
+            inputs[batch_size] = (mx.nd.array(_batch(batch_size, args.input_size)),
+                                  mx.nd.array(_labels(batch_size, args.classes)))
+        state['x'], state['y'] = inputs[batch_size]
 
     make_input(args.batch_size)
     if args.mode == 'train':

@@ -15,7 +15,7 @@ from typing import Any, Sequence
 import mxnet as mx
 from mxnet.gluon import nn
 
-from .. import native
+from .. import native, threads
 from ..atomic import (
     CHECKSUM_KEY,
     FileSet,
@@ -281,6 +281,7 @@ def load_exported(prefix: str, epoch: int = 0,
         except mx.base.MXNetError as err:
             raise InputError(f'the symbol does not fit its parameters ({params_file}) and '
                              f'{size}x{size} input: {mxnet_reason(err)}', symbol_file) from None
+    threads.release_openmp_team()
     return net, meta
 
 

@@ -416,4 +416,5 @@ def fast_inference(net: nn.HybridBlock, data: mx.nd.NDArray, winograd: bool = Tr
             block_params[name]._load_init(value, mx.cpu())  # pylint: disable=protected-access
     block.hybridize(static_alloc=True, static_shape=True)
     block(data).wait_to_read()
+    threads.release_openmp_team()
     return block

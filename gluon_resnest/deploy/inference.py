@@ -92,6 +92,7 @@ def optimize_for_inference(net: nn.HybridBlock, batch_size: int = 1, input_size:
             raise ValueError('optimize_for_inference needs an initialised network: call '
                              'net.initialize() or load parameters first') from None
         raise
+    threads.release_openmp_team()
     return net
 
 

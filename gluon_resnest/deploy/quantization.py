@@ -23,6 +23,7 @@ import numpy as np
 from mxnet.gluon import nn
 
 from .. import native as native_ops
+from .. import threads
 from ..atomic import CHECKSUM_KEY, make_folder
 from ..constants import DEFAULT_CROP
 from ..errors import InputError, mxnet_reason
@@ -109,6 +110,7 @@ def quantize_network(net: nn.HybridBlock, calib_data: Sequence[mx.nd.NDArray],
                            exclude_layers_match=list(exclude_layers_match or []),
                            calib_data=[[b] for b in batches], calib_mode=calib_mode,
                            num_calib_examples=num, ctx=mx.cpu(), logger=None)
+    threads.release_openmp_team()
     # The operator reads uint8 splits: ReLU outputs quantized as uint8 (``auto``/``uint8``).
     if native is False or not (split_grouped and sum_per_branch) or \
             quantized_dtype == 'int8' or not native_ops.load(required=bool(native)):

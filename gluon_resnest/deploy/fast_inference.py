@@ -356,6 +356,9 @@ def fast_inference(net: nn.HybridBlock, data: mx.nd.NDArray, winograd: bool = Tr
     operators' self-check: where either is missing, one warning says why and the float32 graph
     is used instead (``strict=True`` raises).
 
+    Before it returns, the calling thread's OpenMP team (if any) is released, which keeps the
+    engine's team spinning between operators (:func:`gluon_resnest.threads.release_openmp_team`).
+
     Raises:
         ValueError: ``data`` is not a float32 N x C x H x W batch on the CPU, or ``dtype`` is
             neither ``'float32'`` nor ``'bfloat16'``.

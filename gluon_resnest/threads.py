@@ -164,7 +164,7 @@ def release_openmp_team() -> bool:
     affects the calling thread's team only) restores the spinning; the team is created again
     the next time this thread runs a parallel region. ``fast_inference``,
     ``optimize_for_inference``, ``quantize_network`` and the export loaders call this before
-    they return.
+    they return, and the model server's classifier before each forward pass.
     """
     import mxnet as mx
 

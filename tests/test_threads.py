@@ -158,3 +158,46 @@ def test_inference_entry_points_release_the_callers_openmp_team():
     assert again == base + 1 and released == 'True' and after_release == base
     assert (before_fast, after_fast) == (base2 + 1, base2)  # and fast_inference
 
+
+
+_SERVING_CODE = '''
+import io, os, sys, time, warnings
+warnings.filterwarnings('ignore')
+import mxnet as mx, numpy as np
+from PIL import Image
+from gluon_resnest import get_model
+from gluon_resnest.deploy import export_network
+from gluon_resnest.deploy.serving import ImageClassifier
+
+def count(expect=None):
+    for _ in range(200):  # a released worker takes a moment to exit
+        n = len(os.listdir('/proc/self/task'))
+        if n == expect:
+            break
+        time.sleep(0.05)
+    return n
+
+net = get_model('resnest14', classes=3, stem_width=16)
+net.initialize(mx.init.Xavier())
+prefix = os.path.join(sys.argv[1], 'tiny')
+export_network(net, prefix, input_size=288, classes=['a', 'b', 'c'])
+classifier = ImageClassifier(prefix)
+png = io.BytesIO()
+Image.fromarray(np.full((300, 320, 3), 128, np.uint8)).save(png, format='PNG')
+classifier.classify([classifier.transform(png.getvalue())])  # the engine's threads settle
+base = count()
+image = classifier.transform(png.getvalue())  # 3 x 288 x 288 = 248,832 elements: a team here
+with_team = count(base + 1)
+classifier.classify([image])
+print("COUNTS", base, with_team, count(base))
+'''
+
+
+@pytest.mark.slow
+def test_the_model_servers_classifier_releases_the_callers_openmp_team(tmp_path):
+    env = dict(os.environ, OMP_NUM_THREADS='2')
+    proc = subprocess.run([sys.executable, '-c', _SERVING_CODE, str(tmp_path)],
+                          capture_output=True, text=True, env=env, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    base, with_team, after = map(int, proc.stdout.split('COUNTS ')[1].split())
+    assert (with_team, after) == (base + 1, base)
